@@ -1,0 +1,5 @@
+import sys
+
+from calm.cli import main
+
+sys.exit(main())

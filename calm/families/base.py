@@ -1,0 +1,59 @@
+"""The interface every model family offers the stages: load and save checkpoints, preprocess
+a split once, build a frozen head, and compute logits for given parameters."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+StateDict = dict[str, torch.Tensor]
+Batch = dict[str, torch.Tensor]
+
+
+class Family(ABC):
+    device: torch.device
+
+    @abstractmethod
+    def pretrained_state(self) -> StateDict:
+        """The merged (masked) tensors of the pretrained model, on the compute device."""
+
+    @abstractmethod
+    def load_state(self, model_dir: Path) -> StateDict:
+        """The same tensors from a fine-tuned checkpoint folder, checked against the pretrained ones."""
+
+    @abstractmethod
+    def save(self, params: StateDict, out_dir: Path) -> None:
+        """Write `params` as a checkpoint folder in the format a fetch gives."""
+
+    @abstractmethod
+    def preprocess(self, texts_or_items: list) -> dict[str, torch.Tensor]:
+        """Turn a split's raw inputs into tensors, once; the result is cached on disk."""
+
+    @abstractmethod
+    def batch(self, cache: dict[str, torch.Tensor], rows: torch.Tensor) -> Batch:
+        """The model inputs of the given rows of a preprocessed split, on the compute device."""
+
+    @abstractmethod
+    def build_head(self, classes: list[str], prompt: str) -> torch.Tensor:
+        """A frozen head for a task's classes, from the pretrained model alone."""
+
+    @abstractmethod
+    def logits(self, params: StateDict, batch: Batch, head: torch.Tensor) -> torch.Tensor:
+        """Class logits of a batch under `params` (through torch.func.functional_call)."""
+
+    @abstractmethod
+    def eval_order(self, cache: dict[str, torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
+        """Row batches for inference, grouped so that little padding is computed."""
+
+    def train_mode(self, on: bool) -> None:
+        """Dropout on for fine-tuning, off for scoring, masks and evaluation."""
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("device: cuda was asked for, but torch sees no CUDA device")
+        return torch.device("cuda")
+    return torch.device("cpu")

@@ -1,0 +1,125 @@
+"""Sentence-embedding text encoders (all-MiniLM-L6-v2 and any BERT-like HF encoder).
+
+The embedding is the attention-masked mean of the last hidden states, L2-normalised, as
+sentence-transformers computes it. Heads are frozen, CLIP-style: each class is the
+normalised embedding of a prompt ("a news article about {}"), logits = scale · cosine.
+Only the encoder is fine-tuned and merged, so every task vector has one shape.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch.func import functional_call
+from transformers import AutoModel, AutoTokenizer
+
+from calm.io import atomic_dir
+from calm.vectors import check_compatible
+
+from .base import Batch, Family, StateDict, pick_device
+
+
+def _checkpoint_tensors(model_dir: Path) -> StateDict:
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors file in checkpoint folder {model_dir}")
+    tensors: StateDict = {}
+    for f in files:
+        try:
+            tensors.update(load_file(str(f)))
+        except Exception as exc:  # safetensors raises its own error types for truncated files
+            raise ValueError(f"cannot read {f}: {exc}") from exc
+    return tensors
+
+
+class TextEncoder(Family):
+    def __init__(self, model_dir: str | Path, max_length: int = 64, logit_scale: float = 20.0,
+                 device: str = "auto"):
+        self.model_dir = Path(model_dir)
+        self.device = pick_device(device)
+        self.max_length = max_length
+        self.logit_scale = logit_scale
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.module = AutoModel.from_pretrained(self.model_dir).to(self.device).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self._names = [n for n, _ in self.module.named_parameters()]
+
+    # --- checkpoints -------------------------------------------------------------------
+    def pretrained_state(self) -> StateDict:
+        return {n: p.detach().clone() for n, p in self.module.named_parameters()}
+
+    def load_state(self, model_dir: Path) -> StateDict:
+        tensors = _checkpoint_tensors(model_dir)
+        reference = dict(self.module.named_parameters())
+        # A checkpoint may carry buffers (position_ids) or tensors the model lacks (an unused
+        # pooler); only the parameters are task-vector material, and all of them must be there.
+        picked = {n: tensors[n] for n in self._names if n in tensors}
+        check_compatible({n: reference[n].detach().cpu() for n in self._names}, picked,
+                         what=f"checkpoint {model_dir}")
+        for n, t in picked.items():
+            if not torch.isfinite(t).all():
+                raise ValueError(f"tensor '{n}' of checkpoint {model_dir} holds NaN or Inf")
+        return {n: t.to(self.device) for n, t in picked.items()}
+
+    def save(self, params: StateDict, out_dir: Path) -> None:
+        original = self.pretrained_state()
+        with atomic_dir(out_dir) as tmp:
+            self._assign(params)
+            try:
+                self.module.save_pretrained(tmp, safe_serialization=True)
+            finally:
+                self._assign(original)
+            self.tokenizer.save_pretrained(tmp)
+
+    def _assign(self, params: StateDict) -> None:
+        with torch.no_grad():
+            for n, p in self.module.named_parameters():
+                p.copy_(params[n])
+
+    # --- data ----------------------------------------------------------------------------
+    def preprocess(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
+                             padding="max_length", return_tensors="pt")
+        return {"input_ids": enc["input_ids"].to(torch.int32),
+                "attention_mask": enc["attention_mask"].to(torch.int8)}
+
+    def batch(self, cache: dict[str, torch.Tensor], rows: torch.Tensor) -> Batch:
+        mask = cache["attention_mask"][rows]
+        # Dynamic padding: cut the batch to its longest text.
+        length = int(mask.sum(dim=1).max()) if len(rows) else 1
+        return {"input_ids": cache["input_ids"][rows, :length].long().to(self.device),
+                "attention_mask": mask[:, :length].long().to(self.device)}
+
+    def eval_order(self, cache: dict[str, torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
+        lengths = cache["attention_mask"].sum(dim=1)
+        order = torch.argsort(lengths, stable=True)
+        for start in range(0, len(order), batch_size):
+            yield order[start:start + batch_size]
+
+    # --- model ---------------------------------------------------------------------------
+    def embed(self, params: StateDict, batch: Batch) -> torch.Tensor:
+        out = functional_call(self.module, params, args=(),
+                              kwargs={"input_ids": batch["input_ids"],
+                                      "attention_mask": batch["attention_mask"]})
+        hidden = out.last_hidden_state
+        m = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+        return F.normalize(pooled.float(), dim=-1)
+
+    def build_head(self, classes: list[str], prompt: str) -> torch.Tensor:
+        prompts = [prompt.format(c) for c in classes]
+        cache = self.preprocess(prompts)
+        with torch.inference_mode():
+            emb = self.embed(self.pretrained_state(), self.batch(cache, torch.arange(len(prompts))))
+        return emb.cpu()
+
+    def logits(self, params: StateDict, batch: Batch, head: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale * self.embed(params, batch) @ head.to(self.device).T
+
+    def train_mode(self, on: bool) -> None:
+        self.module.train(on)
+

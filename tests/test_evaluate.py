@@ -1,0 +1,55 @@
+"""Accuracy, the paired bootstrap and the results table on hand-made predictions."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from calm.evaluate import accuracy, normalised, paired_bootstrap
+from calm.tables import best_of, results_table, to_markdown
+
+
+def preds(task_correct: dict[str, list[int]]) -> pd.DataFrame:
+    rows = []
+    for task, correct in task_correct.items():
+        for i, c in enumerate(correct):
+            rows.append({"task": task, "idx": i, "label": 1, "pred": 1 if c else 0})
+    return pd.DataFrame(rows)
+
+
+def test_accuracy_and_normalised():
+    p = preds({"a": [1, 1, 0, 0], "b": [1, 1, 1, 0]})
+    assert accuracy(p) == {"a": 0.5, "b": 0.75}
+    assert normalised(accuracy(p), {"a": 1.0, "b": 0.75}) == {"a": 0.5, "b": 1.0}
+
+
+def test_bootstrap_of_identical_methods_is_zero():
+    p = preds({"a": [1, 0, 1, 1], "b": [0, 1, 1, 0]})
+    ci = paired_bootstrap(p, p, n=200)
+    assert ci["difference"] == 0 and ci["low"] == 0 and ci["high"] == 0
+
+
+def test_bootstrap_when_one_method_is_always_better():
+    a = preds({"a": [1, 1, 1, 1], "b": [1, 1, 1, 1]})
+    b = preds({"a": [0, 0, 0, 0], "b": [1, 1, 1, 1]})
+    ci = paired_bootstrap(a, b, n=300)
+    # task a: +1 on every example, task b: 0 -> mean over tasks +0.5, with no spread
+    assert ci["difference"] == pytest.approx(0.5)
+    assert ci["low"] == pytest.approx(0.5) and ci["high"] == pytest.approx(0.5)
+
+
+def test_table_rows_averages_and_best_marks():
+    rows = {
+        "Individual": preds({"a": [1, 1, 1, 1], "b": [1, 1, 1, 0]}),
+        "X": preds({"a": [1, 1, 0, 0], "b": [1, 1, 1, 0]}),
+        "Y": preds({"a": [1, 1, 1, 0], "b": [1, 0, 0, 0]}),
+    }
+    table = results_table(rows)
+    assert table.loc["X", "Avg"] == pytest.approx(62.5)
+    assert table.loc["Y", "Avg"] == pytest.approx(50.0)
+    assert table.loc["X", "Norm. avg"] == pytest.approx(100 * (0.5 + 1.0) / 2)
+    md = to_markdown(table)
+    # best merged method per column in bold; Individual is never marked
+    assert "| X | 50.0 | **75.0** | **62.5** | **75.0** |" in md
+    assert "| Y | **75.0** | 25.0 | 50.0 | 54.2 |" in md  # (75/100 + 25/75) / 2
+    assert "| Individual | 100.0 | 75.0 | 87.5 | 100.0 |" in md
+    assert best_of({"X": rows["X"], "Y": rows["Y"]}) == "X"

@@ -1,0 +1,166 @@
+"""The Snakemake workflow end to end on a pico model and three tiny local tasks, plus lint,
+the default config's dry run and the schema's agreement with the typed config."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from calm.config import json_schema
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+WORDS = {
+    "colour": (["red", "blue"], ["crimson cherry fire brick tomato", "sky ocean navy sapphire azure"]),
+    "animal": (["cat", "dog", "bird"], ["meow purr whiskers kitten", "bark woof puppy leash", "wing feather beak nest"]),
+    "mood": (["sad", "happy"], ["tears gloom grief sorrow", "joy smile laugh delight"]),
+}
+
+
+def write_tasks(folder: Path) -> dict:
+    """Three small labelled CSV tasks whose words give the label away."""
+    custom = {}
+    for name, (classes, vocab) in WORDS.items():
+        rows = []
+        for i in range(60):
+            label = i % len(classes)
+            words = vocab[label].split()
+            text = " ".join(words[(i + j) % len(words)] for j in range(3)) + f" item {i}"
+            rows.append({"sentence": text, "y": classes[label]})
+        path = folder / f"{name}.csv"
+        pd.DataFrame(rows).to_csv(path, index=False)
+        custom[name] = {"path": str(path), "text_column": "sentence", "label_column": "y",
+                        "classes": classes, "prompt": "a text about {}"}
+    return custom
+
+
+def pico_config(model: Path, folder: Path, **calm) -> dict:
+    return {
+        "device": "cpu", "threads": 1,
+        "model": {"family": "text_encoder", "source": str(model), "max_length": 16, "logit_scale": 10.0},
+        "data": {"tasks": list(WORDS), "custom": write_tasks(folder), "n_train": 24, "n_pool": 18,
+                 "n_test": 12, "seed": 0},
+        "finetune": {"lr": 1e-3, "epochs": 1, "batch_size": 8},
+        "score": {"batch_size": 16},
+        "select": {"sampler": "cb_ems", "ratio": 0.9},
+        "calm": {"sequential": ["mood"], "iterations": 3, "batch_size": 8, "batches_per_task": 1,
+                 "lr": 1e6, **calm},
+        "baselines": {"task_arithmetic_lambda": 0.3, "lambda_grid": [0.3, 0.6]},
+        "evaluate": {"batch_size": 16, "bootstrap": 200},
+    }
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = SNAKEMAKE + ["-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+                       "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """Rule -> count from the 'Job stats' table of a dry run."""
+    stats = {}
+    block = output.split("Job stats:")[-1] if "Job stats:" in output else ""
+    for line in block.splitlines():
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if m and m.group(1) != "total":
+            stats[m.group(1)] = int(m.group(2))
+    return stats
+
+
+@pytest.fixture(scope="module")
+def pico_run(tmp_path_factory, pico_model):
+    work = tmp_path_factory.mktemp("e2e")
+    (work / "config.yaml").write_text(yaml.safe_dump(pico_config(pico_model, work)))
+    snakemake(work)
+    return work
+
+
+def test_end_to_end_writes_every_artefact(pico_run):
+    work = pico_run
+    table = pd.read_csv(work / "results/tables/main.csv", index_col=0)
+    assert list(table.index)[:3] == ["Pretrained", "Individual", "Task arithmetic (λ=0.3)"]
+    assert table.index[-1] == "CALM"
+    assert list(table.columns) == ["colour", "animal", "mood", "Avg", "Norm. avg"]
+    assert table.loc["Individual", "Norm. avg"] == pytest.approx(100.0)
+    # the averages are the means of the task columns
+    assert (table[["colour", "animal", "mood"]].mean(axis=1) - table["Avg"]).abs().max() < 0.01
+    step = work / "results/merge/calm/step1-mood"
+    trace = pd.read_csv(step / "trace.csv")
+    assert list(trace["iteration"]) == [1, 2, 3]
+    assert {"loss", "active_fraction", "loss/colour", "loss/animal", "loss/mood"} <= set(trace.columns)
+    summary = json.loads((step / "summary.json").read_text())
+    assert summary["visible"] == ["colour", "animal", "mood"]
+    # the merged model is a normal HF folder
+    from transformers import AutoModel
+    AutoModel.from_pretrained(work / "results/merge/calm/model")
+    preds = pd.read_parquet(work / "results/eval/calm.parquet")
+    assert set(preds["task"]) == set(WORDS) and {"idx", "label", "pred"} <= set(preds.columns)
+    for folder in ("fetch_data", "finetune", "score", "merge", "evaluate"):
+        assert any((work / "logs" / folder).iterdir())
+
+
+def test_rerun_is_a_no_op(pico_run):
+    out = snakemake(pico_run, "-n")
+    assert "Nothing to be done" in out.stdout + out.stderr
+
+
+def test_changing_the_mask_lr_reruns_only_merge_evaluation_and_table(pico_run):
+    work = pico_run
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["calm"]["lr"] = 2e6
+    (work / "changed.yaml").write_text(yaml.safe_dump(config))
+    out = snakemake(work, "-n", "--configfile", str(work / "changed.yaml"))
+    jobs = planned_jobs(out.stdout + out.stderr)
+    assert jobs == {"calm_step": 1, "calm_model": 1, "evaluate": 1, "table": 1, "all": 1}
+
+
+def test_each_stage_runs_by_hand_on_the_previous_stage_files(pico_run, tmp_path):
+    work = pico_run
+    out = tmp_path / "credible.parquet"
+    subprocess.run([sys.executable, "-m", "calm", "select", "--scores", str(work / "results/scores/colour.parquet"),
+                    "--out", str(out), "--sampler", "ems", "--ratio", "0.5"], check=True)
+    chosen = pd.read_parquet(out)
+    scores = pd.read_parquet(work / "results/scores/colour.parquet")
+    assert len(chosen) == len(scores) // 2
+    assert chosen["entropy"].max() <= scores["entropy"].sort_values().iloc[len(scores) // 2]
+
+
+def test_lint_is_clean():
+    proc = subprocess.run(SNAKEMAKE + ["--lint"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_default_config_dry_run_plans_the_whole_pipeline(tmp_path):
+    proc = subprocess.run(SNAKEMAKE + ["-n", "--directory", str(tmp_path), "-s", str(ROOT / "Snakefile"),
+                                       "--configfile", str(ROOT / "config/config.yaml")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    jobs = planned_jobs(proc.stdout + proc.stderr)
+    assert jobs["finetune"] == 6 and jobs["score"] == 6 and jobs["select"] == 6
+    assert jobs["calm_step"] == 2 and jobs["merge_task_arithmetic"] == 9
+    assert jobs["evaluate"] == 12  # pretrained, individual, CALM, 9 λ values
+
+
+def test_schema_file_is_generated_from_the_typed_config():
+    committed = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    assert committed == json.loads(json.dumps(json_schema())), "run: python -m calm schema --out workflow/schemas/config.schema.yaml"
+
+
+def test_every_stage_has_help():
+    from calm.cli import build_parser
+    parser = build_parser()
+    stages = parser._subparsers._group_actions[0].choices
+    for name in stages:
+        proc = subprocess.run([sys.executable, "-m", "calm", name, "--help"], capture_output=True, text=True)
+        assert proc.returncode == 0 and "usage:" in proc.stdout, name

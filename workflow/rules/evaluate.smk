@@ -1,0 +1,51 @@
+rule evaluate:
+    input:
+        model=PRETRAINED,
+        checkpoints=lambda w: sorted(set(eval_models(w.method).values())),
+        inputs=[f"results/inputs/{t}.safetensors" for t in TASKS],
+        heads=[f"results/heads/{t}.safetensors" for t in TASKS],
+    output:
+        "results/eval/{method}.parquet",
+    params:
+        model=MODEL_FLAGS,
+        pairs=lambda w: " ".join(
+            f"{t}={d}" for t, d in eval_models(w.method).items()
+        ),
+        inputs=" ".join(f"{t}=results/inputs/{t}.safetensors" for t in TASKS),
+        heads=" ".join(f"{t}=results/heads/{t}.safetensors" for t in TASKS),
+        settings=render_flags(CFG.evaluate, exclude=("bootstrap", "seed")),
+    threads: CFG.threads
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        gpu=1,
+    log:
+        "logs/evaluate/{method}.log",
+    benchmark:
+        "benchmarks/rules/evaluate/{method}.tsv"
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m calm evaluate {params.model} --threads {threads} --models {params.pairs} "
+        "--inputs {params.inputs} --heads {params.heads} --out {output} {params.settings} 2> {log}"
+
+
+rule table:
+    input:
+        list(table_rows().values()),
+    output:
+        csv=report("results/tables/main.csv", caption="../report/table.rst", category="Results"),
+        md="results/tables/main.md",
+        json="results/tables/main.json",
+    params:
+        rows=" ".join(shlex.quote(f"{name}={path}") for name, path in table_rows().items()),
+        prefix=lambda w, output: output.md.removesuffix(".md"),
+        ta=shlex.quote(f"Task arithmetic (λ={TA_LAMBDA})"),
+        settings=render_flags(CFG.evaluate, exclude=("batch_size",)),
+    log:
+        "logs/table.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m calm table --eval {params.rows} --insert-best-after {params.ta} "
+        "--out-prefix {params.prefix} {params.settings} > {log} 2>&1"

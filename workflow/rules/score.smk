@@ -1,0 +1,40 @@
+rule score:
+    input:
+        model=PRETRAINED,
+        finetuned="results/models/finetuned/{task}",
+        inputs="results/inputs/{task}.safetensors",
+        head="results/heads/{task}.safetensors",
+    output:
+        "results/scores/{task}.parquet",
+    params:
+        model=MODEL_FLAGS,
+        settings=render_flags(CFG.score),
+    threads: CFG.threads
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        gpu=1,
+    log:
+        "logs/score/{task}.log",
+    benchmark:
+        "benchmarks/rules/score/{task}.tsv"
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m calm score {params.model} --threads {threads} --model {input.finetuned} --inputs {input.inputs} "
+        "--head {input.head} --out {output} {params.settings} 2> {log}"
+
+
+rule select:
+    input:
+        "results/scores/{task}.parquet",
+    output:
+        "results/credible/{task}.parquet",
+    params:
+        settings=render_flags(CFG.select),
+    log:
+        "logs/select/{task}.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m calm select --scores {input} --out {output} {params.settings} 2> {log}"
