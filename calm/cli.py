@@ -101,7 +101,7 @@ def _model(p: argparse.ArgumentParser) -> None:
 def _pairs(values: list[str], what: str) -> dict[str, str]:
     out = {}
     for v in values:
-        key, sep, val = v.partition("=")
+        key, sep, val = v.rpartition("=")  # row names may hold "=" (λ=0.3), paths do not
         if not sep:
             raise SystemExit(f"{what}: expected TASK=PATH, got '{v}'")
         out[key] = val

@@ -196,7 +196,7 @@ def calm_step(family: Family, tau_prev: str | Path, model_dir: str | Path,
             log.warning("task %s: credible set has %d samples, fewer than a batch of %d; using them all",
                         v["task"], len(rows), cfg.batch_size)
         tasks.append({"task": v["task"], "cache": cache, "rows": rows,
-                      "target": torch.as_tensor(credible["target"].to_numpy(), dtype=torch.long),
+                      "target": torch.tensor(credible["target"].to_numpy(), dtype=torch.long),
                       "head": artifacts.read_head(v["head"]).to(family.device)})
 
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + step)

@@ -184,3 +184,16 @@ def test_pack_is_eight_entries_a_byte_and_round_trips():
     assert packed["a"].tolist() == [0b10100111, 0b10000000]  # row-major T F T F F T T T | T
     back = unpack(packed, meta)
     assert all(torch.equal(back[k], mask[k]) for k in mask)
+
+
+def test_a_tensor_no_batch_reaches_only_feels_the_regulariser():
+    theta0 = {"used": torch.zeros(1), "unused": torch.zeros(1)}
+    prev = {"used": torch.ones(1), "unused": torch.ones(1)}
+    new = {"used": -torch.ones(1), "unused": -torch.ones(1)}
+
+    def terms(_):
+        yield "t", lambda p: p["used"].sum()  # "unused" plays no part, as a model's unused pooler
+
+    cfg = CalmConfig(sequential=["t"], iterations=1, lr=1.0, alpha=1.0, init_fraction=0.0)
+    res = optimise_mask(theta0, prev, new, terms, cfg, progress=False)
+    assert res.logits["unused"].item() == pytest.approx(-5 - dsig(-5), abs=1e-6)  # polarised further off

@@ -60,7 +60,9 @@ def optimise_mask(theta0: Mapping[str, torch.Tensor], tau_prev: Mapping[str, tor
         if count == 0:
             raise RuntimeError("the mask objective has no batches: every credible set is empty")
         scale = 1.0 / count if cfg.grad_reduction == "mean" else 1.0
-        grad_m = {n: theta[n].grad * direction[n] * scale for n in theta}
+        # A tensor no batch reaches (an unused pooler) has no gradient: its mask only regularises.
+        grad_m = {n: (theta[n].grad * direction[n] * scale if theta[n].grad is not None
+                      else torch.zeros_like(direction[n])) for n in theta}
         del theta
         R = mask_update(R, grad_m, cfg.lr, cfg.alpha, cfg.regulariser)
         del grad_m
