@@ -68,8 +68,8 @@ def preprocess(family: Family, data_dir: str | Path, out: str | Path) -> None:
         if frame.empty:
             raise ValueError(f"{data_dir}/{split}.parquet is empty")
         tensors = family.preprocess(frame["text"].tolist())
-        tensors["label"] = torch.as_tensor(frame["label"].to_numpy(), dtype=torch.int64)
-        tensors["idx"] = torch.as_tensor(frame["idx"].to_numpy(), dtype=torch.int64)
+        tensors["label"] = torch.tensor(frame["label"].to_numpy(), dtype=torch.int64)
+        tensors["idx"] = torch.tensor(frame["idx"].to_numpy(), dtype=torch.int64)
         splits[split] = tensors
     meta = artifacts.task_meta(data_dir)
     n_classes = len(meta["classes"])
