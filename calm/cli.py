@@ -56,11 +56,8 @@ def add_section(parser: argparse.ArgumentParser, section: type[BaseModel], prefi
         group.add_argument(_flag(prefix, name), **kwargs)
 
 
-def section_from(args: argparse.Namespace, section: type[BaseModel], prefix: str = "",
-                 exclude: tuple[str, ...] = ()) -> Any:
-    values = {n: getattr(args, prefix + n) for n in section.model_fields
-              if n not in exclude and hasattr(args, prefix + n)}
-    return section.model_construct(**values) if exclude else section(**values)
+def section_from(args: argparse.Namespace, section: type[BaseModel], prefix: str = "") -> Any:
+    return section(**{n: getattr(args, prefix + n) for n in section.model_fields})
 
 
 def render_flags(section: BaseModel, prefix: str = "", exclude: tuple[str, ...] = ()) -> str:
@@ -200,46 +197,11 @@ def cmd_evaluate(a):
 def cmd_table(a):
     import pandas as pd
 
-    from calm.io import write_json, write_text
-    from calm.tables import best_of, comparisons, results_table, to_markdown
+    from calm.tables import write_results
 
     rows = {name: pd.read_parquet(path) for name, path in _pairs(a.eval, "--eval").items()}
-    grid = {name: rows.pop(name) for name in list(rows) if name.startswith(a.sweep_prefix)}
-    named = dict(rows)
-    if grid:
-        best = best_of(grid)
-        named = {}
-        for name, frame in rows.items():
-            named[name] = frame
-            if name == a.insert_best_after:
-                named[f"{best} (best λ, oracle)"] = grid[best]
-        if f"{best} (best λ, oracle)" not in named:
-            named[f"{best} (best λ, oracle)"] = grid[best]
-    table = results_table(named, individual=a.individual)
-    others = [n for n in named if n not in (a.target, a.individual, "Pretrained")]
-    summary = {"table": json.loads(table.reset_index().to_json(orient="records")),
-               "comparisons": comparisons(named, a.target, others, a.bootstrap, a.seed),
-               "grid": {name: 100 * sum(v for v in _acc(f).values()) / len(_acc(f)) for name, f in grid.items()}}
-    md = to_markdown(table)
-    lines = [md, ""]
-    for c in summary["comparisons"]:
-        lines.append(f"- {c['comparison']}: {c['difference']:+.1f} points "
-                     f"(paired bootstrap 95 % interval [{c['low']:+.1f}, {c['high']:+.1f}], "
-                     f"{c['resamples']} resamples over test examples)")
-    text = "\n".join(lines) + "\n"
-    with_prefix = Path(a.out_prefix)
-    with_prefix.parent.mkdir(parents=True, exist_ok=True)
-    from calm.io import atomic_path
-    with atomic_path(with_prefix.with_suffix(".csv")) as tmp:
-        table.round(2).to_csv(tmp)
-    write_text(text, with_prefix.with_suffix(".md"))
-    write_json(summary, with_prefix.with_suffix(".json"))
-    print(text)
-
-
-def _acc(frame):
-    from calm.evaluate import accuracy
-    return accuracy(frame)
+    print(write_results(rows, a.out_prefix, sweep_prefix=a.sweep_prefix, insert_best_after=a.insert_best_after,
+                        individual=a.individual, target=a.target, bootstrap=a.bootstrap, seed=a.seed))
 
 
 def cmd_schema(a):

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 
 from calm.evaluate import accuracy, average, normalised, paired_bootstrap
+from calm.io import atomic_path, write_json, write_text
 
 
 def results_table(rows: dict[str, pd.DataFrame], individual: str = "Individual") -> pd.DataFrame:
@@ -57,3 +59,46 @@ def comparisons(rows: dict[str, pd.DataFrame], target: str, others: list[str], n
         out.append({"comparison": f"{target} − {other}",
                     **{k: (100 * v if k != "resamples" else v) for k, v in ci.items()}})
     return out
+
+
+def collapse_sweep(rows: dict[str, pd.DataFrame], prefix: str, insert_after: str
+                   ) -> tuple[dict[str, pd.DataFrame], dict[str, float]]:
+    """Replace the rows named `prefix…` (a hyper-parameter sweep) by their best one, placed
+    after `insert_after`; also return every sweep row's average accuracy (%)."""
+    grid = {name: frame for name, frame in rows.items() if name.startswith(prefix)}
+    if not grid:
+        return dict(rows), {}
+    best = best_of(grid)
+    label = f"{best} (best λ, oracle)"
+    named: dict[str, pd.DataFrame] = {}
+    for name, frame in rows.items():
+        if name in grid:
+            continue
+        named[name] = frame
+        if name == insert_after:
+            named[label] = grid[best]
+    named.setdefault(label, grid[best])
+    return named, {name: 100 * average(accuracy(frame)) for name, frame in grid.items()}
+
+
+def write_results(rows: dict[str, pd.DataFrame], out_prefix: str | Path, sweep_prefix: str,
+                  insert_best_after: str, individual: str, target: str, bootstrap: int, seed: int) -> str:
+    """Write PREFIX.csv, PREFIX.md (table plus bootstrap lines) and PREFIX.json; return the Markdown."""
+    named, grid = collapse_sweep(rows, sweep_prefix, insert_best_after)
+    table = results_table(named, individual=individual)
+    others = [n for n in named if n not in (target, individual, "Pretrained")]
+    summary = {"table": table.reset_index().to_dict(orient="records"),
+               "comparisons": comparisons(named, target, others, bootstrap, seed),
+               "grid": grid}
+    lines = [to_markdown(table), ""]
+    for c in summary["comparisons"]:
+        lines.append(f"- {c['comparison']}: {c['difference']:+.1f} points "
+                     f"(paired bootstrap 95 % interval [{c['low']:+.1f}, {c['high']:+.1f}], "
+                     f"{c['resamples']} resamples over test examples)")
+    text = "\n".join(lines) + "\n"
+    prefix = Path(out_prefix)
+    with atomic_path(prefix.with_suffix(".csv")) as tmp:
+        table.round(2).to_csv(tmp)
+    write_text(text, prefix.with_suffix(".md"))
+    write_json(summary, prefix.with_suffix(".json"))
+    return text

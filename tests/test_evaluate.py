@@ -53,3 +53,17 @@ def test_table_rows_averages_and_best_marks():
     assert "| Y | **75.0** | 25.0 | 50.0 | 54.2 |" in md  # (75/100 + 25/75) / 2
     assert "| Individual | 100.0 | 75.0 | 87.5 | 100.0 |" in md
     assert best_of({"X": rows["X"], "Y": rows["Y"]}) == "X"
+
+
+def test_a_sweep_collapses_to_its_best_row_after_the_named_one():
+    from calm.tables import collapse_sweep
+    rows = {
+        "A": preds({"a": [1, 0]}),
+        "TA (λ=0.3)": preds({"a": [1, 0]}),
+        "TA λ=0.3": preds({"a": [1, 0]}),
+        "TA λ=0.6": preds({"a": [1, 1]}),
+        "CALM": preds({"a": [0, 0]}),
+    }
+    named, grid = collapse_sweep(rows, "TA λ=", "TA (λ=0.3)")
+    assert list(named) == ["A", "TA (λ=0.3)", "TA λ=0.6 (best λ, oracle)", "CALM"]
+    assert grid == {"TA λ=0.3": 50.0, "TA λ=0.6": 100.0}
