@@ -106,6 +106,9 @@ class EvaluateConfig(Section):
 class Config(Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the library computes; auto picks cuda if present.")
     threads: int = Field(2, gt=0, description="Threads per job (Snakemake `threads`, torch intra-op).")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Matmul precision of fine-tuning, scoring, masks and evaluation: bf16 autocast, "
+        "or fp32; auto takes bf16 where the device computes it natively (CUDA, CPUs with AVX512-BF16/AMX).")
     model: ModelConfig = ModelConfig()
     data: DataConfig
     finetune: FinetuneConfig = FinetuneConfig()

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from calm import artifacts, scoring, sampling, vectors
 from calm.config import CalmConfig, FinetuneConfig, ModelConfig
 from calm.families import get_family
-from calm.families.base import Family
+from calm.families.base import Family, use_bf16
 from calm.inference import predict_logits
 from calm.io import atomic_dir, write_parquet, write_tensors
 from calm.merging import METHODS
@@ -28,9 +28,13 @@ from calm.merging.mask import pack
 log = logging.getLogger("calm")
 
 
-def open_family(model: ModelConfig, pretrained_dir: str | Path, device: str = "auto") -> Family:
-    return get_family(model.family)(pretrained_dir, max_length=model.max_length,
-                                    logit_scale=model.logit_scale, device=device)
+def open_family(model: ModelConfig, pretrained_dir: str | Path, device: str = "auto",
+                precision: str = "auto") -> Family:
+    family = get_family(model.family)(pretrained_dir, max_length=model.max_length,
+                                      logit_scale=model.logit_scale, device=device)
+    family.bf16 = use_bf16(precision, family.device)
+    log.info("device %s, %s matmuls", family.device, "bf16" if family.bf16 else "fp32")
+    return family
 
 
 # --- models and data --------------------------------------------------------------------
@@ -108,7 +112,9 @@ def finetune(family: Family, inputs: str | Path, head: str | Path, cfg: Finetune
         for start in range(0, n, cfg.batch_size):
             rows = order[start:start + cfg.batch_size]
             batch = family.batch(cache, rows)
-            loss = F.cross_entropy(family.logits(params, batch, head_t), cache["label"][rows].to(family.device))
+            with family.autocast():
+                logits = family.logits(params, batch, head_t)
+            loss = F.cross_entropy(logits.float(), cache["label"][rows].to(family.device))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -200,7 +206,6 @@ def calm_step(family: Family, tau_prev: str | Path, model_dir: str | Path,
                       "head": artifacts.read_head(v["head"]).to(family.device)})
 
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + step)
-    autocast_on = family.device.type == "cuda"
 
     def loss_terms(iteration: int):
         for t in tasks:
@@ -214,7 +219,7 @@ def calm_step(family: Family, tau_prev: str | Path, model_dir: str | Path,
                 target = t["target"][pick].to(family.device)
 
                 def term(params, batch=batch, target=target, head=t["head"]):
-                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast_on):
+                    with family.autocast():
                         logits = family.logits(params, batch, head)
                     return F.cross_entropy(logits.float(), target)
 

@@ -16,7 +16,7 @@ SEQ = CFG.calm.sequential
 EFFICIENT = CFG.efficient_tasks
 PRETRAINED = "resources/models/pretrained"
 MODEL_FLAGS = " ".join(
-    [f"--pretrained {PRETRAINED}", render_flags(CFG.model, prefix="model_", exclude=("source",)), f"--device {CFG.device}"]
+    [f"--pretrained {PRETRAINED}", render_flags(CFG.model, prefix="model_", exclude=("source",)), f"--device {CFG.device} --precision {CFG.precision}"]
 )
 LAMBDAS = [f"{lam:g}" for lam in CFG.baselines.lambda_grid]
 TA_LAMBDA = f"{CFG.baselines.task_arithmetic_lambda:g}"
