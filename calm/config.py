@@ -57,6 +57,8 @@ class FinetuneConfig(Section):
     batch_size: int = Field(32, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup: float = Field(0.1, ge=0, lt=1, description="Fraction of steps with linear warm-up.")
+    schedule: Literal["linear", "constant"] = Field(
+        "linear", description="After warm-up: linear decay to 0, or the constant learning rate.")
     seed: int = 0
 
 

@@ -100,8 +100,12 @@ def finetune(family: Family, inputs: str | Path, head: str | Path, cfg: Finetune
     n = len(cache["idx"])
     steps = cfg.epochs * math.ceil(n / cfg.batch_size)
     warmup = int(cfg.warmup * steps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
+    def factor(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        return 1.0 if cfg.schedule == "constant" else max(0.0, (steps - s) / max(1, steps - warmup))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
     generator = torch.Generator().manual_seed(cfg.seed)
     family.train_mode(True)
     torch.manual_seed(cfg.seed)  # dropout masks
