@@ -233,3 +233,18 @@ def test_registry_config_schema_and_cli_agree_on_the_method_names():
     method = next(a for a in merge._actions if a.dest == "method")
     assert list(method.choices) == names
     assert all(set(spec.needs) <= {"inputs", "head", "scores"} for spec in METHODS.values())
+    assert all(callable(spec.fn) for spec in METHODS.values())
+
+
+def test_a_data_driven_method_without_its_files_names_what_is_missing(pico_model, tmp_path):
+    from calm.config import ModelConfig
+    from calm.stages import merge, open_family
+
+    family = open_family(ModelConfig(max_length=16), pico_model, device="cpu")
+    with pytest.raises(ValueError, match="method 'adamerging_task' needs per-task inputs, head"):
+        merge(family, "adamerging_task", [pico_model, pico_model], tmp_path / "out")
+    with pytest.raises(ValueError, match="task b: no head file given"):
+        merge(family, "localize_stitch", [pico_model, pico_model], tmp_path / "out",
+              tasks=[{"task": "a", "inputs": "x", "head": "y"}, {"task": "b", "inputs": "x"}])
+    with pytest.raises(ValueError, match="unknown merging method 'dare'"):
+        merge(family, "dare", [pico_model], tmp_path / "out")
