@@ -207,7 +207,7 @@ def merge(family: Family, method: str, model_dirs: list[str | Path], out_dir: st
 # --- data-driven baselines: the glue that feeds calm.merging the data it needs ---------------
 
 def _logits(family: Family, params, batch, head) -> torch.Tensor:
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=family.device.type == "cuda"):
+    with family.autocast():
         return family.logits(params, batch, head).float()
 
 
