@@ -156,9 +156,24 @@ def cmd_select(a):
                  (chosen["target"] == chosen["label"]).mean())
 
 
+def _baseline_sections() -> dict[str, type[BaseModel]]:
+    """The per-method sections of BaselinesConfig (ties, adamerging, ...), flagged with their prefix."""
+    return {name: field.annotation for name, field in cfgmod.BaselinesConfig.model_fields.items()
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)}
+
+
 def cmd_merge(a):
     from calm.stages import merge
-    merge(_family(a), a.method, a.models, a.out, lam=a.lam)
+    cfg = cfgmod.BaselinesConfig(task_arithmetic_lambda=a.lam, **{
+        name: section_from(a, cls, prefix=f"{name}_") for name, cls in _baseline_sections().items()})
+    tasks = None
+    if a.inputs or a.heads or a.scores:
+        inputs, heads, scores = (_pairs(v or [], flag) for v, flag in
+                                 ((a.inputs, "--inputs"), (a.heads, "--heads"), (a.scores, "--scores")))
+        tasks = [{"task": t, "inputs": path, "head": heads.get(t), "scores": scores.get(t)}
+                 for t, path in inputs.items()]
+    summary = merge(_family(a), a.method, a.models, a.out, cfg, tasks, a.summary)
+    logging.info("%s merged %d models in %.1f s", summary["label"], len(a.models), summary["seconds"])
 
 
 def cmd_calm_base(a):
@@ -269,12 +284,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path)
     add_section(p, cfgmod.SelectConfig)
 
-    p = command("merge", cmd_merge, "Merge fine-tuned models with a data-free method.")
+    p = command("merge", cmd_merge, "Merge fine-tuned models with a registry method (a baseline).")
     _model(p)
-    p.add_argument("--method", required=True, choices=["task_arithmetic"])
-    p.add_argument("--models", required=True, nargs="+", type=Path)
-    p.add_argument("--lam", type=float, default=0.3, help="λ (default: 0.3)")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--method", required=True, choices=list(typing.get_args(cfgmod.BaselineName)))
+    p.add_argument("--models", required=True, nargs="+", type=Path, help="fine-tuned checkpoint folders")
+    p.add_argument("--inputs", nargs="+", help="TASK=INPUTS for each model, in --models order (data-driven methods)")
+    p.add_argument("--heads", nargs="+", help="TASK=HEAD (data-driven methods)")
+    p.add_argument("--scores", nargs="+", help="TASK=SCORES, the pool's pseudo-labels (fisher)")
+    p.add_argument("--lam", "--task-arithmetic-lambda", dest="lam", type=float, default=0.3,
+                   help="λ of task arithmetic (default: 0.3)")
+    p.add_argument("--out", required=True, type=Path, help="output: the merged checkpoint folder")
+    p.add_argument("--summary", type=Path, help="output: JSON with the settings, time and what the method learned")
+    for name, cls in _baseline_sections().items():
+        add_section(p, cls, prefix=f"{name}_")
 
     p = command("calm-base", cmd_calm_base, "CALM's efficient part: τ = λ Σ τ_t over the tasks of S.")
     _model(p)

@@ -53,7 +53,10 @@ def pico_config(model: Path, folder: Path, **calm) -> dict:
         "select": {"sampler": "cb_ems", "ratio": 0.9},
         "calm": {"sequential": ["mood"], "iterations": 3, "batch_size": 8, "batches_per_task": 1,
                  "lr": 1e6, **calm},
-        "baselines": {"task_arithmetic_lambda": 0.3, "lambda_grid": [0.3, 0.6]},
+        "baselines": {"task_arithmetic_lambda": 0.3, "lambda_grid": [0.3, 0.6],
+                      "localize_stitch": {"n_shot": 8, "epochs": 2, "batch_size": 4, "lr": 1e6},
+                      "adamerging": {"steps": 2, "batch_size": 4, "batches_per_task": 1},
+                      "fisher": {"n_examples": 4}, "regmean": {"n_examples": 8, "batch_size": 4}},
         "evaluate": {"batch_size": 16, "bootstrap": 200},
     }
 
@@ -86,11 +89,17 @@ def pico_run(tmp_path_factory, pico_model):
     return work
 
 
+MAIN_TABLE_ROWS = ["Pretrained", "Individual", "Weight averaging", "Task arithmetic (λ=0.3)", "best λ", "TIES",
+                   "Consensus TA", "Consensus TIES", "Localize-and-Stitch", "AdaMerging (task-wise)",
+                   "AdaMerging (layer-wise)", "Fisher", "RegMean", "CALM"]
+
+
 def test_end_to_end_writes_every_artefact(pico_run):
     work = pico_run
     table = pd.read_csv(work / "results/tables/main.csv", index_col=0)
-    assert list(table.index)[:3] == ["Pretrained", "Individual", "Task arithmetic (λ=0.3)"]
-    assert table.index[-1] == "CALM"
+    rows = list(table.index)
+    assert rows[4].startswith("Task arithmetic λ=") and rows[4].endswith("(best λ, oracle)")
+    assert rows[:4] + rows[5:] == [r for r in MAIN_TABLE_ROWS if r != "best λ"]
     assert list(table.columns) == ["colour", "animal", "mood", "Avg", "Norm. avg"]
     assert table.loc["Individual", "Norm. avg"] == pytest.approx(100.0)
     # the averages are the means of the task columns
@@ -110,6 +119,26 @@ def test_end_to_end_writes_every_artefact(pico_run):
         assert any((work / "logs" / folder).iterdir())
 
 
+def test_every_baseline_writes_a_model_and_what_it_learned(pico_run):
+    from transformers import AutoModel
+
+    base = pico_run / "results/merge/baselines"
+    for method in ("weight_averaging", "ties", "consensus_ta", "consensus_ties", "localize_stitch",
+                   "adamerging_task", "adamerging_layer", "fisher", "regmean"):
+        AutoModel.from_pretrained(base / method / "model")
+        summary = json.loads((base / method / "summary.json").read_text())
+        assert summary["method"] == method
+    layer = json.loads((base / "adamerging_layer/summary.json").read_text())
+    assert set(layer["coefficients"]) == set(WORDS) and len(layer["trace"]) == 2
+    assert all(0.0 <= c <= 1.0 for per_tensor in layer["coefficients"].values() for c in per_tensor.values())
+    stitched = json.loads((base / "localize_stitch/summary.json").read_text())
+    assert [t["task"] for t in stitched["localize"]] == list(WORDS)
+    assert all(t["examples"] == 8 for t in stitched["localize"])
+    assert json.loads((base / "fisher/summary.json").read_text())["examples"] == {t: 4 for t in WORDS}
+    regmean = json.loads((base / "regmean/summary.json").read_text())
+    assert "encoder.layer.0.attention.self.query.weight" in regmean["closed_form_tensors"]
+
+
 def test_rerun_is_a_no_op(pico_run):
     out = snakemake(pico_run, "-n")
     assert "Nothing to be done" in out.stdout + out.stderr
@@ -123,6 +152,16 @@ def test_changing_the_mask_lr_reruns_only_merge_evaluation_and_table(pico_run):
     out = snakemake(work, "-n", "--configfile", str(work / "changed.yaml"))
     jobs = planned_jobs(out.stdout + out.stderr)
     assert jobs == {"calm_step": 1, "calm_model": 1, "evaluate": 1, "table": 1, "all": 1}
+
+
+def test_changing_one_baseline_setting_reruns_only_the_methods_that_read_it(pico_run):
+    work = pico_run
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["baselines"]["ties"] = {"k": 0.5}  # read by TIES and Consensus TIES
+    (work / "changed.yaml").write_text(yaml.safe_dump(config))
+    out = snakemake(work, "-n", "--configfile", str(work / "changed.yaml"))
+    jobs = planned_jobs(out.stdout + out.stderr)
+    assert jobs == {"merge_baseline": 2, "evaluate": 2, "table": 1, "all": 1}
 
 
 def test_each_stage_runs_by_hand_on_the_previous_stage_files(pico_run, tmp_path):
@@ -149,7 +188,23 @@ def test_default_config_dry_run_plans_the_whole_pipeline(tmp_path):
     jobs = planned_jobs(proc.stdout + proc.stderr)
     assert jobs["finetune"] == 6 and jobs["score"] == 6 and jobs["select"] == 6
     assert jobs["calm_step"] == 2 and jobs["merge_task_arithmetic"] == 9
-    assert jobs["evaluate"] == 12  # pretrained, individual, CALM, 9 λ values
+    assert jobs["merge_baseline"] == 9  # every registry method but task arithmetic
+    assert jobs["evaluate"] == 21  # pretrained, individual, CALM, 9 λ values, 9 baselines
+
+
+def test_the_baseline_wildcard_accepts_exactly_the_registry_names(tmp_path):
+    from calm.merging import METHODS
+
+    def dry_run(*targets):
+        return subprocess.run(SNAKEMAKE + [*targets, "-n", "--directory", str(tmp_path), "-s", str(ROOT / "Snakefile"),
+                                           "--configfile", str(ROOT / "config/config.yaml")],
+                              capture_output=True, text=True, cwd=ROOT)
+
+    proc = dry_run(*[f"results/merge/baselines/{m}/summary.json" for m in METHODS])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert planned_jobs(proc.stdout + proc.stderr)["merge_baseline"] == len(METHODS)
+    proc = dry_run("results/merge/baselines/dare/summary.json")
+    assert proc.returncode != 0 and "MissingRuleException" in proc.stdout + proc.stderr
 
 
 def test_schema_file_is_generated_from_the_typed_config():

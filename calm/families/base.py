@@ -56,6 +56,11 @@ class Family(ABC):
     def train_mode(self, on: bool) -> None:
         """Dropout on for fine-tuning, off for scoring, masks and evaluation."""
 
+    def linear_grams(self, params: StateDict, batch: Batch) -> StateDict:
+        """XᵀX of the inputs of every linear layer under `params`, keyed by the layer's weight
+        name, over the batch's real (unpadded) positions (RegMean's statistics)."""
+        raise NotImplementedError(f"model family {type(self).__name__} offers no linear-layer inputs (RegMean)")
+
 
 def pick_device(choice: str) -> torch.device:
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):

@@ -2,8 +2,11 @@ import json
 import shlex
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from calm.cli import interpreter_first_on_path, render_flags
 from calm.config import Config
+from calm.merging import METHODS
 
 # The typed config re-checks what the JSON schema cannot (cross-key rules such as
 # calm.sequential ⊆ data.tasks) before any job starts.
@@ -69,19 +72,66 @@ def eval_models(method):
     if method.startswith("task_arithmetic_lam"):
         lam = method[len("task_arithmetic_lam"):]
         return {t: f"results/merge/task_arithmetic/lam{lam}" for t in TASKS}
+    if method.startswith("baseline_") and method[len("baseline_"):] in METHODS:
+        return {t: f"{baseline_dir(method[len('baseline_'):])}/model" for t in TASKS}
     raise ValueError(f"unknown evaluation target '{method}'")
 
 
 def table_rows():
-    """Row name -> predictions file, in table order; the λ sweep rows collapse to the best."""
+    """Row name -> predictions file, in table order (the registry's, for the baselines that
+    baselines.methods names); the λ sweep rows collapse to the best."""
     rows = {
         "Pretrained": "results/eval/pretrained.parquet",
         "Individual": "results/eval/individual.parquet",
-        f"Task arithmetic (λ={TA_LAMBDA})": f"results/eval/task_arithmetic_lam{TA_LAMBDA}.parquet",
     }
-    rows.update({f"Task arithmetic λ={lam}": f"results/eval/task_arithmetic_lam{lam}.parquet" for lam in LAMBDAS})
+    for method, spec in METHODS.items():
+        if method not in CFG.baselines.methods:
+            continue
+        if method == "task_arithmetic":
+            rows[f"Task arithmetic (λ={TA_LAMBDA})"] = f"results/eval/task_arithmetic_lam{TA_LAMBDA}.parquet"
+            rows.update({f"Task arithmetic λ={lam}": f"results/eval/task_arithmetic_lam{lam}.parquet" for lam in LAMBDAS})
+        else:
+            rows[spec.label] = f"results/eval/baseline_{method}.parquet"
     rows["CALM"] = "results/eval/calm.parquet"
     return rows
+
+
+# --- baselines (workflow/rules/baselines.smk) -------------------------------------------------
+
+BASELINE_FILES = {
+    "inputs": ("--inputs", "results/inputs/{}.safetensors"),
+    "head": ("--heads", "results/heads/{}.safetensors"),
+    "scores": ("--scores", "results/scores/{}.parquet"),
+}
+
+
+def baseline_dir(method):
+    return f"results/merge/baselines/{method}"
+
+
+def baseline_inputs(wildcards):
+    """The per-task files the method's registry entry says it reads."""
+    return [BASELINE_FILES[need][1].format(t) for need in METHODS[wildcards.method].needs for t in TASKS]
+
+
+def baseline_data_flags(wildcards):
+    return " ".join(
+        f"{BASELINE_FILES[need][0]} " + " ".join(f"{t}={BASELINE_FILES[need][1].format(t)}" for t in TASKS)
+        for need in METHODS[wildcards.method].needs
+    )
+
+
+def baseline_settings(wildcards):
+    """Only the config sections the method reads, so that changing one method's settings
+    reruns that method alone."""
+    parts = []
+    for section in METHODS[wildcards.method].sections:
+        value = getattr(CFG.baselines, section)
+        if isinstance(value, BaseModel):
+            parts.append(render_flags(value, prefix=f"{section}_"))
+        else:
+            parts.append(f"--{section.replace('_', '-')} {value}")
+    return " ".join(parts)
 
 
 def show_table():

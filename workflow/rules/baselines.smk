@@ -1,0 +1,41 @@
+# Every baseline of the registry (calm.merging.METHODS) is one job: the data-free ones read
+# the fine-tuned models only; the data-driven ones also the per-task files their registry
+# entry names (preprocessed splits, heads, pool scores).
+
+
+rule merge_baseline:
+    input:
+        model=PRETRAINED,
+        finetuned=[finetuned(t) for t in TASKS],
+        data=baseline_inputs,
+    output:
+        model=directory("results/merge/baselines/{method}/model"),
+        summary="results/merge/baselines/{method}/summary.json",
+    wildcard_constraints:
+        method="|".join(METHODS),
+    params:
+        model=MODEL_FLAGS,
+        data=baseline_data_flags,
+        settings=baseline_settings,
+    threads: CFG.threads
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=1,
+    log:
+        "logs/merge/baseline_{method}.log",
+    benchmark:
+        "benchmarks/rules/merge/baseline_{method}.tsv"
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m calm merge {params.model} --threads {threads} --method {wildcards.method} "
+        "--models {input.finetuned} {params.data} --out {output.model} --summary {output.summary} "
+        "{params.settings} 2> {log}"
+
+
+# `snakemake --cores 2 baselines`: the evaluations of the baselines that baselines.methods names
+# (their rows of the main table).
+rule baselines:
+    input:
+        [path for name, path in table_rows().items() if name not in ("Pretrained", "Individual", "CALM")],
