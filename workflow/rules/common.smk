@@ -88,3 +88,28 @@ def show_table():
     path = Path("results/tables/main.md")
     if path.exists():
         print(f"\nResults ({path}):\n\n{path.read_text()}")
+
+
+# --- paper tables and figures (workflow/rules/paper.smk) ---------------------------------------
+
+
+def calm_traces():
+    """Fig. 12: label -> mask trace of each sequential step of the main CALM run."""
+    return {f"{SEQ[k - 1]} (step {k})": f"{step_dir(k)}/trace.csv" for k in range(1, len(SEQ) + 1)}
+
+
+def runtime_rows():
+    """Table 8: row name -> (Snakemake benchmark files whose `s` add up to the row's run time,
+    iterations). CALM's rows are the steps of the main run, then all of them (|S̄| steps)."""
+    it = CFG.calm.iterations
+    bench = [f"benchmarks/rules/merge/calm_step{k}-{SEQ[k - 1]}.tsv" for k in range(1, len(SEQ) + 1)]
+    rows = {f"CALM step {k}: {SEQ[k - 1]} ({len(EFFICIENT) + k} visible tasks)": ([bench[k - 1]], it)
+            for k in range(1, len(SEQ) + 1)}
+    if len(SEQ) > 1:
+        rows[f"CALM, all {len(SEQ)} steps (|S̄| = {len(SEQ)})"] = (bench, it * len(SEQ))
+    return rows
+
+
+def labelled(pairs):
+    """LABEL=PATH arguments, each shell-quoted (labels hold spaces and brackets)."""
+    return " ".join(shlex.quote(f"{label}={path}") for label, path in pairs)
