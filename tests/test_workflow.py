@@ -125,6 +125,32 @@ def test_changing_the_mask_lr_reruns_only_merge_evaluation_and_table(pico_run):
     assert jobs == {"calm_step": 1, "calm_model": 1, "evaluate": 1, "table": 1, "all": 1}
 
 
+# The paper items that need only the main run (the others read the ablation sweeps).
+PAPER_FROM_MAIN_RUN = ["paper_table1_main", "paper_table8_runtime", "paper_fig3_normalised",
+                       "paper_fig9_entropy", "paper_fig12_active_fraction"]
+
+
+def test_paper_items_and_the_report(pico_run, tmp_path):
+    work = pico_run
+    snakemake(work, *PAPER_FROM_MAIN_RUN)
+    tables, figures = work / "results/paper/tables", work / "results/paper/figures"
+    main = pd.read_csv(work / "results/tables/main.csv", index_col=0)
+    md = (tables / "table1_main.md").read_text()
+    assert md.splitlines()[0] == "| Method | colour | animal | mood | Avg | Norm. avg |"
+    assert f"| Individual | {main.loc['Individual', 'colour']:.1f} |" in md
+    assert (tables / "table1_main.tex").read_text().startswith(r"\begin{tabular}{lrrrrr}")
+    runtime = pd.read_csv(tables / "table8_runtime.csv", index_col=0)
+    bench = pd.read_csv(work / "benchmarks/rules/merge/calm_step1-mood.tsv", sep="\t")
+    assert runtime["Run time (s)"].iloc[0] == pytest.approx(bench["s"].mean(), abs=1e-3)
+    assert runtime["Iterations"].iloc[0] == 3
+    for name in ("fig3_normalised", "fig9_entropy", "fig12_active_fraction"):
+        assert (figures / f"{name}.png").stat().st_size > 5000 and (figures / f"{name}.pdf").stat().st_size > 1000
+    report = tmp_path / "report.html"
+    snakemake(work, "--report", str(report), "all", *PAPER_FROM_MAIN_RUN)
+    text = report.read_text()
+    assert "fig3_normalised.png" in text and "table1_main.html" in text
+
+
 def test_each_stage_runs_by_hand_on_the_previous_stage_files(pico_run, tmp_path):
     work = pico_run
     out = tmp_path / "credible.parquet"

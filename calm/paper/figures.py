@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from cycler import cycler
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from calm.io import atomic_path
 from calm.paper.tables import AVERAGE, REFERENCES, step_labels
@@ -345,7 +345,11 @@ def active_fraction(traces: pd.DataFrame) -> Figure:
     log = bool((frame["active_fraction"] > 0).all())
     if log:
         ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        # plain numbers (0.01, 0.5, 3); the minor ticks labelled too when there are few decades
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        decades = np.log10(frame["active_fraction"].max() / frame["active_fraction"].min())
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain if decades < 1.5 else NullFormatter())
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("Mask-optimisation iteration")
     ax.set_ylabel("Active mask entries (%" + (", log scale)" if log else ")"))

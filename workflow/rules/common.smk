@@ -93,20 +93,24 @@ def show_table():
 # --- paper tables and figures (workflow/rules/paper.smk) ---------------------------------------
 
 
+def calm_steps():
+    """(k, task, folder, benchmark file) of each sequential step of the main CALM run."""
+    return [(k, t, step_dir(k), f"benchmarks/rules/merge/calm_step{k}-{t}.tsv") for k, t in enumerate(SEQ, start=1)]
+
+
 def calm_traces():
     """Fig. 12: label -> mask trace of each sequential step of the main CALM run."""
-    return {f"{SEQ[k - 1]} (step {k})": f"{step_dir(k)}/trace.csv" for k in range(1, len(SEQ) + 1)}
+    return {f"{t} (step {k})": f"{folder}/trace.csv" for k, t, folder, _ in calm_steps()}
 
 
 def runtime_rows():
     """Table 8: row name -> (Snakemake benchmark files whose `s` add up to the row's run time,
-    iterations). CALM's rows are the steps of the main run, then all of them (|S̄| steps)."""
+    iterations). CALM's rows: each step of the main run, then all of them."""
     it = CFG.calm.iterations
-    bench = [f"benchmarks/rules/merge/calm_step{k}-{SEQ[k - 1]}.tsv" for k in range(1, len(SEQ) + 1)]
-    rows = {f"CALM step {k}: {SEQ[k - 1]} ({len(EFFICIENT) + k} visible tasks)": ([bench[k - 1]], it)
-            for k in range(1, len(SEQ) + 1)}
-    if len(SEQ) > 1:
-        rows[f"CALM, all {len(SEQ)} steps (|S̄| = {len(SEQ)})"] = (bench, it * len(SEQ))
+    steps = calm_steps()
+    rows = {f"CALM step {k}: {t} ({len(EFFICIENT) + k} visible tasks)": ([bench], it) for k, t, _, bench in steps}
+    if len(steps) > 1:
+        rows[f"CALM, all {len(steps)} steps (|S̄| = {len(steps)})"] = ([b for *_, b in steps], it * len(steps))
     return rows
 
 
