@@ -178,6 +178,19 @@ def test_default_config_dry_run_plans_the_whole_pipeline(tmp_path):
     assert jobs["evaluate"] == 12  # pretrained, individual, CALM, 9 λ values
 
 
+@pytest.mark.skipif(not (ROOT / "workflow/rules/ablations.smk").exists(),
+                    reason="the ablation sweeps the paper items read are not in this tree")
+def test_paper_target_plans_every_item_and_the_sweeps_they_read(tmp_path):
+    from calm.paper.registry import ITEMS
+    proc = subprocess.run(SNAKEMAKE + ["paper", "-n", "--directory", str(tmp_path), "-s", str(ROOT / "Snakefile"),
+                                       "--configfile", str(ROOT / "config/config.yaml")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = planned_jobs(proc.stdout + proc.stderr)
+    assert {f"paper_{name}" for name in ITEMS} <= {rule for rule, n in jobs.items() if n == 1}
+    assert any(rule.startswith("ablation") for rule in jobs)
+
+
 def test_schema_file_is_generated_from_the_typed_config():
     committed = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
     assert committed == json.loads(json.dumps(json_schema())), "run: python -m calm schema --out workflow/schemas/config.schema.yaml"
