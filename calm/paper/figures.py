@@ -12,7 +12,7 @@ from pathlib import Path
 import matplotlib as mpl
 import numpy as np
 import pandas as pd
-from cycler import cycler
+from matplotlib import cycler
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
@@ -76,9 +76,9 @@ def _nonempty(frame: pd.DataFrame, what: str) -> pd.DataFrame:
     return frame
 
 
-def _percent_axis(values: pd.Series) -> tuple[pd.Series, str]:
+def _percent_axis(values: pd.Series) -> pd.Series:
     """Ratios stored as fractions are shown in percent."""
-    return (values * 100, "%") if values.max() <= 1 else (values, "%")
+    return values * 100 if values.max() <= 1 else values
 
 
 def _average_rows(frame: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
@@ -143,7 +143,7 @@ def sampling_ratio(samplers: pd.DataFrame, sampler: str = "cb_ems") -> Figure:
     """Fig. 4: accuracy of CALM against the credible-set sampling ratio of one sampler (CB-EMS),
     per task and on average."""
     frame = _nonempty(samplers[samplers["sampler"] == sampler], f"sampler '{sampler}'")
-    frame = frame.assign(ratio=_percent_axis(frame["ratio"])[0])
+    frame = frame.assign(ratio=_percent_axis(frame["ratio"]))
     fig = Figure(figsize=(6.0, 3.4), layout="constrained")
     ax = fig.add_subplot()
     for i, task in enumerate(t for t in pd.unique(frame["task"]) if t != AVERAGE):
@@ -164,7 +164,7 @@ def sampler_comparison(samplers: pd.DataFrame) -> Figure:
     """Fig. 5: average accuracy of CALM with each sampler against the sampling ratio; error bars
     are the standard deviation over the runs (seeds or orders) of a setting, where repeated."""
     frame = _nonempty(samplers, "samplers")
-    frame = frame.assign(ratio=_percent_axis(frame["ratio"])[0])
+    frame = frame.assign(ratio=_percent_axis(frame["ratio"]))
     runs = _average_rows(frame, ["sampler", "ratio"], "accuracy")
     fig = Figure(figsize=(6.0, 3.4), layout="constrained")
     ax = fig.add_subplot()
@@ -243,7 +243,7 @@ def pseudo_label_accuracy(pseudo_labels: pd.DataFrame) -> Figure:
     shown = [s for s in ("ems", "cb_ems") if s in set(pseudo_labels["sampler"])]
     if not shown:
         raise ValueError("pseudo_labels: no rows for sampler ems or cb_ems")
-    frame = pseudo_labels.assign(ratio=_percent_axis(pseudo_labels["ratio"])[0])
+    frame = pseudo_labels.assign(ratio=_percent_axis(pseudo_labels["ratio"]))
     tasks = [t for t in pd.unique(frame["task"]) if t != AVERAGE]
     fig = Figure(figsize=(3.4 * len(shown) + 1.6, 3.2), layout="constrained")
     axes = fig.subplots(1, len(shown), sharey=True, squeeze=False)[0]
