@@ -221,6 +221,16 @@ def cmd_table(a):
                         individual=a.individual, target=a.target, bootstrap=a.bootstrap, seed=a.seed))
 
 
+def cmd_paper(a):
+    from calm.paper.registry import make
+    try:
+        options = json.loads(a.options)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--options: not a JSON object ({exc})") from exc
+    for path in make(a.name, a.inputs, a.out_prefix, options).values():
+        logging.info("wrote %s", path)
+
+
 def cmd_schema(a):
     text = yaml.safe_dump(cfgmod.json_schema(), sort_keys=False, allow_unicode=True)
     if a.out:
@@ -336,6 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insert-best-after", default="Task arithmetic (λ=0.3)")
     p.add_argument("--out-prefix", required=True, help="writes PREFIX.csv, PREFIX.md, PREFIX.json")
     add_section(p, cfgmod.EvaluateConfig, exclude=("batch_size",))
+
+    from calm.paper.registry import FIGURES, TABLES
+    for kind, names in (("table", TABLES), ("figure", FIGURES)):
+        what = "CSV, Markdown and LaTeX" if kind == "table" else "PNG and PDF"
+        p = command(f"paper-{kind}", cmd_paper, f"Build one of the paper's {kind}s ({what}) from result files.")
+        p.add_argument("name", choices=names, help=f"the {kind}")
+        p.add_argument("--inputs", required=True, nargs="+",
+                       help="the input file, or LABEL=PATH per file for the items that stack several")
+        p.add_argument("--out-prefix", required=True, help=f"writes PREFIX.{{{'csv,md,tex' if kind == 'table' else 'png,pdf'}}}")
+        p.add_argument("--options", default="{}", help="JSON object of the builder's keyword options")
 
     p = command("schema", cmd_schema, "Print (or write) the JSON schema of the config.")
     p.add_argument("--out", type=Path)

@@ -8,10 +8,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import torch
-from safetensors.torch import save_file
+if TYPE_CHECKING:
+    import torch
 
 
 @contextlib.contextmanager
@@ -67,6 +67,9 @@ def write_parquet(frame, path: str | os.PathLike) -> None:
 
 def write_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
                   metadata: dict[str, str] | None = None) -> None:
+    # imported here: the table and figure jobs use this module and need no torch (4 s to import)
+    from safetensors.torch import save_file
+
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(contiguous, str(tmp), metadata=metadata)

@@ -164,6 +164,32 @@ def test_changing_one_baseline_setting_reruns_only_the_methods_that_read_it(pico
     assert jobs == {"merge_baseline": 2, "evaluate": 2, "table": 1, "all": 1}
 
 
+# The paper items that need only the main run (the others read the ablation sweeps).
+PAPER_FROM_MAIN_RUN = ["paper_table1_main", "paper_table8_runtime", "paper_fig3_normalised",
+                       "paper_fig9_entropy", "paper_fig12_active_fraction"]
+
+
+def test_paper_items_and_the_report(pico_run, tmp_path):
+    work = pico_run
+    snakemake(work, *PAPER_FROM_MAIN_RUN)
+    tables, figures = work / "results/paper/tables", work / "results/paper/figures"
+    main = pd.read_csv(work / "results/tables/main.csv", index_col=0)
+    md = (tables / "table1_main.md").read_text()
+    assert md.splitlines()[0] == "| Method | colour | animal | mood | Avg | Norm. avg |"
+    assert f"| Individual | {main.loc['Individual', 'colour']:.1f} |" in md
+    assert (tables / "table1_main.tex").read_text().startswith(r"\begin{tabular}{lrrrrr}")
+    runtime = pd.read_csv(tables / "table8_runtime.csv", index_col=0)
+    bench = pd.read_csv(work / "benchmarks/rules/merge/calm_step1-mood.tsv", sep="\t")
+    assert runtime["Run time (s)"].iloc[0] == pytest.approx(bench["s"].mean(), abs=1e-3)
+    assert runtime["Iterations"].iloc[0] == 3
+    for name in ("fig3_normalised", "fig9_entropy", "fig12_active_fraction"):
+        assert (figures / f"{name}.png").stat().st_size > 5000 and (figures / f"{name}.pdf").stat().st_size > 1000
+    report = tmp_path / "report.html"
+    snakemake(work, "--report", str(report), "all", *PAPER_FROM_MAIN_RUN)
+    text = report.read_text()
+    assert "fig3_normalised.png" in text and "table1_main.html" in text
+
+
 def test_each_stage_runs_by_hand_on_the_previous_stage_files(pico_run, tmp_path):
     work = pico_run
     out = tmp_path / "credible.parquet"
@@ -205,6 +231,19 @@ def test_the_baseline_wildcard_accepts_exactly_the_registry_names(tmp_path):
     assert planned_jobs(proc.stdout + proc.stderr)["merge_baseline"] == len(METHODS)
     proc = dry_run("results/merge/baselines/dare/summary.json")
     assert proc.returncode != 0 and "MissingRuleException" in proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(not (ROOT / "workflow/rules/ablations.smk").exists(),
+                    reason="the ablation sweeps the paper items read are not in this tree")
+def test_paper_target_plans_every_item_and_the_sweeps_they_read(tmp_path):
+    from calm.paper.registry import ITEMS
+    proc = subprocess.run(SNAKEMAKE + ["paper", "-n", "--directory", str(tmp_path), "-s", str(ROOT / "Snakefile"),
+                                       "--configfile", str(ROOT / "config/config.yaml")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = planned_jobs(proc.stdout + proc.stderr)
+    assert {f"paper_{name}" for name in ITEMS} <= {rule for rule, n in jobs.items() if n == 1}
+    assert any(rule.startswith("ablation") for rule in jobs)
 
 
 def test_schema_file_is_generated_from_the_typed_config():

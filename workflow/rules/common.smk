@@ -138,3 +138,38 @@ def show_table():
     path = Path("results/tables/main.md")
     if path.exists():
         print(f"\nResults ({path}):\n\n{path.read_text()}")
+
+
+# --- paper tables and figures (workflow/rules/paper.smk) ---------------------------------------
+
+
+def calm_steps():
+    """(k, task, folder, benchmark file) of each sequential step of the main CALM run."""
+    return [(k, t, step_dir(k), f"benchmarks/rules/merge/calm_step{k}-{t}.tsv") for k, t in enumerate(SEQ, start=1)]
+
+
+def calm_traces():
+    """Fig. 12: label -> mask trace of each sequential step of the main CALM run."""
+    return {f"{t} (step {k})": f"{folder}/trace.csv" for k, t, folder, _ in calm_steps()}
+
+
+def runtime_rows():
+    """Table 8: row name -> (Snakemake benchmark files whose `s` add up to the row's run time,
+    iterations). CALM's rows: each step of the main run, then all of them."""
+    it = CFG.calm.iterations
+    steps = calm_steps()
+    rows = {f"CALM step {k}: {t} ({len(EFFICIENT) + k} visible tasks)": ([bench], it) for k, t, _, bench in steps}
+    if len(steps) > 1:
+        rows[f"CALM, all {len(steps)} steps (|S̄| = {len(steps)})"] = ([b for *_, b in steps], it * len(steps))
+    # The data-driven baselines the main run made (iterations: L&S epochs per task, AdaMerging steps).
+    for m in ("localize_stitch", "adamerging_task", "adamerging_layer"):
+        if m in CFG.baselines.methods:
+            iters = (CFG.baselines.localize_stitch.epochs * len(TASKS) if m == "localize_stitch"
+                     else CFG.baselines.adamerging.steps)
+            rows[METHODS[m].label] = ([f"benchmarks/rules/merge/baseline_{m}.tsv"], iters)
+    return rows
+
+
+def labelled(pairs):
+    """LABEL=PATH arguments, each shell-quoted (labels hold spaces and brackets)."""
+    return " ".join(shlex.quote(f"{label}={path}") for label, path in pairs)

@@ -1,0 +1,357 @@
+"""The paper's figures: each builder takes a result frame and returns a matplotlib Figure in
+the one house style (`STYLE`); `save_figure` writes PNG (for the report) and PDF (for papers).
+
+Builders use `matplotlib.figure.Figure` directly, not pyplot, so they keep no global state.
+Accuracies in the input frames are in percent; mask fractions are fractions (0–1).
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+from matplotlib import cycler
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+
+from calm.io import atomic_path
+from calm.paper.tables import AVERAGE, REFERENCES, step_labels
+
+mpl.use("Agg")
+
+# Okabe–Ito (colour-blind safe; its yellow and black left out) first, then tab10.
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#8c564b", "#7f7f7f",
+           "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#e377c2", "#bcbd22", "#17becf"]
+AVERAGE_COLOUR = "#C00000"
+STYLE = {
+    "font.family": "DejaVu Sans",
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "legend.frameon": False,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.5,
+    "lines.linewidth": 1.4,
+    "lines.markersize": 4,
+    "axes.prop_cycle": cycler(color=PALETTE),
+    "pdf.fonttype": 42,  # embed TrueType, so the PDF's text stays text in a paper
+}
+SAMPLERS = {"cb_ems": "CB-EMS", "ems": "EMS", "supervised": "Supervised (true labels)", "random": "Random"}
+
+
+def styled(builder):
+    """Build the figure under STYLE (rcParams are read when artists are made)."""
+    @functools.wraps(builder)
+    def wrapper(*args, **kwargs):
+        with mpl.rc_context(STYLE):
+            return builder(*args, **kwargs)
+    return wrapper
+
+
+def save_figure(fig: Figure, out_prefix: str | Path) -> dict[str, Path]:
+    """PREFIX.png (200 dpi) and PREFIX.pdf; returns the paths."""
+    prefix = Path(out_prefix)
+    paths = {}
+    for fmt in ("png", "pdf"):
+        path = prefix.with_name(prefix.name + "." + fmt)
+        with atomic_path(path) as tmp:
+            # No creation date in the PDF: the same figure gives the same bytes.
+            fig.savefig(tmp, format=fmt, dpi=200, bbox_inches="tight",
+                        metadata={"CreationDate": None} if fmt == "pdf" else None)
+        paths[fmt] = path
+    return paths
+
+
+def _nonempty(frame: pd.DataFrame, what: str) -> pd.DataFrame:
+    if frame.empty:
+        raise ValueError(f"{what}: no rows to plot")
+    return frame
+
+
+def _percent_axis(values: pd.Series) -> pd.Series:
+    """Ratios stored as fractions are shown in percent."""
+    return values * 100 if values.max() <= 1 else values
+
+
+def _average_rows(frame: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
+    """One row per run (a setting plus whatever replicate columns the frame has) with the run's
+    average over tasks: its "average" row if present, else the mean of its task rows."""
+    if (frame["task"] == AVERAGE).any():
+        return frame[frame["task"] == AVERAGE]
+    replicate = [c for c in frame.columns if c not in ("task", value) and frame[c].dtype.kind not in "f"]
+    return frame.groupby(sorted(set(keys) | set(replicate)), sort=False)[value].mean().reset_index()
+
+
+def _mean_std(frame: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
+    """Mean, standard deviation (0 for a single run) and number of runs per setting."""
+    g = frame.groupby(keys, sort=True)[value]
+    out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "n": g.size()})
+    return out.reset_index()
+
+
+def _legend_right(ax, **kwargs) -> None:
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kwargs)
+
+
+# --- Fig. 3 ----------------------------------------------------------------------------------
+
+@styled
+def normalised_accuracy(main: pd.DataFrame) -> Figure:
+    """Fig. 3: each merged method's accuracy relative to the individual fine-tuned model (%),
+    per task and on average, methods side by side (from the results table)."""
+    frame = main.set_index("method") if "method" in main.columns else main
+    if "Individual" not in frame.index:
+        raise ValueError("results table: no 'Individual' row to normalise by")
+    tasks = [c for c in frame.columns if c not in ("Avg", "Norm. avg")]
+    methods = [m for m in frame.index if m not in REFERENCES]
+    _nonempty(frame.loc[methods], "results table without references")
+    rel = frame.loc[methods, tasks].div(frame.loc["Individual", tasks]) * 100
+    rel["Average"] = frame.loc[methods, "Norm. avg"] if "Norm. avg" in frame else rel.mean(axis=1)
+    groups = list(rel.columns)
+    width = 0.8 / len(methods)
+    fig = Figure(figsize=(min(11.0, max(6.0, 0.16 * len(groups) * len(methods) + 2)), 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(len(groups))
+    for i, m in enumerate(methods):
+        ours = m.startswith("CALM")  # outlined, so the method under study stands out
+        ax.bar(x - 0.4 + width * (i + 0.5), rel.loc[m].to_numpy(float), width, label=m,
+               color=PALETTE[i % len(PALETTE)], edgecolor="black" if ours else "white", linewidth=0.8 if ours else 0.3)
+    ax.axhline(100, color="black", linestyle="--", linewidth=1, label="Individual model")
+    tilt = len(groups) > 5 or max(len(g) for g in groups) > 14
+    ax.set_xticks(x, groups, rotation=25 if tilt else 0, ha="right" if tilt else "center", rotation_mode="anchor")
+    ax.set_ylabel("Accuracy relative to individual model (%)")
+    low = float(np.nanmin(rel.to_numpy(float)))
+    ax.set_ylim(max(0.0, np.floor(low / 5) * 5 - 5), max(105.0, float(np.nanmax(rel.to_numpy(float))) + 3))
+    ax.grid(axis="x", visible=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18 if len(groups) <= 6 else -0.3),
+              ncol=min(3, len(methods) + 1))
+    return fig
+
+
+# --- Figs. 4 and 5 ---------------------------------------------------------------------------
+
+@styled
+def sampling_ratio(samplers: pd.DataFrame, sampler: str = "cb_ems") -> Figure:
+    """Fig. 4: accuracy of CALM against the credible-set sampling ratio of one sampler (CB-EMS),
+    per task and on average."""
+    frame = _nonempty(samplers[samplers["sampler"] == sampler], f"sampler '{sampler}'")
+    frame = frame.assign(ratio=_percent_axis(frame["ratio"]))
+    fig = Figure(figsize=(6.0, 3.4), layout="constrained")
+    ax = fig.add_subplot()
+    for i, task in enumerate(t for t in pd.unique(frame["task"]) if t != AVERAGE):
+        s = _mean_std(frame[frame["task"] == task], ["ratio"], "accuracy")
+        ax.plot(s["ratio"], s["mean"], marker="o", linewidth=1, alpha=0.8, label=task, color=PALETTE[i % len(PALETTE)])
+    avg = _mean_std(_average_rows(frame, ["ratio"], "accuracy"), ["ratio"], "accuracy")
+    ax.errorbar(avg["ratio"], avg["mean"], yerr=avg["std"] if (avg["n"] > 1).any() else None, marker="s",
+                linewidth=2.2, capsize=3, color=AVERAGE_COLOUR, label="Average", zorder=5)
+    ax.set_xlabel(f"Sampling ratio of {SAMPLERS.get(sampler, sampler)} (%)")
+    ax.set_ylabel("Test accuracy (%)")
+    ax.set_xticks(sorted(frame["ratio"].unique()))
+    _legend_right(ax)
+    return fig
+
+
+@styled
+def sampler_comparison(samplers: pd.DataFrame) -> Figure:
+    """Fig. 5: average accuracy of CALM with each sampler against the sampling ratio; error bars
+    are the standard deviation over the runs (seeds or orders) of a setting, where repeated."""
+    frame = _nonempty(samplers, "samplers")
+    frame = frame.assign(ratio=_percent_axis(frame["ratio"]))
+    runs = _average_rows(frame, ["sampler", "ratio"], "accuracy")
+    fig = Figure(figsize=(6.0, 3.4), layout="constrained")
+    ax = fig.add_subplot()
+    order = [s for s in SAMPLERS if s in set(runs["sampler"])] + sorted(set(runs["sampler"]) - set(SAMPLERS))
+    repeated = False
+    for i, name in enumerate(order):
+        s = _mean_std(runs[runs["sampler"] == name], ["ratio"], "accuracy")
+        repeated |= bool((s["n"] > 1).any())
+        ax.errorbar(s["ratio"], s["mean"], yerr=s["std"] if (s["n"] > 1).any() else None, marker="os^Dv"[i % 5],
+                    capsize=3, label=SAMPLERS.get(name, name), color=PALETTE[i % len(PALETTE)])
+    ax.set_xlabel("Sampling ratio (%)")
+    ax.set_ylabel("Average test accuracy (%)" + (" (mean ± s.d.)" if repeated else ""))
+    ax.set_xticks(sorted(runs["ratio"].unique()))
+    _legend_right(ax)
+    return fig
+
+
+# --- Fig. 6 ----------------------------------------------------------------------------------
+
+@styled
+def sequential_count(n_seq: pd.DataFrame) -> Figure:
+    """Fig. 6: average accuracy against the number of sequential tasks |S̄|, mean and standard
+    deviation over task orders; each order's run is a faint dot."""
+    runs = _average_rows(_nonempty(n_seq, "n_seq"), ["n_seq"], "accuracy")
+    s = _mean_std(runs, ["n_seq"], "accuracy")
+    fig = Figure(figsize=(4.5, 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    # the single runs sit just left of their mean, so the error bar does not hide them
+    ax.scatter(runs["n_seq"] - 0.08, runs["accuracy"], s=14, color=PALETTE[0], alpha=0.5, label="one task order")
+    ax.errorbar(s["n_seq"], s["mean"], yerr=s["std"], marker="o", capsize=4, linewidth=1.8,
+                color=AVERAGE_COLOUR, label="mean ± s.d. over orders")
+    ax.set_xticks(s["n_seq"], [f"{int(k)}\n({int(n)} order{'s' * (n > 1)})" for k, n in zip(s["n_seq"], s["n"])])
+    ax.set_xlim(s["n_seq"].min() - 0.5, s["n_seq"].max() + 0.5)
+    ax.set_xlabel("Sequential tasks |S̄|")
+    ax.set_ylabel("Average test accuracy (%)")
+    ax.legend(loc="best")
+    return fig
+
+
+# --- Fig. 7 ----------------------------------------------------------------------------------
+
+@styled
+def layer_heatmap(layers: pd.DataFrame) -> Figure:
+    """Fig. 7: fraction (%) of active mask entries per layer (columns), one row per sequential
+    task's mask."""
+    frame = _nonempty(layers, "layers")
+    labels = step_labels(frame)
+    frame = frame.assign(row=[labels[(s, t)] for s, t in zip(frame["step"], frame["task"])])
+    grid = frame.pivot_table(index="row", columns="layer", values="active_fraction", aggfunc="mean", sort=False)
+    grid = grid.reindex(index=list(dict.fromkeys(labels.values())), columns=list(pd.unique(frame["layer"]))) * 100
+    rows, cols = grid.shape
+    fig = Figure(figsize=(max(4.5, 0.42 * cols + 2.5), max(2.0, 0.42 * rows + 1.4)), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(grid.to_numpy(float), aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_xticks(range(cols), grid.columns, rotation=90 if cols > 6 else 0)
+    ax.set_yticks(range(rows), grid.index)
+    ax.grid(False)
+    ax.set_xlabel("Layer")
+    ax.set_ylabel("Sequential task")
+    if rows * cols <= 150:
+        top = np.nanmax(grid.to_numpy(float))
+        for (r, c), v in np.ndenumerate(grid.to_numpy(float)):
+            if not np.isnan(v):
+                ax.text(c, r, f"{v:.2g}", ha="center", va="center", fontsize=6,
+                        color="black" if v > 0.6 * top else "white")
+    fig.colorbar(image, ax=ax, label="Active mask entries (%)", shrink=0.9)
+    return fig
+
+
+# --- Fig. 8 ----------------------------------------------------------------------------------
+
+@styled
+def pseudo_label_accuracy(pseudo_labels: pd.DataFrame) -> Figure:
+    """Fig. 8: accuracy (%) of the selected pseudo-labels against the true labels, per task,
+    against the sampling ratio; one panel for EMS, one for CB-EMS."""
+    shown = [s for s in ("ems", "cb_ems") if s in set(pseudo_labels["sampler"])]
+    if not shown:
+        raise ValueError("pseudo_labels: no rows for sampler ems or cb_ems")
+    frame = pseudo_labels.assign(ratio=_percent_axis(pseudo_labels["ratio"]))
+    tasks = [t for t in pd.unique(frame["task"]) if t != AVERAGE]
+    fig = Figure(figsize=(3.4 * len(shown) + 1.6, 3.2), layout="constrained")
+    axes = fig.subplots(1, len(shown), sharey=True, squeeze=False)[0]
+    for ax, sampler, letter in zip(axes, shown, "abc"):
+        part = frame[frame["sampler"] == sampler]
+        for i, task in enumerate(tasks):
+            s = _mean_std(part[part["task"] == task], ["ratio"], "pl_accuracy")
+            ax.plot(s["ratio"], s["mean"], marker="o", label=task, color=PALETTE[i % len(PALETTE)])
+        if (part["task"] == AVERAGE).any():
+            s = _mean_std(part[part["task"] == AVERAGE], ["ratio"], "pl_accuracy")
+            ax.plot(s["ratio"], s["mean"], marker="s", linewidth=2.2, color=AVERAGE_COLOUR, label="Average")
+        ax.set_title(f"({letter}) {SAMPLERS[sampler]}")
+        ax.set_xlabel("Sampling ratio (%)")
+        ax.set_xticks(sorted(part["ratio"].unique()))
+    axes[0].set_ylabel("Pseudo-label accuracy (%)")
+    _legend_right(axes[-1])
+    return fig
+
+
+# --- Fig. 9 ----------------------------------------------------------------------------------
+
+@styled
+def entropy_by_class(scores: pd.DataFrame, tasks: list[str] | None = None, n_tasks: int = 2) -> Figure:
+    """Fig. 9: entropy of each fine-tuned model's predictions on its unlabeled pool, one box per
+    pseudo-label class (the groups CB-EMS draws from), classes sorted by median entropy.
+    Without `tasks`, the `n_tasks` tasks with the most classes are shown."""
+    frame = _nonempty(scores, "scores")
+    if tasks is None:
+        classes = frame.groupby("task", sort=False)["pseudo_label"].nunique()
+        tasks = list(classes.sort_values(ascending=False, kind="stable").index[:n_tasks])
+    most = max(frame.loc[frame["task"].isin(tasks)].groupby("task")["pseudo_label"].nunique())
+    fig = Figure(figsize=(max(5.0, 0.22 * most + 1.5), 2.6 * len(tasks)), layout="constrained")
+    axes = fig.subplots(len(tasks), 1, squeeze=False)[:, 0]
+    for ax, task in zip(axes, tasks):
+        part = _nonempty(frame[frame["task"] == task], f"scores of task '{task}'")
+        groups = part.groupby("pseudo_label")["entropy"]
+        order = groups.median().sort_values(kind="stable").index
+        ax.boxplot([groups.get_group(c).to_numpy() for c in order], tick_labels=[str(c) for c in order],
+                   widths=0.6, flierprops={"markersize": 2, "alpha": 0.5},
+                   medianprops={"color": AVERAGE_COLOUR})
+        ax.set_title(f"{task}: {len(order)} classes, {len(part)} pool samples")
+        ax.set_ylabel("Entropy (nats)")
+        ax.grid(axis="x", visible=False)
+        if len(order) > 20:
+            ax.tick_params(axis="x", labelrotation=90)
+    axes[-1].set_xlabel("Pseudo-label class (sorted by median entropy)")
+    return fig
+
+
+# --- Figs. 11 and 12 ---------------------------------------------------------------------------
+
+@styled
+def trace_accuracy(trace: pd.DataFrame) -> Figure:
+    """Fig. 11: test accuracy of every task and their average along CALM's mask optimisation,
+    the sequential steps laid end to end; dotted lines mark where a sequential task is merged."""
+    frame = _nonempty(trace, "trace accuracy").sort_values(["step", "iteration"], kind="stable")
+    steps = frame.groupby("step", sort=True).agg(task=("task_merged", "first"), first=("iteration", "min"),
+                                                 last=("iteration", "max"))
+    # Step k's iteration i sits at i + the iterations of the steps before it.
+    offsets = dict(zip(steps.index, steps["last"].cumsum().shift(fill_value=0)))
+    frame = frame.assign(x=frame["iteration"] + frame["step"].map(offsets))
+    fig = Figure(figsize=(7.0, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    merged_at = {row["task"]: step for step, row in steps.iterrows()}
+    for i, task in enumerate(t for t in pd.unique(frame["task"]) if t != AVERAGE):
+        part = frame[frame["task"] == task]
+        sequential = task in merged_at  # dashed: a task of S̄, merged at its step
+        ax.plot(part["x"], part["accuracy"], marker="o", markersize=3, linewidth=1.2 if sequential else 1,
+                linestyle="--" if sequential else "-", color=PALETTE[i % len(PALETTE)],
+                label=f"{task} (S̄, step {merged_at[task]})" if sequential else task)
+    avg = (frame[frame["task"] == AVERAGE] if (frame["task"] == AVERAGE).any()
+           else frame.groupby(["step", "x"], as_index=False)["accuracy"].mean())
+    ax.plot(avg["x"], avg["accuracy"], marker="s", markersize=3.5, linewidth=2.4, color=AVERAGE_COLOUR,
+            label="Average", zorder=5)
+    for step, row in steps.iterrows():
+        start = offsets[step] + row["first"]
+        ax.axvline(start, color="0.4", linestyle=":", linewidth=1)
+        ax.annotate(f"step {step}: merge {row['task']}", (start, 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(2, 3), textcoords="offset points", va="bottom", fontsize=7, color="0.3")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("Mask-optimisation iteration (sequential steps end to end)")
+    ax.set_ylabel("Test accuracy (%)")
+    _legend_right(ax)
+    return fig
+
+
+@styled
+def active_fraction(traces: pd.DataFrame) -> Figure:
+    """Fig. 12: fraction (%) of mask entries that are on (R > 0) over the iterations of each
+    sequential step (`run` labels a step's trace)."""
+    frame = _nonempty(traces, "traces")
+    fig = Figure(figsize=(5.5, 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    for i, run in enumerate(pd.unique(frame["run"])):
+        part = frame[frame["run"] == run].sort_values("iteration")
+        ax.plot(part["iteration"], part["active_fraction"] * 100, marker="o", markersize=2.5, label=run,
+                color=PALETTE[i % len(PALETTE)])
+    # The mask starts at ~1e-5 of the entries and grows by orders of magnitude: a log axis.
+    log = bool((frame["active_fraction"] > 0).all())
+    if log:
+        ax.set_yscale("log")
+        # plain numbers (0.01, 0.5, 3); the minor ticks labelled too when there are few decades
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        decades = np.log10(frame["active_fraction"].max() / frame["active_fraction"].min())
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain if decades < 1.5 else NullFormatter())
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("Mask-optimisation iteration")
+    ax.set_ylabel("Active mask entries (%" + (", log scale)" if log else ")"))
+    _legend_right(ax, title="Sequential task")
+    return fig
