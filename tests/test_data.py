@@ -415,3 +415,18 @@ def test_local_task_dict_validation(tmp_path):
         LocalTask.from_dict({"path": "x.csv", "classes": ["a", "b"]})
     with pytest.raises(ValueError, match="needs a"):
         LocalTask.from_dict({"path": "x.csv", "classes": ["a", "b"], "prompt": "no slot"})
+
+
+def test_atomic_outputs_get_the_mode_of_ordinary_new_files(tmp_path):
+    import os
+    from calm.io import atomic_dir, write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text("x", tmp_path / "a.txt")
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "f").write_text("y")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
