@@ -11,8 +11,8 @@ rule score:
         settings=render_flags(CFG.score),
     threads: CFG.threads
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=scaled(4000),
+        runtime=scaled(30),
         gpu=1,
     log:
         "logs/score/{task}.log",
