@@ -34,7 +34,7 @@ def resize_center_crop(image, size: int) -> np.ndarray:
     image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
     top = int(round((new_h - size) / 2.0))
     left = int(round((new_w - size) / 2.0))
-    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    return np.array(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
 def _decode(data: bytes, size: int) -> np.ndarray:
