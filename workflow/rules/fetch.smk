@@ -24,7 +24,7 @@ rule fetch_finetuned:
         directory("resources/models/finetuned/{task}"),
     params:
         source=lambda w: CFG.model.finetuned[w.task],
-        head=lambda w: CFG.model.heads.get(w.task, ""),
+        head=lambda w: f"--head {shlex.quote(CFG.model.heads[w.task])}" if w.task in CFG.model.heads else "",
         model=render_flags(CFG.model, prefix="model_", exclude=("source",)),
     log:
         "logs/fetch_finetuned/{task}.log",
@@ -32,7 +32,7 @@ rule fetch_finetuned:
     conda:
         "../../environment.yml"
     shell:
-        "python -m calm fetch-finetuned --source {params.source:q} --head {params.head:q} {params.model} "
+        "python -m calm fetch-finetuned --source {params.source:q} {params.head} {params.model} "
         "--out {output} 2> {log}"
 
 

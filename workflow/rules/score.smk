@@ -1,7 +1,7 @@
 rule score:
     input:
         model=PRETRAINED,
-        finetuned="results/models/finetuned/{task}",
+        finetuned=lambda w: finetuned(w.task),
         inputs="results/inputs/{task}.safetensors",
         head="results/heads/{task}.safetensors",
     output:
