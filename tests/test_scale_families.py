@@ -185,3 +185,24 @@ def test_every_family_agrees_with_the_config_on_where_heads_come_from():
     from calm.families import FAMILIES
 
     assert {n for n, f in FAMILIES.items() if f.head_source == "checkpoint"} == set(CHECKPOINT_HEADS)
+
+
+def test_prepare_takes_a_checkpoint_family_head_from_the_fine_tuned_model(roberta_dirs, tmp_path):
+    import pandas as pd
+    from calm.io import write_json, write_parquet
+
+    pretrained, finetuned = roberta_dirs
+    family = stages.open_family(ModelConfig(family="roberta", max_length=16), pretrained, device="cpu")
+    frame = pd.DataFrame({"idx": [0, 1, 2], "text": ["a", "b", "c"], "text_pair": ["x", "y", "z"], "label": [0, 1, 0]})
+    for split in ("pool", "test"):
+        write_parquet(frame, tmp_path / f"{split}.parquet")
+    write_json({"name": "pairs", "classes": ["no", "yes"], "prompt": "{}", "splits": ["pool", "test"]},
+               tmp_path / "task.json")
+    with pytest.raises(ValueError, match="--finetuned"):
+        stages.build_head(family, tmp_path, tmp_path / "head.safetensors")
+    stages.build_head(family, tmp_path, tmp_path / "head.safetensors", model_dir=finetuned)
+    assert artifacts.read_head(tmp_path / "head.safetensors")["out_proj.bias"].tolist() == [0.5, -0.5]
+    stages.preprocess(family, tmp_path, tmp_path / "inputs.safetensors")
+    pool = artifacts.read_inputs(tmp_path / "inputs.safetensors", "pool")
+    # pairs are encoded as <s> a </s></s> x </s>: 6 tokens with the byte-level vocabulary
+    assert pool["attention_mask"].sum(dim=1).tolist() == [6, 6, 6]
