@@ -81,3 +81,34 @@ def test_task_vector_is_the_difference_of_the_release_towers(release, converted)
     after = release["modules"]["Alpha"][0].model.visual.state_dict()
     name = "transformer.resblocks.1.attn.in_proj_weight"
     assert torch.allclose(tau[name], after[name] - before[name])
+
+
+def test_a_class_the_installed_packages_lack_unpickles_as_a_placeholder_keeping_its_tensors(tmp_path):
+    import sys
+    import textwrap
+
+    (tmp_path / "gone_pkg").mkdir()
+    (tmp_path / "gone_pkg" / "__init__.py").write_text(textwrap.dedent('''
+        import torch
+
+        class QuickGELU(torch.nn.Module):
+            def forward(self, x):
+                return x * torch.sigmoid(1.702 * x)
+
+        class Block(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = torch.nn.Linear(2, 2)
+                self.act = QuickGELU()
+    '''))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import gone_pkg
+        block = gone_pkg.Block()
+        torch.save(block, tmp_path / "block.pt")
+    finally:
+        sys.path.remove(str(tmp_path))
+        del sys.modules["gone_pkg"]
+    loaded = load_release_file(tmp_path / "block.pt", trust_pickle=True)
+    assert type(loaded).__name__ == "Block" and type(loaded.act).__name__ == "QuickGELU"
+    assert torch.equal(loaded.state_dict()["fc.weight"], block.fc.weight)

@@ -54,7 +54,8 @@ class _ReleaseUnpickler(pickle.Unpickler):
             return super().find_class(module, name)
         except (AttributeError, ModuleNotFoundError):
             log.warning("unpickling: %s.%s is not available here; a placeholder stands in", module, name)
-            return _Missing
+            # Named after the original, so that checks by class name (QuickGELU) still work.
+            return type(name, (_Missing,), {"__module__": module})
 
 
 # torch.load wants a module-like object with Unpickler and load.
