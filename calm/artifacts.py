@@ -29,6 +29,9 @@ def read_inputs(path: str | Path, split: str) -> dict[str, torch.Tensor]:
     """One split of a preprocessed-inputs file: model inputs plus `label` and `idx`."""
     out = {}
     with safe_open(str(path), "pt") as f:
+        # A split stored once for two roles (the pool *is* the test split, transductively).
+        meta = json.loads((f.metadata() or {}).get("meta", "{}"))
+        split = meta.get("aliases", {}).get(split, split)
         for key in f.keys():
             prefix, _, name = key.partition("/")
             if prefix == split:
@@ -38,12 +41,21 @@ def read_inputs(path: str | Path, split: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def write_head(head: torch.Tensor, classes: list[str], path: str | Path) -> None:
-    write_tensors({"head": head}, path, metadata={"classes": json.dumps(classes)})
+def write_head(head: torch.Tensor | dict[str, torch.Tensor], classes: list[str], path: str | Path) -> None:
+    """A head is one tensor (class embeddings) or named tensors (a checkpoint's classifier)."""
+    tensors = {"head": head} if isinstance(head, torch.Tensor) else {f"head.{k}": v for k, v in head.items()}
+    write_tensors(tensors, path, metadata={"classes": json.dumps(classes)})
 
 
-def read_head(path: str | Path) -> torch.Tensor:
-    return load_file(str(path))["head"]
+def read_head(path: str | Path) -> torch.Tensor | dict[str, torch.Tensor]:
+    tensors = load_file(str(path))
+    if "head" in tensors:
+        return tensors["head"]
+    return {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
+
+
+def head_to(head: torch.Tensor | dict[str, torch.Tensor], device) -> torch.Tensor | dict[str, torch.Tensor]:
+    return head.to(device) if isinstance(head, torch.Tensor) else {k: v.to(device) for k, v in head.items()}
 
 
 def write_vector(tau: StateDict, path: str | Path, meta: dict | None = None) -> None:

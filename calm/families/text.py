@@ -110,12 +110,18 @@ class TextEncoder(Family):
         pooled = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
         return F.normalize(pooled.float(), dim=-1)
 
-    def build_head(self, classes: list[str], prompt: str) -> torch.Tensor:
-        prompts = [prompt.format(c) for c in classes]
-        cache = self.preprocess(prompts)
-        with torch.inference_mode():
-            emb = self.embed(self.pretrained_state(), self.batch(cache, torch.arange(len(prompts))))
-        return emb.cpu()
+    def build_head(self, classes: list[str], prompt: str | list[str]) -> torch.Tensor:
+        templates = [prompt] if isinstance(prompt, str) else list(prompt)
+        per_template = []
+        for template in templates:
+            prompts = [template.format(c) for c in classes]
+            cache = self.preprocess(prompts)
+            with torch.inference_mode():
+                per_template.append(self.embed(self.pretrained_state(),
+                                               self.batch(cache, torch.arange(len(prompts)))))
+        if len(per_template) == 1:
+            return per_template[0].cpu()
+        return F.normalize(torch.stack(per_template).mean(dim=0), dim=-1).cpu()
 
     def logits(self, params: StateDict, batch: Batch, head: torch.Tensor) -> torch.Tensor:
         return self.logit_scale * self.embed(params, batch) @ head.to(self.device).T

@@ -37,7 +37,25 @@ def custom_flag(wildcards):
 
 
 def finetuned(task):
+    """Fetched (model.finetuned) or fine-tuned here (the embedded default)."""
+    if CFG.model.finetuned:
+        return f"resources/models/finetuned/{task}"
     return f"results/models/finetuned/{task}"
+
+
+def hf_flag(wildcards):
+    spec = CFG.data.hf.get(wildcards.task)
+    return "" if spec is None else f"--hf {shlex.quote(json.dumps(spec.model_dump()))}"
+
+
+def checkpoint_head_input(wildcards):
+    """prepare reads a task's head from its fine-tuned checkpoint in the checkpoint-head families."""
+    return {"finetuned": finetuned(wildcards.task)} if CFG.model.heads_from_checkpoints else {}
+
+
+def scaled(base):
+    """A resource that grows with each retry (profiles/slurm sets `retries`)."""
+    return lambda wildcards, attempt: base * attempt
 
 
 def step_dir(k):

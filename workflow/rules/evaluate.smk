@@ -16,8 +16,8 @@ rule evaluate:
         settings=render_flags(CFG.evaluate, exclude=("bootstrap", "seed")),
     threads: CFG.threads
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=scaled(4000),
+        runtime=scaled(30),
         gpu=1,
     log:
         "logs/evaluate/{method}.log",

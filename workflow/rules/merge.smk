@@ -8,8 +8,8 @@ rule merge_task_arithmetic:
         model=MODEL_FLAGS,
     threads: CFG.threads
     resources:
-        mem_mb=6000,
-        runtime=20,
+        mem_mb=scaled(6000),
+        runtime=scaled(20),
         gpu=1,
     log:
         "logs/merge/task_arithmetic_lam{lam}.log",
@@ -31,8 +31,8 @@ rule calm_base:
         lam=CFG.calm.efficient_lambda,
     threads: CFG.threads
     resources:
-        mem_mb=6000,
-        runtime=20,
+        mem_mb=scaled(6000),
+        runtime=scaled(20),
         gpu=1,
     log:
         "logs/merge/calm_base.log",
@@ -70,8 +70,8 @@ rule calm_step:
         out=lambda w, output: str(Path(output.tau).parent),
     threads: CFG.threads
     resources:
-        mem_mb=8000,
-        runtime=120,
+        mem_mb=scaled(8000),
+        runtime=scaled(120),
         gpu=1,
     log:
         "logs/merge/calm_step{k}-{task}.log",
@@ -95,8 +95,8 @@ rule calm_model:
         model=MODEL_FLAGS,
     threads: CFG.threads
     resources:
-        mem_mb=4000,
-        runtime=20,
+        mem_mb=scaled(4000),
+        runtime=scaled(20),
         gpu=1,
     log:
         "logs/merge/calm_model.log",

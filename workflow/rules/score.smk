@@ -1,7 +1,7 @@
 rule score:
     input:
         model=PRETRAINED,
-        finetuned="results/models/finetuned/{task}",
+        finetuned=lambda w: finetuned(w.task),
         inputs="results/inputs/{task}.safetensors",
         head="results/heads/{task}.safetensors",
     output:
@@ -11,8 +11,8 @@ rule score:
         settings=render_flags(CFG.score),
     threads: CFG.threads
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=scaled(4000),
+        runtime=scaled(30),
         gpu=1,
     log:
         "logs/score/{task}.log",

@@ -1,0 +1,83 @@
+"""Checkpoint folders in HF format: fetch them as served, and read their tensors under the names
+the family's module uses, whatever prefix the saving code put in front.
+
+transformers 4.x saved a CLIPVisionModel with every key under `vision_model.` (as the vision keys
+of a CLIPModel are), transformers 5 saves it without; a RobertaForSequenceClassification keeps its
+encoder under `roberta.` while a RobertaModel does not. `pick` accepts either spelling of each
+name, so a task vector always subtracts the same tensor from the same tensor.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+from calm.io import atomic_dir, write_tensors
+from calm.vectors import check_compatible
+
+from .text import _checkpoint_tensors as read_tensors
+
+__all__ = ["read_tensors", "pick", "selected", "fetch_checkpoint", "check_finite"]
+
+StateDict = dict[str, torch.Tensor]
+
+
+def selected(names: Iterable[str], prefixes: Sequence[str]) -> list[str]:
+    """The names merged and masked: those starting with one of `prefixes` (all if none given)."""
+    names = list(names)
+    if not prefixes:
+        return names
+    chosen = [n for n in names if any(n.startswith(p) for p in prefixes)]
+    if not chosen:
+        raise ValueError(f"model.merge_prefixes {list(prefixes)} select no tensor; names look like {names[:3]}")
+    return chosen
+
+
+def pick(tensors: StateDict, reference: StateDict, prefixes: Sequence[str], where: str) -> StateDict:
+    """reference's names from `tensors`, each found as-is or under one of `prefixes`."""
+    out: StateDict = {}
+    for name in reference:
+        found = [k for k in (name, *(p + name for p in prefixes)) if k in tensors]
+        if len(found) > 1:
+            raise ValueError(f"{where} holds tensor '{name}' twice, as {found}: which one is meant is ambiguous")
+        if found:
+            out[name] = tensors[found[0]]
+    check_compatible(reference, out, what=where)
+    return out
+
+
+def check_finite(tensors: StateDict, where: str) -> None:
+    for n, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"tensor '{n}' of {where} holds NaN or Inf")
+
+
+def fetch_checkpoint(source: str, out_dir: str | Path) -> None:
+    """Copy a checkpoint's config and weights as served ('hf:<id>' or a local folder) into out_dir,
+    as safetensors; a pytorch_model.bin is read with weights_only=True and converted."""
+    if source.startswith("hf:"):
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(source[len("hf:"):], allow_patterns=["*.json", "*.safetensors"]))
+        if not any(folder.glob("*.safetensors")):
+            folder = Path(snapshot_download(source[len("hf:"):], allow_patterns=["*.json", "*.bin"]))
+    else:
+        folder = Path(source)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"checkpoint {source}: no such folder")
+    weights = sorted(folder.glob("*.safetensors"))
+    bins = sorted(folder.glob("*.bin"))
+    if not weights and not bins:
+        raise FileNotFoundError(f"checkpoint {source}: no *.safetensors or *.bin file")
+    with atomic_dir(out_dir) as tmp:
+        for f in folder.glob("*.json"):
+            shutil.copyfile(f, tmp / f.name)
+        for f in weights:
+            shutil.copyfile(f, tmp / f.name)
+        if not weights:
+            tensors: StateDict = {}
+            for f in bins:
+                tensors.update(torch.load(f, map_location="cpu", weights_only=True))
+            write_tensors(tensors, tmp / "model.safetensors", metadata={"format": "pt"})

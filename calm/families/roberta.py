@@ -1,0 +1,118 @@
+"""RoBERTa sequence classifiers (RobertaForSequenceClassification), one per task.
+
+Each task keeps its own classification head (dense → tanh → out_proj on the <s> token), read
+from its fine-tuned checkpoint and never merged; the encoder is the merged part. Which encoder
+tensors are merged and masked is `model.merge_prefixes` (Localize-and-Stitch masked only
+`encoder.layer.`); the others keep their pretrained values in every merged model. Tensor names
+are RobertaModel's (`embeddings.*`, `encoder.layer.*`); the `roberta.` prefix of a classifier
+checkpoint is read the same.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from calm.io import atomic_dir
+
+from .base import Batch, Family, StateDict, pick_device
+from .checkpoints import check_finite, pick, read_tensors, selected
+
+ENCODER_PREFIXES = ("roberta.",)
+HEAD_TENSORS = {"dense.weight": "classifier.dense.weight", "dense.bias": "classifier.dense.bias",
+                "out_proj.weight": "classifier.out_proj.weight", "out_proj.bias": "classifier.out_proj.bias"}
+
+
+class Roberta(Family):
+    head_source = "checkpoint"
+
+    def __init__(self, model_dir: str | Path, max_length: int = 128, device: str = "auto",
+                 merge_prefixes: tuple[str, ...] = ()):
+        from transformers import AutoTokenizer, RobertaModel
+
+        self.model_dir = Path(model_dir)
+        self.device = pick_device(device)
+        self.max_length = max_length
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.module = RobertaModel.from_pretrained(self.model_dir, add_pooling_layer=False).to(self.device).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self._names = selected([n for n, _ in self.module.named_parameters()], merge_prefixes)
+
+    @classmethod
+    def from_config(cls, model_dir, model, device="auto"):
+        return cls(model_dir, max_length=model.max_length, device=device, merge_prefixes=tuple(model.merge_prefixes))
+
+    # --- checkpoints -------------------------------------------------------------------
+    def pretrained_state(self) -> StateDict:
+        params = dict(self.module.named_parameters())
+        return {n: params[n].detach().clone() for n in self._names}
+
+    def load_state(self, model_dir: Path) -> StateDict:
+        where = f"checkpoint {model_dir}"
+        picked = pick(read_tensors(model_dir), {n: t.cpu() for n, t in self.pretrained_state().items()},
+                      ENCODER_PREFIXES, where)
+        check_finite(picked, where)
+        return {n: t.to(self.device) for n, t in picked.items()}
+
+    def checkpoint_head(self, model_dir: Path) -> dict[str, torch.Tensor]:
+        tensors = read_tensors(model_dir)
+        missing = [k for k in HEAD_TENSORS.values() if k not in tensors]
+        if missing:
+            raise ValueError(f"checkpoint {model_dir} has no '{missing[0]}': not a RobertaForSequenceClassification")
+        head = {name: tensors[key].float() for name, key in HEAD_TENSORS.items()}
+        check_finite(head, f"the head of checkpoint {model_dir}")
+        return head
+
+    def save(self, params: StateDict, out_dir: Path) -> None:
+        original = {n: p.detach().clone() for n, p in self.module.named_parameters()}
+        with atomic_dir(out_dir) as tmp:
+            self._assign(params)
+            try:
+                self.module.save_pretrained(tmp, safe_serialization=True)
+            finally:
+                self._assign(original)
+            self.tokenizer.save_pretrained(tmp)
+
+    def _assign(self, params: StateDict) -> None:
+        with torch.no_grad():
+            for n, p in self.module.named_parameters():
+                if n in params:
+                    p.copy_(params[n])
+
+    # --- data ----------------------------------------------------------------------------
+    def preprocess(self, texts: list) -> dict[str, torch.Tensor]:
+        pairs = bool(texts) and isinstance(texts[0], tuple)
+        first = [t[0] for t in texts] if pairs else list(texts)
+        second = [t[1] for t in texts] if pairs else None
+        enc = self.tokenizer(first, second, truncation=True, max_length=self.max_length,
+                             padding="max_length", return_tensors="pt")
+        return {"input_ids": enc["input_ids"].to(torch.int32), "attention_mask": enc["attention_mask"].to(torch.int8)}
+
+    def batch(self, cache: dict[str, torch.Tensor], rows: torch.Tensor) -> Batch:
+        mask = cache["attention_mask"][rows]
+        length = int(mask.sum(dim=1).max()) if len(rows) else 1
+        return {"input_ids": cache["input_ids"][rows, :length].long().to(self.device),
+                "attention_mask": mask[:, :length].long().to(self.device)}
+
+    def eval_order(self, cache: dict[str, torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
+        order = torch.argsort(cache["attention_mask"].sum(dim=1), stable=True)
+        for start in range(0, len(order), batch_size):
+            yield order[start:start + batch_size]
+
+    # --- model ---------------------------------------------------------------------------
+    def build_head(self, classes: list[str], prompt: str | list[str]) -> torch.Tensor:
+        raise NotImplementedError("the roberta family reads each task's head from its fine-tuned checkpoint")
+
+    def logits(self, params: StateDict, batch: Batch, head: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = functional_call(self.module, params, args=(),
+                              kwargs={"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
+        h = {k: v.to(self.device) for k, v in head.items()}
+        x = torch.tanh(F.linear(out.last_hidden_state[:, 0], h["dense.weight"], h["dense.bias"]))
+        return F.linear(x, h["out_proj.weight"], h["out_proj.bias"])
+
+    def train_mode(self, on: bool) -> None:
+        self.module.train(on)
