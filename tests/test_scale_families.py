@@ -206,3 +206,24 @@ def test_prepare_takes_a_checkpoint_family_head_from_the_fine_tuned_model(robert
     pool = artifacts.read_inputs(tmp_path / "inputs.safetensors", "pool")
     # pairs are encoded as <s> a </s></s> x </s>: 6 tokens with the byte-level vocabulary
     assert pool["attention_mask"].sum(dim=1).tolist() == [6, 6, 6]
+
+
+def test_clip_linear_grams_are_the_gram_of_each_linear_input(clip_family, clip_dir):
+    from transformers import CLIPVisionModel
+
+    cache = clip_family.preprocess([png((220, 30, 30)), png((30, 30, 220), size=(50, 30))])
+    batch = clip_family.batch(cache, torch.arange(2))
+    params = clip_family.pretrained_state()
+    grams = clip_family.linear_grams(params, batch)
+    linear = {f"{n}.weight" for n, m in clip_family.vision.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert set(grams) == linear & set(params)
+    # Reference: the input of layer 0's q_proj is layer_norm1's output, over every position.
+    model = CLIPVisionModel.from_pretrained(clip_dir).eval()
+    seen = {}
+    norm = next(m for n, m in model.named_modules() if n.endswith("layers.0.layer_norm1"))
+    norm.register_forward_hook(lambda m, i, o: seen.setdefault("x", o))
+    with torch.no_grad():
+        model(pixel_values=batch["pixel_values"])
+    x = seen["x"].reshape(-1, seen["x"].shape[-1])
+    name = next(n for n in grams if n.endswith("layers.0.self_attn.q_proj.weight"))
+    assert torch.allclose(grams[name], x.T @ x, rtol=1e-4, atol=1e-4)

@@ -89,6 +89,36 @@ class Family(ABC):
         raise NotImplementedError(f"model family {type(self).__name__} offers no linear-layer inputs (RegMean)")
 
 
+def grams_of_linear_inputs(module: torch.nn.Module, params: StateDict, run, keep: torch.Tensor | None = None
+                           ) -> StateDict:
+    """XᵀX of the inputs of every nn.Linear of `module` whose weight is in `params`, while
+    `run()` does a forward under `params` (forward pre-hooks fire under functional_call).
+    `keep` (batch × positions, bool) drops padded positions."""
+    grams: StateDict = {}
+    handles = []
+
+    def record(weight_name):
+        def hook(_module, inputs):
+            x = inputs[0]
+            if keep is not None and x.dim() == 3 and x.shape[:2] == keep.shape:
+                x = x[keep]
+            x = x.reshape(-1, x.shape[-1]).float()
+            gram = x.T @ x
+            grams[weight_name] = grams[weight_name] + gram if weight_name in grams else gram
+        return hook
+
+    for name, sub in module.named_modules():
+        if isinstance(sub, torch.nn.Linear) and f"{name}.weight" in params:
+            handles.append(sub.register_forward_pre_hook(record(f"{name}.weight")))
+    try:
+        with torch.inference_mode():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return grams
+
+
 def pick_device(choice: str) -> torch.device:
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():

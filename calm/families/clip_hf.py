@@ -20,7 +20,7 @@ from torch.func import functional_call
 from calm.data.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, decode_images, normalise
 from calm.io import atomic_dir
 
-from .base import Batch, Family, StateDict, pick_device
+from .base import Batch, Family, StateDict, grams_of_linear_inputs, pick_device
 from .checkpoints import check_finite, pick, read_tensors, selected
 
 VISION_PREFIXES = ("vision_model.",)
@@ -119,3 +119,6 @@ class ClipHF(Family):
 
     def logits(self, params: StateDict, batch: Batch, head: torch.Tensor) -> torch.Tensor:
         return self.logit_scale * self.image_features(params, batch) @ head.to(self.device).T
+
+    def linear_grams(self, params: StateDict, batch: Batch) -> StateDict:
+        return grams_of_linear_inputs(self.vision, params, lambda: self.image_features(params, batch))

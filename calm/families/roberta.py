@@ -18,7 +18,7 @@ from torch.func import functional_call
 
 from calm.io import atomic_dir
 
-from .base import Batch, Family, StateDict, pick_device
+from .base import Batch, Family, StateDict, grams_of_linear_inputs, pick_device
 from .checkpoints import check_finite, pick, read_tensors, selected
 
 ENCODER_PREFIXES = ("roberta.",)
@@ -113,6 +113,12 @@ class Roberta(Family):
         h = {k: v.to(self.device) for k, v in head.items()}
         x = torch.tanh(F.linear(out.last_hidden_state[:, 0], h["dense.weight"], h["dense.bias"]))
         return F.linear(x, h["out_proj.weight"], h["out_proj.bias"])
+
+    def linear_grams(self, params: StateDict, batch: Batch) -> StateDict:
+        def run():
+            functional_call(self.module, params, args=(),
+                            kwargs={"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
+        return grams_of_linear_inputs(self.module, params, run, keep=batch["attention_mask"].bool())
 
     def train_mode(self, on: bool) -> None:
         self.module.train(on)

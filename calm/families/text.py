@@ -19,7 +19,7 @@ from transformers import AutoModel, AutoTokenizer
 from calm.io import atomic_dir
 from calm.vectors import check_compatible
 
-from .base import Batch, Family, StateDict, pick_device
+from .base import Batch, Family, StateDict, grams_of_linear_inputs, pick_device
 
 
 def _checkpoint_tensors(model_dir: Path) -> StateDict:
@@ -130,29 +130,6 @@ class TextEncoder(Family):
         self.module.train(on)
 
     def linear_grams(self, params: StateDict, batch: Batch) -> StateDict:
-        # Forward pre-hooks fire under functional_call, so they see the inputs under `params`.
-        keep = batch["attention_mask"].bool()
-        grams: StateDict = {}
-        handles = []
-
-        def record(weight_name):
-            def hook(_module, inputs):
-                x = inputs[0]
-                if x.dim() == 3 and x.shape[:2] == keep.shape:
-                    x = x[keep]  # padded positions are not inputs the model is asked about
-                x = x.reshape(-1, x.shape[-1]).float()
-                gram = x.T @ x
-                grams[weight_name] = grams[weight_name] + gram if weight_name in grams else gram
-            return hook
-
-        for name, module in self.module.named_modules():
-            if isinstance(module, torch.nn.Linear) and f"{name}.weight" in params:
-                handles.append(module.register_forward_pre_hook(record(f"{name}.weight")))
-        try:
-            with torch.inference_mode():
-                self.embed(params, batch)
-        finally:
-            for h in handles:
-                h.remove()
-        return grams
+        return grams_of_linear_inputs(self.module, params, lambda: self.embed(params, batch),
+                                      keep=batch["attention_mask"].bool())
 
