@@ -109,7 +109,7 @@ def _family(args: argparse.Namespace):
     from calm.stages import open_family
 
     model = cfgmod.ModelConfig(family=args.model_family, max_length=args.model_max_length,
-                               logit_scale=args.model_logit_scale)
+                               logit_scale=args.model_logit_scale, trust_pickle=args.model_trust_pickle)
     return open_family(model, args.pretrained, device=args.device)
 
 
@@ -321,15 +321,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _missing(exc: FileNotFoundError) -> str:
+    """pyarrow raises FileNotFoundError('path') with nothing else: say what it means."""
+    if exc.filename:
+        return f"{exc.filename}: {exc.strerror or 'no such file or folder'}"
+    text = str(exc)
+    return text if "no such" in text.lower() or "not found" in text.lower() else f"{text}: no such file or folder"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     if getattr(args, "threads", None):
         import torch
         torch.set_num_threads(args.threads)
+    from pydantic import ValidationError
+
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except ValidationError as exc:  # a section built from flags: one line, not pydantic's report
+        print(f"error: {cfgmod.error_line(exc, f'{exc.title} (command-line flags)')}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as exc:
+        print(f"error: {_missing(exc)}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

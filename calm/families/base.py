@@ -8,20 +8,37 @@ from typing import Iterator
 
 import torch
 
+from calm.checkpoints import check_state, read_checkpoint_dir
+
 StateDict = dict[str, torch.Tensor]
 Batch = dict[str, torch.Tensor]
 
 
 class Family(ABC):
     device: torch.device
+    # model.trust_pickle, set by stages.open_family: may .pt/.bin files be fully unpickled?
+    trust_pickle: bool = False
 
     @abstractmethod
     def pretrained_state(self) -> StateDict:
         """The merged (masked) tensors of the pretrained model, on the compute device."""
 
-    @abstractmethod
+    def read_checkpoint(self, model_dir: Path) -> StateDict:
+        """Every tensor of a checkpoint folder, on the CPU; override for another layout, but read
+        files only through calm.checkpoints (its .pt/.bin loading never unpickles untrusted code)."""
+        return read_checkpoint_dir(model_dir, self.trust_pickle)
+
     def load_state(self, model_dir: Path) -> StateDict:
-        """The same tensors from a fine-tuned checkpoint folder, checked against the pretrained ones."""
+        """The pretrained model's tensors from a fine-tuned checkpoint folder, on the compute
+        device, after the checks every family shares: each tensor present with the pretrained
+        shape and dtype (the first that is not is named), no NaN or Inf."""
+        reference = self.pretrained_state()
+        tensors = self.read_checkpoint(Path(model_dir))
+        # A checkpoint may carry buffers (position_ids) or tensors the model lacks (an unused
+        # pooler); only the pretrained model's tensors are task-vector material, all of them.
+        picked = {n: tensors[n] for n in reference if n in tensors}
+        check_state(reference, picked, what=f"checkpoint {model_dir}")
+        return {n: t.to(self.device) for n, t in picked.items()}
 
     @abstractmethod
     def save(self, params: StateDict, out_dir: Path) -> None:
