@@ -18,6 +18,7 @@ from calm.checkpoints import load_torch_file, read_checkpoint_dir, read_tensors
 from calm.config import (CalmConfig, Config, ConfigError, FinetuneConfig, ModelConfig, SelectConfig,
                          check_config, load_config, validate_sweep_table)
 from calm.io import write_json, write_parquet
+from conftest import same_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -333,6 +334,15 @@ def test_missing_label_column_is_named(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_label_outside_the_classes_is_named(tmp_path):
+    from calm.data.prepare import prepare_task
+    path = tmp_path / "reviews.csv"
+    pd.DataFrame({"review": ["a", "b", "c", "d"], "y": [0, 1, 2, 1]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"reviews.csv: label 2 is not a class index \(0..1\)"):
+        prepare_task({"path": str(path), "text_column": "review", "label_column": "y", "classes": ["n", "p"],
+                      "prompt": "{}"}, tmp_path / "out", tmp_path, n_train=2, n_pool=1, n_test=2, seed=0)
+
+
 def test_sampler_that_keeps_nothing_stops_naming_the_scores(tmp_path):
     scores = tmp_path / "scores.parquet"
     write_parquet(pd.DataFrame({"idx": [0, 1], "label": [0, 1], "pseudo_label": [0, 1],
@@ -364,15 +374,6 @@ def test_small_credible_set_and_missing_class_warn_and_continue(family, toy, tmp
 
 
 # --- resume and determinism ------------------------------------------------------------------
-
-def same_tensors(a: Path, b: Path) -> bool:
-    """Equal names, tensors (bitwise) and metadata. Not the bytes: safetensors writes a
-    metadata dict of several keys in hash order (the mask's per-tensor shapes)."""
-    from safetensors import safe_open
-    with safe_open(str(a), "pt") as fa, safe_open(str(b), "pt") as fb:
-        return (fa.metadata() == fb.metadata() and sorted(fa.keys()) == sorted(fb.keys())
-                and all(torch.equal(fa.get_tensor(k), fb.get_tensor(k)) for k in fa.keys()))
-
 
 class Killed(Exception):
     pass
@@ -456,3 +457,29 @@ def test_same_seed_gives_bitwise_identical_finetune_mask_and_predictions_on_cpu(
     tau = "step/tau.safetensors"
     assert (tmp_path / "a" / tau).read_bytes() == (tmp_path / "b" / tau).read_bytes()
     assert same_tensors(tmp_path / "a/step/mask.safetensors", tmp_path / "b/step/mask.safetensors")
+
+
+# --- atomic writes --------------------------------------------------------------------------
+
+def test_a_failed_write_leaves_nothing_and_a_killed_writers_temporaries_are_cleared(tmp_path):
+    from calm.io import atomic_dir, atomic_path, write_json
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "out.json") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    # what a SIGKILL leaves: temporaries under tempfile's names; the next write of the same
+    # output clears its own, and no one else's
+    (tmp_path / ".out.json.k1ll3d_x.tmp").write_text("half")
+    (tmp_path / ".model.abcd1234.tmp").mkdir()
+    (tmp_path / ".other.json.abcd1234.tmp").write_text("someone else's")
+    write_json({"a": 1}, tmp_path / "out.json")
+    with atomic_dir(tmp_path / "model") as tmp:
+        (tmp / "weights").write_text("w")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.json.abcd1234.tmp", "model", "out.json"]
+    # outputs get the usual permissions, not mkstemp's private 0600
+    import os
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "out.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o777 & ~umask
