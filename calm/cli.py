@@ -86,6 +86,8 @@ def interpreter_first_on_path() -> None:
 
 def _runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="matmul precision (config key `precision`; the workflow passes it)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default: 2)")
 
 
@@ -110,7 +112,7 @@ def _family(args: argparse.Namespace):
 
     model = cfgmod.ModelConfig(family=args.model_family, max_length=args.model_max_length,
                                logit_scale=args.model_logit_scale, trust_pickle=args.model_trust_pickle)
-    return open_family(model, args.pretrained, device=args.device)
+    return open_family(model, args.pretrained, device=args.device, precision=args.precision)
 
 
 # --- commands ---------------------------------------------------------------------------------

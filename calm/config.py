@@ -64,6 +64,8 @@ class FinetuneConfig(Section):
     batch_size: int = Field(32, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup: float = Field(0.1, ge=0, lt=1, description="Fraction of steps with linear warm-up.")
+    schedule: Literal["linear", "constant"] = Field(
+        "linear", description="After warm-up: linear decay to 0, or the constant learning rate.")
     seed: int = 0
 
 
@@ -116,6 +118,9 @@ class EvaluateConfig(Section):
 class Config(Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the library computes; auto picks cuda if present.")
     threads: int = Field(2, gt=0, description="Threads per job (Snakemake `threads`, torch intra-op).")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Matmul precision of fine-tuning, scoring, masks and evaluation: bf16 autocast, "
+        "or fp32; auto takes bf16 where the device computes it natively (CUDA, CPUs with AVX512-BF16/AMX).")
     model: ModelConfig = ModelConfig()
     data: DataConfig
     finetune: FinetuneConfig = FinetuneConfig()

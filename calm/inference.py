@@ -13,8 +13,7 @@ def predict_logits(family: Family, params: StateDict, cache: dict[str, torch.Ten
     n = len(cache["idx"])
     out = torch.empty(n, head.shape[0])
     family.train_mode(False)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=family.device.type == "cuda")
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), family.autocast():
         for rows in tqdm(list(family.eval_order(cache, batch_size)), desc=desc, unit="batch",
                          mininterval=2.0):
             out[rows] = family.logits(params, family.batch(cache, rows), head).float().cpu()

@@ -20,7 +20,7 @@ from calm import artifacts, resume, scoring, sampling, vectors
 from calm.checkpoints import check_finite
 from calm.config import CalmConfig, FinetuneConfig, ModelConfig
 from calm.families import get_family
-from calm.families.base import Family
+from calm.families.base import Family, use_bf16
 from calm.inference import predict_logits
 from calm.io import atomic_dir, write_parquet, write_tensors
 from calm.merging import METHODS
@@ -30,10 +30,13 @@ from calm.merging.mask import pack
 log = logging.getLogger("calm")
 
 
-def open_family(model: ModelConfig, pretrained_dir: str | Path, device: str = "auto") -> Family:
+def open_family(model: ModelConfig, pretrained_dir: str | Path, device: str = "auto",
+                precision: str = "auto") -> Family:
     family = get_family(model.family)(pretrained_dir, max_length=model.max_length,
                                       logit_scale=model.logit_scale, device=device)
+    family.bf16 = use_bf16(precision, family.device)
     family.trust_pickle = model.trust_pickle
+    log.info("device %s, %s matmuls", family.device, "bf16" if family.bf16 else "fp32")
     return family
 
 
@@ -109,8 +112,12 @@ def finetune(family: Family, inputs: str | Path, head: str | Path, cfg: Finetune
     n = len(cache["idx"])
     steps = cfg.epochs * math.ceil(n / cfg.batch_size)
     warmup = int(cfg.warmup * steps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
+    def factor(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        return 1.0 if cfg.schedule == "constant" else max(0.0, (steps - s) / max(1, steps - warmup))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
     generator = torch.Generator().manual_seed(cfg.seed)
     family.train_mode(True)
     torch.manual_seed(cfg.seed)  # dropout masks
@@ -121,7 +128,9 @@ def finetune(family: Family, inputs: str | Path, head: str | Path, cfg: Finetune
         for start in range(0, n, cfg.batch_size):
             rows = order[start:start + cfg.batch_size]
             batch = family.batch(cache, rows)
-            loss = F.cross_entropy(family.logits(params, batch, head_t), cache["label"][rows].to(family.device))
+            with family.autocast():
+                logits = family.logits(params, batch, head_t)
+            loss = F.cross_entropy(logits.float(), cache["label"][rows].to(family.device))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -239,7 +248,6 @@ def calm_step(family: Family, tau_prev: str | Path, model_dir: str | Path,
     if cfg.checkpoint_every:
         resume_key = _resume_key(family, cfg, step, visible, [theta0, prev, tau_new])
         state = resume.load_state(resume_file, generator, resume_key)
-    autocast_on = family.device.type == "cuda"
 
     def loss_terms(iteration: int):
         for t in tasks:
@@ -253,7 +261,7 @@ def calm_step(family: Family, tau_prev: str | Path, model_dir: str | Path,
                 target = t["target"][pick].to(family.device)
 
                 def term(params, batch=batch, target=target, head=t["head"]):
-                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast_on):
+                    with family.autocast():
                         logits = family.logits(params, batch, head)
                     return F.cross_entropy(logits.float(), target)
 

@@ -45,7 +45,7 @@ def test_base_config_is_valid():
 
 
 @pytest.mark.parametrize("cfg, expected", [
-    (base_config(colour="red"), "colour: unknown key (allowed: device, threads, model, data,"),
+    (base_config(colour="red"), "colour: unknown key (allowed: device, threads, precision, model, data,"),
     (base_config(calm={"lr_typo": 1.0}), "calm.lr_typo: unknown key (allowed: sequential, efficient_lambda,"),
     (base_config(threads="two"), "threads: expected a valid integer"),
     (base_config(data={"tasks": "a"}), "data.tasks: expected a valid list, got 'a'"),

@@ -20,7 +20,7 @@ MODEL_FLAGS = " ".join(
     [
         f"--pretrained {PRETRAINED}",
         render_flags(CFG.model, prefix="model_", exclude=("source",) + (() if CFG.model.trust_pickle else ("trust_pickle",))),
-        f"--device {CFG.device}",
+        f"--device {CFG.device} --precision {CFG.precision}",
     ]
 )
 LAMBDAS = [f"{lam:g}" for lam in CFG.baselines.lambda_grid]
