@@ -1,11 +1,14 @@
 # The two commands of the README's quick start:
 #   make run    set up .venv if needed, then run the workflow on config/config.yaml
 #   make test   set up .venv if needed, then run the test suite
+# and, after a run was killed (its Snakemake lock stays behind):
+#   make resume unlock, then run again; jobs that were cut off rerun (--rerun-incomplete),
+#               a CALM step continues from its last mask checkpoint
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup lint clean
+.PHONY: run resume test setup lint clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +20,11 @@ $(STAMP): requirements.txt pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/snakemake --cores 2
+	$(VENV)/bin/snakemake --cores 2 --rerun-incomplete
+
+resume: $(STAMP)
+	$(VENV)/bin/snakemake --unlock
+	$(VENV)/bin/snakemake --cores 2 --rerun-incomplete
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

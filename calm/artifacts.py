@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
 
+from calm.checkpoints import read_safetensors
 from calm.io import read_json, write_tensors
 
 SPLITS = ("train", "pool", "test")
@@ -27,15 +27,20 @@ def write_inputs(splits: dict[str, dict[str, torch.Tensor]], path: str | Path, m
 
 def read_inputs(path: str | Path, split: str) -> dict[str, torch.Tensor]:
     """One split of a preprocessed-inputs file: model inputs plus `label` and `idx`."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such file")
     out = {}
-    with safe_open(str(path), "pt") as f:
-        # A split stored once for two roles (the pool *is* the test split, transductively).
-        meta = json.loads((f.metadata() or {}).get("meta", "{}"))
-        split = meta.get("aliases", {}).get(split, split)
-        for key in f.keys():
-            prefix, _, name = key.partition("/")
-            if prefix == split:
-                out[name] = f.get_tensor(key)
+    try:
+        with safe_open(str(path), "pt") as f:
+            # A split stored once for two roles (the pool *is* the test split, transductively).
+            meta = json.loads((f.metadata() or {}).get("meta", "{}"))
+            split = meta.get("aliases", {}).get(split, split)
+            for key in f.keys():
+                prefix, _, name = key.partition("/")
+                if prefix == split:
+                    out[name] = f.get_tensor(key)
+    except SafetensorError as exc:
+        raise ValueError(f"{path}: not a readable safetensors file, truncated or corrupt ({exc})") from None
     if not out:
         raise ValueError(f"{path} holds no '{split}' split")
     return out
@@ -48,7 +53,7 @@ def write_head(head: torch.Tensor | dict[str, torch.Tensor], classes: list[str],
 
 
 def read_head(path: str | Path) -> torch.Tensor | dict[str, torch.Tensor]:
-    tensors = load_file(str(path))
+    tensors = read_safetensors(path)
     if "head" in tensors:
         return tensors["head"]
     return {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
@@ -58,12 +63,18 @@ def head_to(head: torch.Tensor | dict[str, torch.Tensor], device) -> torch.Tenso
     return head.to(device) if isinstance(head, torch.Tensor) else {k: v.to(device) for k, v in head.items()}
 
 
+def read_head_classes(path: str | Path) -> list[str]:
+    """The class names a head was built for, in label order."""
+    with safe_open(str(path), "pt") as f:
+        return json.loads((f.metadata() or {}).get("classes", "[]"))
+
+
 def write_vector(tau: StateDict, path: str | Path, meta: dict | None = None) -> None:
     write_tensors(tau, path, metadata={"meta": json.dumps(meta or {})})
 
 
 def read_vector(path: str | Path, device: torch.device | str = "cpu") -> StateDict:
-    return {k: v.to(device) for k, v in load_file(str(path)).items()}
+    return {k: v.to(device) for k, v in read_safetensors(path).items()}
 
 
 def read_credible(path: str | Path) -> pd.DataFrame:

@@ -392,6 +392,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _missing(exc: FileNotFoundError) -> str:
+    """pyarrow raises FileNotFoundError('path') with nothing else: say what it means."""
+    if exc.filename:
+        return f"{exc.filename}: {exc.strerror or 'no such file or folder'}"
+    text = str(exc)
+    return text if "no such" in text.lower() or "not found" in text.lower() else f"{text}: no such file or folder"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.command.startswith("fetch-"):
@@ -403,9 +411,17 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "threads", None):
         import torch
         torch.set_num_threads(args.threads)
+    from pydantic import ValidationError
+
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except ValidationError as exc:  # a section built from flags: one line, not pydantic's report
+        print(f"error: {cfgmod.error_line(exc, f'{exc.title} (command-line flags)')}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as exc:
+        print(f"error: {_missing(exc)}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

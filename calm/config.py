@@ -5,12 +5,15 @@ which is generated from these models (`python -m calm schema`); a test keeps the
 """
 from __future__ import annotations
 
+import copy
+import types
 import typing
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 
 class Section(BaseModel):
@@ -39,7 +42,8 @@ class ModelConfig(Section):
     open_clip_arch: str = Field(
         "ViT-B-32", description="open_clip: model config name, or 'local-dir:<folder with open_clip_config.json>'.")
     trust_pickle: bool = Field(
-        False, description="open_clip: allow unpickling the release's pickled modules (runs code from the files).")
+        False, description="Allow full unpickling of .pt/.bin checkpoints, e.g. the open_clip release's pickled "
+        "modules (can run code from the file); off: they load with torch.load(weights_only=True).")
     merge_prefixes: list[str] = Field(
         default_factory=list,
         description="Only tensors whose names start with one of these are merged and masked; empty: all.")
@@ -136,6 +140,9 @@ class CalmConfig(Section):
     strategy: Literal["both", "only_m", "only_1m"] = Field(
         "both", description="both: (1−M)τ_prev + Mτ_j; only_m: τ_prev + Mτ_j; only_1m: (1−M)τ_prev + τ_j.")
     seed: int = 0
+    checkpoint_every: int = Field(
+        0, ge=0, description="Save the mask loop's state every N iterations and resume from it when a "
+        "killed step is rerun (0: off). Does not change results.")
 
 
 # The names of calm.merging.METHODS (a test keeps the two equal; the schema's enum and the
@@ -276,8 +283,180 @@ class Config(Section):
         return [t for t in self.data.tasks if t not in self.calm.sequential]
 
 
+class ConfigError(ValueError):
+    """A bad config value, as one line naming the file and the key."""
+
+
 def load_config(path: str | Path) -> Config:
-    return Config.model_validate(yaml.safe_load(Path(path).read_text()))
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}:{where} not valid YAML: {problem}") from None
+    return check_config(data, str(path))
+
+
+def check_config(data: Any, source: str = "config") -> Config:
+    """`Config.model_validate`, with any error turned into one `ConfigError` line."""
+    if data is None:
+        raise ConfigError(f"{source}: the config is empty")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of config keys, got {type(data).__name__}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(error_line(exc, source)) from None
+
+
+def error_line(exc: ValidationError, source: str = "config", model: type[BaseModel] = None) -> str:
+    """Pydantic's multi-line report as one line: 'source: key: what was expected, got what'."""
+    model = model or Config
+    parts = []
+    for err in exc.errors(include_url=False):
+        key = _dotted(err["loc"])
+        kind, msg = err["type"], err["msg"]
+        if kind == "extra_forbidden":
+            allowed = _fields_at(model, err["loc"][:-1])
+            parts.append(f"{key}: unknown key" + (f" (allowed: {', '.join(allowed)})" if allowed else ""))
+        elif kind == "missing":
+            parts.append(f"{key}: required key is missing")
+        elif kind in ("value_error", "assertion_error"):
+            # Our own validators already name their keys.
+            parts.append(msg.removeprefix("Value error, ").removeprefix("Assertion failed, "))
+        else:
+            expected = msg.removeprefix("Input should be ")
+            if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+                expected = "a value " + expected
+            parts.append(f"{key}: expected {expected}, got {err['input']!r}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def _dotted(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _inner(annotation: Any) -> Any:
+    """The model inside list[...] / dict[str, ...] / Optional[...], if any."""
+    while typing.get_origin(annotation) in (list, dict, typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = args[-1]
+    return annotation
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the model found at `loc` inside `model` (for 'allowed: ...' hints).
+    List indices and dict keys (a custom task's name) keep the current model."""
+    current: Any = model
+    for part in loc:
+        if _is_model(current) and part in current.model_fields:
+            current = _inner(current.model_fields[part].annotation)
+    return list(current.model_fields) if _is_model(current) else []
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+# --- sweep tables ---------------------------------------------------------------------------
+
+def _field_path(model: type[BaseModel], column: str) -> FieldInfo | None:
+    """The field a (possibly dotted: 'calm.lr') column names inside `model`, or None."""
+    current: Any = model
+    field = None
+    for part in column.split("."):
+        if not _is_model(current) or part not in current.model_fields:
+            return None
+        field = current.model_fields[part]
+        current = _inner(field.annotation)
+    return field
+
+
+def _section_name(model: type[BaseModel]) -> str:
+    for name, field in Config.model_fields.items():
+        if field.annotation is model:
+            return name
+    return model.__name__
+
+
+def validate_sweep_table(path: str | Path, section_model: type[BaseModel],
+                         base: "Config | None" = None) -> list[dict[str, Any]]:
+    """Check a sweep table (TSV, one column per key of `section_model`, dotted 'a.b' for
+    nested keys; one row per sweep point) and return its rows as typed values.
+
+    Every column must name a key, every cell must be a valid value for it (list keys take
+    comma-separated items), no row may repeat another. With `base` (the whole config) each
+    row is also applied to it and the result checked as a whole, so cross-key rules (an
+    order naming only tasks of data.tasks, ...) hold for every row. Errors are one
+    `ConfigError` line naming the file, row and column.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    where = _section_name(section_model)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such sweep table")
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable tab-separated table: {str(exc).splitlines()[0]}") from None
+    if table.columns.empty or table.empty:
+        raise ConfigError(f"{path}: the sweep table has no {'columns' if table.columns.empty else 'rows'}")
+    fields = {}
+    for column in table.columns:
+        field = _field_path(section_model, column)
+        if field is None or _is_model(_inner(field.annotation)):
+            raise ConfigError(f"{path}: column '{column}' is not a key of {where} "
+                              f"(allowed: {', '.join(section_model.model_fields)})")
+        fields[column] = field
+    dupes = table[table.duplicated(keep="first")]
+    if not dupes.empty:
+        raise ConfigError(f"{path}: row {int(dupes.index[0]) + 1} repeats an earlier row")
+    prefix = "" if section_model is Config else f"{where}."
+    rows = []
+    for i, record in enumerate(table.to_dict("records"), start=1):
+        row = {}
+        for column, raw in record.items():
+            field = fields[column]
+            if raw.strip() == "":
+                raise ConfigError(f"{path}: row {i} column '{column}' is empty")
+            value: Any = raw.strip()
+            if typing.get_origin(field.annotation) is list:
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            adapter = TypeAdapter(typing.Annotated[field.annotation, *field.metadata]
+                                  if field.metadata else field.annotation)
+            try:
+                row[column] = adapter.validate_python(value)
+            except ValidationError as exc:
+                err = exc.errors(include_url=False)[0]
+                raise ConfigError(f"{path}: row {i} column '{column}': expected "
+                                  f"{err['msg'].removeprefix('Input should be ')}, got {raw!r}") from None
+        if base is not None:
+            merged = _deep_update(base.model_dump(), {prefix + k: v for k, v in row.items()})
+            try:
+                Config.model_validate(merged)
+            except ValidationError as exc:
+                raise ConfigError(error_line(exc, f"{path}: row {i}")) from None
+        rows.append(row)
+    return rows
+
+
+def _deep_update(base: dict, row: dict[str, Any]) -> dict:
+    out = copy.deepcopy(base)
+    for column, value in row.items():
+        target = out
+        *parents, leaf = column.split(".")
+        for p in parents:
+            target = target.setdefault(p, {})
+        target[leaf] = value
+    return out
 
 
 def json_schema() -> dict:

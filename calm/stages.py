@@ -14,9 +14,11 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
-from calm import artifacts, scoring, sampling, vectors
+from calm import artifacts, resume, scoring, sampling, vectors
+from calm.checkpoints import check_finite
 from calm.config import BaselinesConfig, CalmConfig, FinetuneConfig, ModelConfig
 from calm.families import get_family
 from calm.families.base import Family, use_bf16
@@ -37,6 +39,7 @@ def open_family(model: ModelConfig, pretrained_dir: str | Path, device: str = "a
                 precision: str = "auto") -> Family:
     family = get_family(model.family).from_config(pretrained_dir, model, device=device)
     family.bf16 = use_bf16(precision, family.device)
+    family.trust_pickle = model.trust_pickle
     log.info("device %s, %s matmuls", family.device, "bf16" if family.bf16 else "fp32")
     return family
 
@@ -65,8 +68,14 @@ def fetch_model(source: str, out_dir: str | Path, model: ModelConfig | None = No
         location = Path(source)
         if not location.is_dir():
             raise FileNotFoundError(f"model.source {source}: no such folder")
-    loaded = AutoModel.from_pretrained(location)
-    tokenizer = AutoTokenizer.from_pretrained(location)
+    try:
+        loaded = AutoModel.from_pretrained(location)
+        tokenizer = AutoTokenizer.from_pretrained(location)
+    except (OSError, ValueError, SafetensorError) as exc:
+        # transformers' and safetensors' messages span lines and rarely name the file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"model.source {source}: cannot load a model from {location}: {first}") from None
+    check_finite(dict(loaded.named_parameters()), f"pretrained model {source}")
     with atomic_dir(out_dir) as tmp:
         loaded.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -110,7 +119,9 @@ def preprocess(family: Family, data_dir: str | Path, out: str | Path) -> None:
     for split in meta.get("splits", artifacts.SPLITS):
         frame = pd.read_parquet(Path(data_dir) / f"{split}.parquet")
         if frame.empty:
-            raise ValueError(f"{data_dir}/{split}.parquet is empty")
+            raise ValueError(f"{data_dir}/{split}.parquet is empty: task '{meta.get('name')}' has "
+                             f"{meta.get('rows_after_cleaning', 'too few')} usable rows, too few for its {split} "
+                             f"split (see the notes in {data_dir}/task.json)")
         tensors = family.preprocess(_model_inputs(frame, family.modality, f"{data_dir}/{split}.parquet"))
         tensors["label"] = torch.tensor(frame["label"].to_numpy(), dtype=torch.int64)
         tensors["idx"] = torch.tensor(frame["idx"].to_numpy(), dtype=torch.int64)
@@ -390,6 +401,17 @@ def calm_base(family: Family, model_dirs: list[str | Path], lam: float, out: str
     artifacts.write_vector(tau, out, {"lambda": lam, "tasks": [str(d) for d in model_dirs]})
 
 
+def _resume_key(family: Family, cfg: CalmConfig, step: int, visible: list[dict], tensors: list) -> str:
+    """Everything the mask loop's course depends on; a resume file is used only if it matches."""
+    settings = {"calm": cfg.model_dump(exclude={"checkpoint_every"}), "step": step,
+                "visible": [v["task"] for v in visible], "device": family.device.type,
+                "family": type(family).__name__,
+                "family_settings": {key: val for key, val in vars(family).items()
+                                    if isinstance(val, (bool, int, float, str))}}
+    files = [v[k] for v in visible for k in ("inputs", "head", "credible")]
+    return resume.fingerprint(settings, tensors, files)
+
+
 def calm_step(family: Family, tau_prev: str | Path, model_dir: str | Path,
               visible: list[dict], cfg: CalmConfig, step: int, out_dir: str | Path) -> dict:
     """Merge one sequential task into τ_prev with a mask learned on every visible task.
@@ -410,14 +432,29 @@ def calm_step(family: Family, tau_prev: str | Path, model_dir: str | Path,
         if unknown:
             raise ValueError(f"{v['credible']}: idx {unknown[0]} is not in the pool of {v['inputs']}")
         rows = torch.tensor([row_of[int(i)] for i in credible["idx"]], dtype=torch.long)
+        if len(rows) == 0:
+            raise ValueError(f"{v['credible']}: the credible set of task {v['task']} is empty")
         if len(rows) < cfg.batch_size:
             log.warning("task %s: credible set has %d samples, fewer than a batch of %d; using them all",
                         v["task"], len(rows), cfg.batch_size)
+        classes = artifacts.read_head_classes(v["head"])
+        bad = credible["target"][(credible["target"] < 0) | (credible["target"] >= len(classes))]
+        if len(bad):
+            raise ValueError(f"{v['credible']}: target {int(bad.iloc[0])} is outside the {len(classes)} "
+                             f"classes of the head {v['head']}")
+        for c in sorted(set(range(len(classes))) - set(credible["target"].astype(int))):
+            log.warning("task %s: class '%s' has no sample in the credible set %s (no pool sample is "
+                        "pseudo-labelled so, or the sampler kept none); the mask is learned without it",
+                        v["task"], classes[c], v["credible"])
         tasks.append({"task": v["task"], "cache": cache, "rows": rows,
                       "target": torch.tensor(credible["target"].to_numpy(), dtype=torch.long),
                       "head": artifacts.head_to(artifacts.read_head(v["head"]), family.device)})
 
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + step)
+    resume_file, resume_key, state = resume.resume_path(out_dir), None, None
+    if cfg.checkpoint_every:
+        resume_key = _resume_key(family, cfg, step, visible, [theta0, prev, tau_new])
+        state = resume.load_state(resume_file, generator, resume_key)
 
     def loss_terms(iteration: int):
         for t in tasks:
@@ -439,7 +476,9 @@ def calm_step(family: Family, tau_prev: str | Path, model_dir: str | Path,
 
     family.train_mode(False)
     start = time.perf_counter()
-    result = optimise_mask(theta0, prev, tau_new, loss_terms, cfg)
+    result = optimise_mask(theta0, prev, tau_new, loss_terms, cfg, resume=state,
+                           on_checkpoint=(lambda st: resume.save_state(resume_file, st, generator, resume_key))
+                           if cfg.checkpoint_every else None)
     seconds = time.perf_counter() - start
     packed, shapes = pack(result.mask)
     summary = {
@@ -451,11 +490,15 @@ def calm_step(family: Family, tau_prev: str | Path, model_dir: str | Path,
         "settings": cfg.model_dump(),
     }
     with atomic_dir(out_dir) as tmp:
-        artifacts.write_vector(result.tau, tmp / "tau.safetensors", summary)
+        # Timings and checkpointing stay out of the vector's metadata: same seed, same bytes.
+        artifacts.write_vector(result.tau, tmp / "tau.safetensors",
+                               {**{k: x for k, x in summary.items() if k != "seconds"},
+                                "settings": cfg.model_dump(exclude={"checkpoint_every"})})
         write_tensors(packed, tmp / "mask.safetensors", metadata=shapes)
         pd.DataFrame(result.trace).to_csv(tmp / "trace.csv", index=False)
         pd.DataFrame(layer_fractions(result.mask)).to_csv(tmp / "layers.csv", index=False)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    resume_file.unlink(missing_ok=True)
     return summary
 
 

@@ -10,19 +10,20 @@ StateDict = dict[str, torch.Tensor]
 
 def check_compatible(reference: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor],
                      what: str = "fine-tuned model") -> None:
-    """Raise naming the first tensor whose name, shape or dtype differs from the reference."""
+    """Raise naming the first tensor, in the reference's order, that is missing or differs in
+    shape or dtype; then the first one the reference lacks."""
     missing = [k for k in reference if k not in other]
     extra = [k for k in other if k not in reference]
-    if missing or extra:
-        first = (missing or extra)[0]
-        side = "missing from" if missing else "unexpected in"
-        raise ValueError(f"tensor '{first}' is {side} the {what} "
-                         f"({len(missing)} missing, {len(extra)} unexpected)")
+    counts = f"({len(missing)} missing, {len(extra)} unexpected)"
     for k, ref in reference.items():
+        if k not in other:
+            raise ValueError(f"tensor '{k}' is missing from the {what} {counts}")
         t = other[k]
         if t.shape != ref.shape or t.dtype != ref.dtype:
             raise ValueError(f"tensor '{k}' of the {what} is {tuple(t.shape)} {t.dtype}, "
                              f"expected {tuple(ref.shape)} {ref.dtype}")
+    if extra:
+        raise ValueError(f"tensor '{extra[0]}' is unexpected in the {what} {counts}")
 
 
 def task_vector(finetuned: Mapping[str, torch.Tensor], pretrained: Mapping[str, torch.Tensor]) -> StateDict:

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from calm.config import json_schema
+from conftest import same_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -81,10 +82,15 @@ def planned_jobs(output: str) -> dict[str, int]:
     return stats
 
 
+MASK_ITERATIONS = 30
+
+
 @pytest.fixture(scope="module")
 def pico_run(tmp_path_factory, pico_model):
     work = tmp_path_factory.mktemp("e2e")
-    (work / "config.yaml").write_text(yaml.safe_dump(pico_config(pico_model, work)))
+    # 30 mask iterations checkpointed every 5: the kill test below stops the step in between.
+    (work / "config.yaml").write_text(yaml.safe_dump(pico_config(pico_model, work, iterations=MASK_ITERATIONS,
+                                                                 checkpoint_every=5)))
     snakemake(work)
     return work
 
@@ -106,7 +112,7 @@ def test_end_to_end_writes_every_artefact(pico_run):
     assert (table[["colour", "animal", "mood"]].mean(axis=1) - table["Avg"]).abs().max() < 0.01
     step = work / "results/merge/calm/step1-mood"
     trace = pd.read_csv(step / "trace.csv")
-    assert list(trace["iteration"]) == [1, 2, 3]
+    assert list(trace["iteration"]) == list(range(1, MASK_ITERATIONS + 1))
     assert {"loss", "active_fraction", "loss/colour", "loss/animal", "loss/mood"} <= set(trace.columns)
     summary = json.loads((step / "summary.json").read_text())
     assert summary["visible"] == ["colour", "animal", "mood"]
@@ -258,3 +264,54 @@ def test_every_stage_has_help():
     for name in stages:
         proc = subprocess.run([sys.executable, "-m", "calm", name, "--help"], capture_output=True, text=True)
         assert proc.returncode == 0 and "usage:" in proc.stdout, name
+
+
+def test_changing_checkpoint_every_reruns_nothing(pico_run):
+    config = yaml.safe_load((pico_run / "config.yaml").read_text())
+    config["calm"]["checkpoint_every"] = 7
+    (pico_run / "checkpointing.yaml").write_text(yaml.safe_dump(config))
+    out = snakemake(pico_run, "-n", "--configfile", str(pico_run / "checkpointing.yaml"))
+    assert "Nothing to be done" in out.stdout + out.stderr
+
+
+def test_run_killed_in_the_mask_step_resumes_and_equals_the_uninterrupted_run(pico_run, tmp_path):
+    """SIGKILL Snakemake and its jobs once the CALM step has checkpointed; the README's
+    recovery (unlock, rerun) resumes it, and every result equals the uninterrupted run's."""
+    import os
+    import signal
+    import time
+
+    work = tmp_path / "killed"
+    shutil.copytree(pico_run, work)
+    # A first run that never got past the mask step: no step, merged model, evaluation or table.
+    step = Path("results/merge/calm/step1-mood")
+    for done in (step, Path("results/merge/calm/model"), Path("results/eval/calm.parquet"), Path("results/tables")):
+        shutil.rmtree(work / done) if (work / done).is_dir() else (work / done).unlink()
+    checkpoint = work / "results/merge/calm/step1-mood.resume.pt"
+    cmd = SNAKEMAKE + ["-s", str(ROOT / "Snakefile"), "--directory", str(work), "--configfile",
+                       str(work / "config.yaml"), "--cores", "2"]
+    proc = subprocess.Popen(cmd, cwd=work, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not checkpoint.exists():
+        assert proc.poll() is None, "the run ended before the mask loop's first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (work / step / "tau.safetensors").exists()
+
+    snakemake(work, "--unlock")  # the kill left Snakemake's lock behind
+    snakemake(work)
+    log = (work / "logs/merge/calm_step1-mood.log").read_text()
+    resumed = re.search(r"resuming the mask optimisation from \S+ after iteration (\d+)", log)
+    assert resumed and 0 < int(resumed.group(1)) < MASK_ITERATIONS, log[-2000:]
+    assert not checkpoint.exists(), "the resume file is removed once the step's outputs are in place"
+    assert (work / step / "tau.safetensors").read_bytes() == (pico_run / step / "tau.safetensors").read_bytes()
+    assert same_tensors(work / step / "mask.safetensors", pico_run / step / "mask.safetensors")
+    trace, reference = (pd.read_csv(w / step / "trace.csv").drop(columns="seconds") for w in (work, pico_run))
+    pd.testing.assert_frame_equal(trace, reference)
+    pd.testing.assert_frame_equal(pd.read_parquet(work / "results/eval/calm.parquet"),
+                                  pd.read_parquet(pico_run / "results/eval/calm.parquet"))
+    assert (work / "results/tables/main.csv").read_text() == (pico_run / "results/tables/main.csv").read_text()
+    assert not list(work.glob("results/**/.*.tmp")), "no temporary left behind"

@@ -11,6 +11,9 @@ import torch
 if TYPE_CHECKING:
     from calm.config import ModelConfig
 
+
+from calm.checkpoints import check_state, read_checkpoint_dir
+
 StateDict = dict[str, torch.Tensor]
 Batch = dict[str, torch.Tensor]
 # A task head: one tensor (class embeddings of the prompt-head families) or named tensors (a
@@ -23,6 +26,8 @@ class Family(ABC):
     # Matmuls under bf16 autocast (weights, gradients' accumulation and mask logits stay fp32);
     # set from the config's `precision` by whoever opens the family.
     bf16: bool = False
+    # model.trust_pickle, set by stages.open_family: may .pt/.bin files be fully unpickled?
+    trust_pickle: bool = False
 
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
@@ -51,9 +56,22 @@ class Family(ABC):
     def pretrained_state(self) -> StateDict:
         """The merged (masked) tensors of the pretrained model, on the compute device."""
 
-    @abstractmethod
+    def read_checkpoint(self, model_dir: Path) -> StateDict:
+        """Every tensor of a checkpoint folder, on the CPU; override for another layout, but read
+        files only through calm.checkpoints (its .pt/.bin loading never unpickles untrusted code)."""
+        return read_checkpoint_dir(model_dir, self.trust_pickle)
+
     def load_state(self, model_dir: Path) -> StateDict:
-        """The same tensors from a fine-tuned checkpoint folder, checked against the pretrained ones."""
+        """The pretrained model's tensors from a fine-tuned checkpoint folder, on the compute
+        device, after the checks every family shares: each tensor present with the pretrained
+        shape and dtype (the first that is not is named), no NaN or Inf."""
+        reference = self.pretrained_state()
+        tensors = self.read_checkpoint(Path(model_dir))
+        # A checkpoint may carry buffers (position_ids) or tensors the model lacks (an unused
+        # pooler); only the pretrained model's tensors are task-vector material, all of them.
+        picked = {n: tensors[n] for n in reference if n in tensors}
+        check_state(reference, picked, what=f"checkpoint {model_dir}")
+        return {n: t.to(self.device) for n, t in picked.items()}
 
     @abstractmethod
     def save(self, params: StateDict, out_dir: Path) -> None:

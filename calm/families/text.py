@@ -12,27 +12,12 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch.func import functional_call
 from transformers import AutoModel, AutoTokenizer
 
 from calm.io import atomic_dir
-from calm.vectors import check_compatible
 
 from .base import Batch, Family, StateDict, grams_of_linear_inputs, pick_device
-
-
-def _checkpoint_tensors(model_dir: Path) -> StateDict:
-    files = sorted(Path(model_dir).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors file in checkpoint folder {model_dir}")
-    tensors: StateDict = {}
-    for f in files:
-        try:
-            tensors.update(load_file(str(f)))
-        except Exception as exc:  # safetensors raises its own error types for truncated files
-            raise ValueError(f"cannot read {f}: {exc}") from exc
-    return tensors
 
 
 class TextEncoder(Family):
@@ -46,24 +31,10 @@ class TextEncoder(Family):
         self.module = AutoModel.from_pretrained(self.model_dir).to(self.device).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
-        self._names = [n for n, _ in self.module.named_parameters()]
 
     # --- checkpoints -------------------------------------------------------------------
     def pretrained_state(self) -> StateDict:
         return {n: p.detach().clone() for n, p in self.module.named_parameters()}
-
-    def load_state(self, model_dir: Path) -> StateDict:
-        tensors = _checkpoint_tensors(model_dir)
-        reference = dict(self.module.named_parameters())
-        # A checkpoint may carry buffers (position_ids) or tensors the model lacks (an unused
-        # pooler); only the parameters are task-vector material, and all of them must be there.
-        picked = {n: tensors[n] for n in self._names if n in tensors}
-        check_compatible({n: reference[n].detach().cpu() for n in self._names}, picked,
-                         what=f"checkpoint {model_dir}")
-        for n, t in picked.items():
-            if not torch.isfinite(t).all():
-                raise ValueError(f"tensor '{n}' of checkpoint {model_dir} holds NaN or Inf")
-        return {n: t.to(self.device) for n, t in picked.items()}
 
     def save(self, params: StateDict, out_dir: Path) -> None:
         original = self.pretrained_state()

@@ -33,19 +33,38 @@ class MaskResult:
     initial_active: int = 0
 
 
+@dataclass
+class MaskState:
+    """The loop after `iteration` iterations: enough, with the batch generator's state, to go
+    on exactly as if it had never stopped."""
+    iteration: int
+    logits: StateDict
+    trace: list[dict]
+    initial_active: int
+
+
 def optimise_mask(theta0: Mapping[str, torch.Tensor], tau_prev: Mapping[str, torch.Tensor],
                   tau_new: Mapping[str, torch.Tensor], loss_terms: Callable[[int], Iterable[LossTerm]],
-                  cfg: CalmConfig, progress: bool = True) -> MaskResult:
+                  cfg: CalmConfig, progress: bool = True, resume: MaskState | None = None,
+                  on_checkpoint: Callable[[MaskState], None] | None = None) -> MaskResult:
     """Learn the mask for merging τ_new into τ_prev, then binarise and commit it.
 
     `loss_terms(i)` yields the batch losses of iteration i (2 fresh batches per visible task
     in the paper); their gradients are summed, or averaged with grad_reduction: mean.
+    `on_checkpoint` gets the state every cfg.checkpoint_every iterations; passing a saved
+    state back as `resume` continues from it.
     """
-    R = init_mask_logits(tau_new, cfg.init_fraction, cfg.init_value)
-    initial_active = sum(int((r > 0).sum()) for r in R.values())
+    if resume is None:
+        R = init_mask_logits(tau_new, cfg.init_fraction, cfg.init_value)
+        initial_active = sum(int((r > 0).sum()) for r in R.values())
+        trace: list[dict] = []
+    else:
+        R = {n: resume.logits[n].to(tau_new[n].device) for n in tau_new}
+        initial_active, trace = resume.initial_active, list(resume.trace)
+    first = resume.iteration if resume is not None else 0
     direction = {n: dmix_dm(tau_prev[n], tau_new[n], cfg.strategy) for n in theta0}
-    trace: list[dict] = []
-    bar = tqdm(range(cfg.iterations), desc="mask", unit="it", disable=not progress, mininterval=2.0)
+    bar = tqdm(range(first, cfg.iterations), initial=first, total=cfg.iterations, desc="mask", unit="it",
+               disable=not progress, mininterval=2.0)
     for it in bar:
         start = time.perf_counter()
         theta = {n: (theta0[n] + mix(tau_prev[n], tau_new[n], torch.sigmoid(R[n]), cfg.strategy))
@@ -73,6 +92,10 @@ def optimise_mask(theta0: Mapping[str, torch.Tensor], tau_prev: Mapping[str, tor
         row.update({f"loss/{k}": sum(v) / len(v) for k, v in losses.items()})
         trace.append(row)
         bar.set_postfix(loss=f"{row['loss']:.4f}", active=f"{row['active_fraction']:.2e}")
+        done = it + 1
+        if on_checkpoint is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 \
+                and done < cfg.iterations:
+            on_checkpoint(MaskState(iteration=done, logits=R, trace=list(trace), initial_active=initial_active))
     mask = binarise(R)
     return MaskResult(logits=R, mask=mask, tau=commit(tau_prev, tau_new, mask, cfg.strategy),
                       trace=trace, initial_active=initial_active)

@@ -18,8 +18,13 @@ TASKS = CFG.data.tasks
 SEQ = CFG.calm.sequential
 EFFICIENT = CFG.efficient_tasks
 PRETRAINED = "resources/models/pretrained"
+# trust_pickle is passed only when set: its default then changes no rule's params (no rerun).
 MODEL_FLAGS = " ".join(
-    [f"--pretrained {PRETRAINED}", render_flags(CFG.model, prefix="model_", exclude=("source",)), f"--device {CFG.device} --precision {CFG.precision}"]
+    [
+        f"--pretrained {PRETRAINED}",
+        render_flags(CFG.model, prefix="model_", exclude=("source",) + (() if CFG.model.trust_pickle else ("trust_pickle",))),
+        f"--device {CFG.device} --precision {CFG.precision}",
+    ]
 )
 LAMBDAS = [f"{lam:g}" for lam in CFG.baselines.lambda_grid]
 TA_LAMBDA = f"{CFG.baselines.task_arithmetic_lambda:g}"

@@ -66,8 +66,11 @@ rule calm_step:
     params:
         model=MODEL_FLAGS,
         visible=lambda w: visible_flag(int(w.k)),
-        settings=render_flags(CFG.calm, exclude=("sequential", "efficient_lambda")),
+        settings=render_flags(CFG.calm, exclude=("sequential", "efficient_lambda", "checkpoint_every")),
         out=lambda w, output: str(Path(output.tau).parent),
+        # Checkpointing does not change results: a function of `threads` is a derived param,
+        # which Snakemake does not count as a change, so a new value reruns no finished step.
+        checkpoint_every=lambda w, threads: CFG.calm.checkpoint_every,
     threads: CFG.threads
     resources:
         mem_mb=scaled(8000),
@@ -82,7 +85,7 @@ rule calm_step:
     shell:
         "python -m calm calm-step {params.model} --threads {threads} --tau-prev {input.tau_prev} "
         "--model {input.finetuned} --visible {params.visible} --step {wildcards.k} "
-        "--out {params.out} {params.settings} 2> {log}"
+        "--out {params.out} {params.settings} --checkpoint-every {params.checkpoint_every} 2> {log}"
 
 
 rule calm_model:

@@ -1,0 +1,120 @@
+"""Reading checkpoint files safely, and the checks every model family applies to them.
+
+- safetensors files are data only; a truncated or corrupt one gives one line naming it.
+- `.pt` / `.bin` / `.pth` files are pickles: `load_torch_file` opens them with
+  `torch.load(weights_only=True)`, which refuses anything but tensors and plain containers.
+  Full unpickling can run code hidden in the file, so it happens only with an explicit
+  `model.trust_pickle: true`, and says so in the log. Every torch-format load in calm goes
+  through `load_torch_file`.
+- `check_state` compares a checkpoint's tensors with the pretrained model's (names, shapes,
+  dtypes, in the pretrained order, so the first mismatching tensor is named) and rejects
+  NaN or Inf.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from calm.vectors import check_compatible
+
+log = logging.getLogger("calm")
+
+StateDict = dict[str, torch.Tensor]
+TORCH_SUFFIXES = (".bin", ".pt", ".pth")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def read_safetensors(path: str | Path) -> StateDict:
+    """All tensors of a safetensors file, on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{path}: not a readable safetensors file, truncated or corrupt "
+                         f"({_first_line(exc)}); delete it and make it again") from None
+
+
+def load_torch_file(path: str | Path, trust_pickle: bool) -> Any:
+    """`torch.load` of a .pt/.bin file onto the CPU, with weights_only=True unless trusted."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if trust_pickle:
+        log.warning("%s: fully unpickling (model.trust_pickle: true); this runs any code the file "
+                    "holds, so use it only for files from a source you trust", path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as exc:
+        if trust_pickle:
+            raise ValueError(f"{path}: cannot be unpickled ({_first_line(exc)})") from None
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        what = f"the Python object {found.group(1)}" if found else "Python objects other than tensors"
+        raise ValueError(f"{path}: holds {what}, which weights-only loading refuses; if you trust "
+                         "the file, set model.trust_pickle: true") from None
+    except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile, OSError) as exc:
+        raise ValueError(f"{path}: not a readable PyTorch file, truncated or corrupt "
+                         f"({_first_line(exc)[:200]})") from None
+
+
+def read_tensors(path: str | Path, trust_pickle: bool = False) -> StateDict:
+    """The name -> tensor dict of one weights file, whatever its format."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
+    if path.suffix not in TORCH_SUFFIXES:
+        raise ValueError(f"{path}: unknown weights format (expected .safetensors, .bin, .pt or .pth)")
+    obj = load_torch_file(path, trust_pickle)
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]  # training checkpoints wrap the weights
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path}: holds a {type(obj).__name__}, not a name -> tensor mapping")
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ValueError(f"{path}: holds no tensors")
+    return tensors
+
+
+def read_checkpoint_dir(model_dir: str | Path, trust_pickle: bool = False) -> StateDict:
+    """Every tensor of a checkpoint folder: its *.safetensors files, or failing those its
+    *.bin / *.pt / *.pth files (shards are merged)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"{model_dir}: no such checkpoint folder")
+    files = sorted(model_dir.glob("*.safetensors")) or sorted(
+        f for suffix in TORCH_SUFFIXES for f in model_dir.glob(f"*{suffix}"))
+    files = [f for f in files if f.is_file() and not f.name.startswith(".")]
+    if not files:
+        raise FileNotFoundError(f"{model_dir}: no weights file (*.safetensors, *.bin, *.pt or *.pth) "
+                                "in the checkpoint folder")
+    tensors: StateDict = {}
+    for f in files:
+        tensors.update(read_tensors(f, trust_pickle))
+    return tensors
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
+    """Raise naming the first tensor that holds NaN or Inf."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+            raise ValueError(f"tensor '{name}' of the {what} holds {nan} NaN and {inf} Inf values")
+
+
+def check_state(reference: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], what: str) -> None:
+    """The checks a fine-tuned checkpoint must pass before it becomes a task vector."""
+    check_compatible(reference, state, what=what)
+    check_finite(state, what)

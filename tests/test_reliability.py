@@ -1,0 +1,485 @@
+"""Bad input gives one clear line naming the key, file or tensor; pickles are not unpickled
+unless trusted; the mask loop resumes bit for bit; the stages are deterministic on CPU."""
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from calm import artifacts, resume, stages
+from calm.checkpoints import load_torch_file, read_checkpoint_dir, read_tensors
+from calm.config import (CalmConfig, Config, ConfigError, FinetuneConfig, ModelConfig, SelectConfig,
+                         check_config, load_config, validate_sweep_table)
+from calm.io import write_json, write_parquet
+from conftest import same_tensors
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def base_config(**sections) -> dict:
+    cfg = {"data": {"tasks": ["a", "b", "c"]}, "calm": {"sequential": ["c"]}}
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    return cfg
+
+
+def config_error(cfg) -> str:
+    with pytest.raises(ConfigError) as info:
+        check_config(cfg, "my.yaml")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("my.yaml: ")
+    return message
+
+
+# --- config -----------------------------------------------------------------------------------
+
+def test_base_config_is_valid():
+    assert check_config(base_config(), "my.yaml").efficient_tasks == ["a", "b"]
+
+
+@pytest.mark.parametrize("cfg, expected", [
+    (base_config(colour="red"), "colour: unknown key (allowed: device, threads, precision, model, data,"),
+    (base_config(calm={"lr_typo": 1.0}), "calm.lr_typo: unknown key (allowed: sequential, efficient_lambda,"),
+    (base_config(threads="two"), "threads: expected a valid integer"),
+    (base_config(data={"tasks": "a"}), "data.tasks: expected a valid list, got 'a'"),
+    (base_config(select={"ratio": 0}), "select.ratio: expected a value greater than 0, got 0"),
+    (base_config(select={"ratio": 1.5}), "select.ratio: expected a value less than or equal to 1, got 1.5"),
+    (base_config(calm={"lr": -1e7}), "calm.lr: expected a value greater than 0, got -10000000.0"),
+    (base_config(finetune={"lr": 0}), "finetune.lr: expected a value greater than 0, got 0"),
+    (base_config(calm={"iterations": 0}), "calm.iterations: expected a value greater than 0, got 0"),
+    (base_config(calm={"checkpoint_every": -1}), "calm.checkpoint_every: expected a value greater than or equal to 0"),
+    (base_config(calm={"sequential": ["z"]}), "calm.sequential names 'z', which is not in data.tasks ['a', 'b', 'c']"),
+    (base_config(calm={"sequential": ["c", "c"]}), "calm.sequential names a task twice: ['c']"),
+    (base_config(calm={"sequential": ["a", "b", "c"]}), "calm.sequential has 3 tasks but data.tasks has 3"),
+    (base_config(data={"tasks": ["a", "b", "a"]}), "data.tasks names a task twice: ['a']"),
+    ({"data": {"tasks": ["a", "b"]}}, "calm: required key is missing"),
+    (base_config(data={"custom": {"x": {"path": "x.csv", "classes": ["p", "q"], "labels": 1}}}),
+     "data.custom.x.labels: unknown key (allowed: path, text_column, label_column, classes, prompt)"),
+])
+def test_bad_config_is_one_line_naming_the_key(cfg, expected):
+    assert expected in config_error(cfg)
+
+
+def test_every_error_of_a_config_is_on_the_one_line():
+    message = config_error(base_config(calm={"lr": -1, "iterations": 0}))
+    assert "calm.iterations: expected" in message and "; calm.lr: expected" in message
+
+
+def test_yaml_syntax_error_and_empty_file_name_the_file(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("data:\n  tasks: [a, b\ncalm: {}\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: line \d+ not valid YAML"):
+        load_config(broken)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="empty.yaml: the config is empty"):
+        load_config(empty)
+    with pytest.raises(ConfigError, match="nothere.yaml: no such config file"):
+        load_config(tmp_path / "nothere.yaml")
+
+
+def test_cli_validate_prints_one_line_and_fails(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(base_config(select={"ratio": 2})))
+    proc = subprocess.run([sys.executable, "-m", "calm", "validate", "--config", str(path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {path}: select.ratio: expected a value less than or equal to 1, got 2"]
+
+
+def test_cli_flags_out_of_range_are_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "calm", "calm-step", "--pretrained", str(tmp_path),
+                           "--tau-prev", "x", "--model", "y", "--visible", "t=a,b,c", "--out", str(tmp_path / "o"),
+                           "--lr", "-5"], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: CalmConfig (command-line flags): lr: expected a value greater than 0, got -5.0")
+
+
+def test_workflow_start_rejects_a_bad_config_in_one_line_before_any_job(tmp_path):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(base_config(calm={"sequential": ["c", "d"]})))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory",
+                           str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), "--cores", "1"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode != 0
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {tmp_path / 'config.yaml'}: calm.sequential names 'd', which is not in "
+                      "data.tasks ['a', 'b', 'c']"]
+    assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+
+
+# --- sweep tables -----------------------------------------------------------------------------
+
+def write_tsv(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_sweep_table_rows_come_back_typed(tmp_path):
+    table = write_tsv(tmp_path / "s.tsv", "sampler\tratio\ncb_ems\t0.5\nems\t1\n")
+    assert validate_sweep_table(table, SelectConfig) == [{"sampler": "cb_ems", "ratio": 0.5},
+                                                         {"sampler": "ems", "ratio": 1.0}]
+    nested = write_tsv(tmp_path / "n.tsv", "calm.lr\tselect.ratio\n1e7\t0.8\n")
+    assert validate_sweep_table(nested, Config) == [{"calm.lr": 1e7, "select.ratio": 0.8}]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("sampler\tratoi\ncb_ems\t0.5\n", "column 'ratoi' is not a key of select (allowed: sampler, ratio, seed)"),
+    ("sampler\tratio\ncb_ems\t0.5\ncb_ems\t1.5\n", "row 2 column 'ratio': expected less than or equal to 1, got '1.5'"),
+    ("sampler\tratio\nbest\t0.5\n", "row 1 column 'sampler': expected 'cb_ems', 'ems', 'supervised' or 'random', got 'best'"),
+    ("sampler\tratio\ncb_ems\thalf\n", "row 1 column 'ratio': expected a valid number"),
+    ("sampler\tratio\ncb_ems\t\n", "row 1 column 'ratio' is empty"),
+    ("sampler\tratio\nems\t0.5\nems\t0.5\n", "row 2 repeats an earlier row"),
+    ("sampler\tratio\n", "the sweep table has no rows"),
+])
+def test_bad_sweep_table_is_one_line_naming_file_row_and_column(tmp_path, text, expected):
+    table = write_tsv(tmp_path / "sweep.tsv", text)
+    with pytest.raises(ConfigError) as info:
+        validate_sweep_table(table, SelectConfig)
+    assert str(info.value) == f"{table}: {expected}" or str(info.value).startswith(f"{table}: {expected}")
+
+
+def test_sweep_table_rows_are_checked_against_the_config_section(tmp_path):
+    cfg = check_config(base_config(), "my.yaml")
+    table = write_tsv(tmp_path / "orders.tsv", "sequential\tlr\nc\t1e7\nb,b\t1e7\n")
+    with pytest.raises(ConfigError, match=r"orders.tsv: row 2: calm.sequential names a task twice: \['b'\]"):
+        validate_sweep_table(table, CalmConfig, base=cfg)
+    whole = write_tsv(tmp_path / "whole.tsv", "calm.sequential\nc\na,b,c\n")
+    with pytest.raises(ConfigError, match="whole.tsv: row 2: calm.sequential has 3 tasks but data.tasks has 3"):
+        validate_sweep_table(whole, Config, base=cfg)
+
+
+# --- checkpoints and pickles ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def family(pico_model):
+    return stages.open_family(ModelConfig(max_length=16, logit_scale=10.0), pico_model, device="cpu")
+
+
+def altered_checkpoint(pico_model: Path, folder: Path, change) -> Path:
+    tensors = load_file(str(pico_model / "model.safetensors"))
+    change(tensors)
+    folder.mkdir()
+    save_file(tensors, str(folder / "model.safetensors"))
+    return folder
+
+
+def test_missing_checkpoint_folder_or_weights_are_named(family, tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'nope'}: no such checkpoint folder"):
+        family.load_state(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty: no weights file \(\*.safetensors"):
+        family.load_state(tmp_path / "empty")
+
+
+def test_checkpoint_missing_a_tensor_names_it(family, pico_model, tmp_path):
+    name = "encoder.layer.0.intermediate.dense.bias"
+    folder = altered_checkpoint(pico_model, tmp_path / "ft", lambda t: t.pop(name))
+    with pytest.raises(ValueError, match=rf"tensor '{name}' is missing from the checkpoint .*ft \(1 missing"):
+        family.load_state(folder)
+
+
+def test_checkpoint_mismatch_names_the_first_tensor_in_the_pretrained_order(family, pico_model, tmp_path):
+    first, later = "encoder.layer.0.attention.self.query.weight", "encoder.layer.1.output.dense.weight"
+
+    def change(t):
+        t[later] = t[later].half()
+        t[first] = torch.zeros(4, 4)
+
+    folder = altered_checkpoint(pico_model, tmp_path / "ft", change)
+    with pytest.raises(ValueError) as info:
+        family.load_state(folder)
+    assert str(info.value) == (f"tensor '{first}' of the checkpoint {folder} is (4, 4) torch.float32, "
+                               "expected (16, 16) torch.float32")
+    folder2 = altered_checkpoint(pico_model, tmp_path / "ft2", lambda t: t.update({later: t[later].half()}))
+    with pytest.raises(ValueError, match=rf"tensor '{later}' of the checkpoint .* torch.float16, expected .* torch.float32"):
+        family.load_state(folder2)
+
+
+@pytest.mark.parametrize("bad, counts", [(float("nan"), "2 NaN and 0 Inf"), (float("inf"), "0 NaN and 2 Inf")])
+def test_checkpoint_with_nan_or_inf_names_the_tensor(family, pico_model, tmp_path, bad, counts):
+    name = "encoder.layer.1.attention.output.LayerNorm.weight"
+
+    def change(t):
+        t[name][[3, 5]] = bad
+
+    folder = altered_checkpoint(pico_model, tmp_path / "ft", change)
+    with pytest.raises(ValueError, match=rf"tensor '{name}' of the checkpoint .*ft holds {counts} values"):
+        family.load_state(folder)
+
+
+def test_truncated_safetensors_is_named_not_cryptic(family, pico_model, tmp_path):
+    folder = altered_checkpoint(pico_model, tmp_path / "ft", lambda t: None)
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError) as info:
+        family.load_state(folder)
+    assert str(info.value).startswith(f"{folder / 'model.safetensors'}: not a readable safetensors file, "
+                                      "truncated or corrupt (")
+
+
+def test_bin_checkpoint_loads_through_weights_only_torch_load(family, pico_model, tmp_path):
+    tensors = load_file(str(pico_model / "model.safetensors"))
+    (tmp_path / "ft").mkdir()
+    torch.save(tensors, tmp_path / "ft" / "pytorch_model.bin")
+    state = family.load_state(tmp_path / "ft")
+    assert all(torch.equal(state[n], tensors[n]) for n in state)
+
+
+class _Note:
+    """A harmless object of a class torch.load(weights_only=True) does not know."""
+
+
+class _Payload:
+    """Unpickling this calls open(marker, 'w'): code run by merely loading the file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def test_pickle_that_runs_code_is_refused_unless_trusted(tmp_path, caplog):
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "model.pt"
+    torch.save({"weight": torch.ones(2), "payload": _Payload(marker)}, path)
+    with pytest.raises(ValueError) as info:
+        load_torch_file(path, trust_pickle=False)
+    assert str(info.value) == (f"{path}: holds the Python object io.open, which weights-only loading "
+                               "refuses; if you trust the file, set model.trust_pickle: true")
+    assert not marker.exists()
+    with caplog.at_level(logging.WARNING, logger="calm"):
+        loaded = load_torch_file(path, trust_pickle=True)
+    loaded["payload"].close()
+    assert marker.exists(), "trusted: fully unpickled"
+    assert any("fully unpickling (model.trust_pickle: true)" in r.message for r in caplog.records)
+
+
+def test_trust_pickle_reaches_the_family_from_the_config(pico_model, tmp_path):
+    trusting = stages.open_family(ModelConfig(max_length=16, trust_pickle=True), pico_model, device="cpu")
+    assert trusting.trust_pickle is True
+    torch.save({"state_dict": {"w": torch.ones(2)}, "note": _Note()}, tmp_path / "ckpt.pt")
+    with pytest.raises(ValueError, match=r"ckpt.pt: holds the Python object [\w.]*_Note, which weights-only"):
+        read_tensors(tmp_path / "ckpt.pt")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "ckpt.pt").rename(tmp_path / "d" / "ckpt.pt")
+    assert list(read_checkpoint_dir(tmp_path / "d", trust_pickle=True)) == ["w"]
+
+
+# --- data -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory, family):
+    """A two-class task: splits, inputs, head, a pretend fine-tuned model and a previous τ."""
+    folder = tmp_path_factory.mktemp("toy")
+    texts = [f"{w} number {i}" for i, w in enumerate(["good", "bad"] * 12)]
+    frame = pd.DataFrame({"idx": range(24), "text": texts, "label": [i % 2 for i in range(24)]})
+    data = folder / "data"
+    for split, rows in {"train": frame.iloc[:12], "pool": frame.iloc[12:18], "test": frame.iloc[18:]}.items():
+        write_parquet(rows, data / f"{split}.parquet")
+    write_json({"name": "toy", "classes": ["good", "bad"], "prompt": "something {}"}, data / "task.json")
+    stages.preprocess(family, data, folder / "inputs.safetensors")
+    stages.build_head(family, data, folder / "head.safetensors")
+    theta0 = family.pretrained_state()
+    gen = torch.Generator().manual_seed(0)
+    family.save({n: t + 0.05 * torch.randn(t.shape, generator=gen) for n, t in theta0.items()}, folder / "ft")
+    artifacts.write_vector({n: 0.02 * torch.randn(t.shape, generator=gen) for n, t in theta0.items()},
+                           folder / "prev.safetensors")
+    return folder
+
+
+def credible(toy: Path, name: str, idx: list[int], target: list[int]) -> Path:
+    path = toy / f"{name}.parquet"
+    write_parquet(pd.DataFrame({"idx": idx, "target": target}), path)
+    return path
+
+
+def run_step(family, toy, cred, out, **calm):
+    cfg = CalmConfig(sequential=["toy"], iterations=4, batch_size=4, lr=1e6, init_fraction=0.01, **calm)
+    visible = [{"task": "toy", "inputs": toy / "inputs.safetensors", "head": toy / "head.safetensors",
+                "credible": cred}]
+    return stages.calm_step(family, toy / "prev.safetensors", toy / "ft", visible, cfg, 1, out)
+
+
+def test_empty_split_is_named(family, toy, tmp_path):
+    data = tmp_path / "data"
+    for split in ("train", "pool", "test"):
+        frame = pd.read_parquet(toy / "data" / f"{split}.parquet")
+        write_parquet(frame.head(0) if split == "pool" else frame, data / f"{split}.parquet")
+    write_json({"name": "toy", "classes": ["good", "bad"], "prompt": "{}", "rows_after_cleaning": 18},
+               data / "task.json")
+    with pytest.raises(ValueError) as info:
+        stages.preprocess(family, data, tmp_path / "inputs.safetensors")
+    assert str(info.value) == (f"{data}/pool.parquet is empty: task 'toy' has 18 usable rows, too few for "
+                               f"its pool split (see the notes in {data}/task.json)")
+    assert not (tmp_path / "inputs.safetensors").exists()
+
+
+def test_missing_label_column_is_named(tmp_path):
+    from calm.data.prepare import prepare_task
+    path = tmp_path / "reviews.csv"
+    pd.DataFrame({"review": ["a", "b", "c", "d"], "stars": [0, 1, 0, 1]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"reviews.csv: missing column\(s\) \['y'\]; has \['review', 'stars'\]"):
+        prepare_task({"path": str(path), "text_column": "review", "label_column": "y", "classes": ["n", "p"],
+                      "prompt": "{}"}, tmp_path / "out", tmp_path, n_train=2, n_pool=1, n_test=2, seed=0)
+    assert not (tmp_path / "out").exists()
+
+
+def test_label_outside_the_classes_is_named(tmp_path):
+    from calm.data.prepare import prepare_task
+    path = tmp_path / "reviews.csv"
+    pd.DataFrame({"review": ["a", "b", "c", "d"], "y": [0, 1, 2, 1]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"reviews.csv: label 2 is not a class index \(0..1\)"):
+        prepare_task({"path": str(path), "text_column": "review", "label_column": "y", "classes": ["n", "p"],
+                      "prompt": "{}"}, tmp_path / "out", tmp_path, n_train=2, n_pool=1, n_test=2, seed=0)
+
+
+def test_sampler_that_keeps_nothing_stops_naming_the_scores(tmp_path):
+    scores = tmp_path / "scores.parquet"
+    write_parquet(pd.DataFrame({"idx": [0, 1], "label": [0, 1], "pseudo_label": [0, 1],
+                                "entropy": [0.1, 0.2], "logits": [[1.0, 0.0], [0.0, 1.0]]}), scores)
+    with pytest.raises(ValueError, match=r"scores.parquet: the cb_ems sampler at ratio 0.5 selected no sample "
+                                         r"from a pool of 2"):
+        stages.select(scores, "cb_ems", 0.5, 0, tmp_path / "credible.parquet")
+    assert not (tmp_path / "credible.parquet").exists()
+
+
+def test_empty_or_out_of_range_credible_set_stops_the_step(family, toy, tmp_path):
+    empty = credible(toy, "empty", [], [])
+    with pytest.raises(ValueError, match=r"empty.parquet: the credible set of task toy is empty"):
+        run_step(family, toy, empty, tmp_path / "out")
+    wrong = credible(toy, "wrong", [12, 13], [0, 2])
+    with pytest.raises(ValueError, match=r"wrong.parquet: target 2 is outside the 2 classes of the head"):
+        run_step(family, toy, wrong, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_small_credible_set_and_missing_class_warn_and_continue(family, toy, tmp_path, caplog):
+    small = credible(toy, "small", [12, 14, 16], [0, 0, 0])
+    with caplog.at_level(logging.WARNING, logger="calm"):
+        run_step(family, toy, small, tmp_path / "out")
+    messages = [r.getMessage() for r in caplog.records]
+    assert "task toy: credible set has 3 samples, fewer than a batch of 4; using them all" in messages
+    assert any(m.startswith(f"task toy: class 'bad' has no sample in the credible set {small}") for m in messages)
+    assert (tmp_path / "out" / "tau.safetensors").exists()
+
+
+# --- resume and determinism ------------------------------------------------------------------
+
+class Killed(Exception):
+    pass
+
+
+def tiny_problem(seed: int = 0):
+    """θ0, τ_prev, τ_new on two small tensors and a loss over random batches of fixed data."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"w": (5, 3), "b": (3,)}
+    theta0, prev, new = ({n: torch.randn(s, generator=g) for n, s in shapes.items()} for _ in range(3))
+    x, y = torch.randn(40, 5, generator=g), torch.randint(0, 3, (40,), generator=g)
+
+    def loss_terms(generator):
+        def terms(iteration):
+            pick = torch.randperm(40, generator=generator)[:8]
+            yield "t", lambda p: torch.nn.functional.cross_entropy(x[pick] @ p["w"] + p["b"], y[pick])
+        return terms
+
+    return theta0, prev, new, loss_terms
+
+
+def test_mask_loop_resumed_from_a_checkpoint_is_bitwise_the_uninterrupted_one(tmp_path):
+    from calm.merging.calm import optimise_mask
+    theta0, prev, new, loss_terms = tiny_problem()
+    cfg = CalmConfig(sequential=["t"], iterations=7, lr=50.0, alpha=0.01, init_fraction=0.3, checkpoint_every=3)
+    full = optimise_mask(theta0, prev, new, loss_terms(torch.Generator().manual_seed(1)), cfg, progress=False)
+
+    saved, path = [], tmp_path / "state.pt"
+    generator = torch.Generator().manual_seed(1)
+
+    def save_then_die(state):
+        resume.save_state(path, state, generator, "key")
+        saved.append(state.iteration)
+        raise Killed
+
+    with pytest.raises(Killed):
+        optimise_mask(theta0, prev, new, loss_terms(generator), cfg, progress=False, on_checkpoint=save_then_die)
+    fresh = torch.Generator().manual_seed(1)  # a new process starts from the seed again
+    state = resume.load_state(path, fresh, "key")
+    assert saved == [3] and state.iteration == 3 and len(state.trace) == 3
+    later = []
+    resumed = optimise_mask(theta0, prev, new, loss_terms(fresh), cfg, progress=False, resume=state,
+                            on_checkpoint=lambda s: later.append(s.iteration))
+    assert later == [6], "checkpoints every 3 iterations, none after the last"
+    for n in theta0:
+        assert torch.equal(resumed.logits[n], full.logits[n])
+        assert torch.equal(resumed.mask[n], full.mask[n]) and torch.equal(resumed.tau[n], full.tau[n])
+    assert [r["loss"] for r in resumed.trace] == [r["loss"] for r in full.trace]
+    assert [r["iteration"] for r in resumed.trace] == list(range(1, 8))
+    assert resume.load_state(path, fresh, "other settings") is None
+
+
+def test_stale_resume_file_is_ignored_and_removed_after_success(family, toy, tmp_path, caplog):
+    cred = credible(toy, "all", list(range(12, 18)), [0, 1, 0, 1, 0, 1])
+    run_step(family, toy, cred, tmp_path / "plain")
+    out = tmp_path / "resumable"
+    stale = resume.resume_path(out)
+    assert stale == tmp_path / "resumable.resume.pt"
+    torch.save({"fingerprint": "from a run with other settings", "iteration": 2}, stale)
+    with caplog.at_level(logging.WARNING, logger="calm"):
+        run_step(family, toy, cred, out, checkpoint_every=1)
+    assert any("ignoring the resume file" in r.getMessage() for r in caplog.records)
+    assert not stale.exists()
+    for name in ("tau.safetensors", "layers.csv"):
+        assert (out / name).read_bytes() == (tmp_path / "plain" / name).read_bytes(), name
+    assert same_tensors(out / "mask.safetensors", tmp_path / "plain" / "mask.safetensors")
+
+
+def test_same_seed_gives_bitwise_identical_finetune_mask_and_predictions_on_cpu(family, toy, tmp_path):
+    cfg = FinetuneConfig(lr=1e-3, epochs=1, batch_size=4, seed=3)
+    for run in ("a", "b"):
+        stages.finetune(family, toy / "inputs.safetensors", toy / "head.safetensors", cfg, tmp_path / run / "ft")
+        stages.evaluate(family, {"toy": tmp_path / run / "ft"}, {"toy": toy / "inputs.safetensors"},
+                        {"toy": toy / "head.safetensors"}, 4, tmp_path / run / "eval.parquet")
+    assert (tmp_path / "a/ft/model.safetensors").read_bytes() == (tmp_path / "b/ft/model.safetensors").read_bytes()
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a/eval.parquet"),
+                                  pd.read_parquet(tmp_path / "b/eval.parquet"))
+    cred = credible(toy, "det", list(range(12, 18)), [0, 1, 1, 1, 0, 1])
+    for run in ("a", "b"):
+        run_step(family, toy, cred, tmp_path / run / "step")
+    tau = "step/tau.safetensors"
+    assert (tmp_path / "a" / tau).read_bytes() == (tmp_path / "b" / tau).read_bytes()
+    assert same_tensors(tmp_path / "a/step/mask.safetensors", tmp_path / "b/step/mask.safetensors")
+
+
+# --- atomic writes --------------------------------------------------------------------------
+
+def test_a_failed_write_leaves_nothing_and_a_killed_writers_temporaries_are_cleared(tmp_path):
+    from calm.io import atomic_dir, atomic_path, write_json
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "out.json") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    # what a SIGKILL leaves: temporaries under tempfile's names; the next write of the same
+    # output clears its own, and no one else's
+    (tmp_path / ".out.json.k1ll3d_x.tmp").write_text("half")
+    (tmp_path / ".model.abcd1234.tmp").mkdir()
+    (tmp_path / ".other.json.abcd1234.tmp").write_text("someone else's")
+    write_json({"a": 1}, tmp_path / "out.json")
+    with atomic_dir(tmp_path / "model") as tmp:
+        (tmp / "weights").write_text("w")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.json.abcd1234.tmp", "model", "out.json"]
+    # outputs get the usual permissions, not mkstemp's private 0600
+    import os
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "out.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o777 & ~umask
