@@ -14,10 +14,11 @@ from typing import Iterable, Sequence
 
 import torch
 
+from calm.checkpoints import check_finite
+from calm.checkpoints import read_checkpoint_dir as read_tensors
 from calm.io import atomic_dir, write_tensors
 from calm.vectors import check_compatible
 
-from .text import _checkpoint_tensors as read_tensors
 
 __all__ = ["read_tensors", "pick", "selected", "fetch_checkpoint", "check_finite"]
 
@@ -46,12 +47,6 @@ def pick(tensors: StateDict, reference: StateDict, prefixes: Sequence[str], wher
             out[name] = tensors[found[0]]
     check_compatible(reference, out, what=where)
     return out
-
-
-def check_finite(tensors: StateDict, where: str) -> None:
-    for n, t in tensors.items():
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise ValueError(f"tensor '{n}' of {where} holds NaN or Inf")
 
 
 def fetch_checkpoint(source: str, out_dir: str | Path) -> None:
