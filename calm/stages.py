@@ -270,7 +270,7 @@ def _trace_evaluator(family: Family, theta0: Mapping[str, torch.Tensor], cfg: Ca
         out = {}
         for task, cache, head in tests:
             logits = predict_logits(family, params, cache, head, cfg.batch_size, desc=f"trace {task}")
-            out[f"acc/{task}"] = float((logits.argmax(dim=-1) == cache["label"]).float().mean())
+            out[f"acc/{task}"] = int((logits.argmax(dim=-1) == cache["label"]).sum()) / len(cache["label"])
         return out
 
     return evaluate_all
