@@ -258,3 +258,29 @@ def test_sweep_iterations_knob_moves_every_point_off_the_default():
 def test_config_rejects_an_n_seq_that_leaves_s_empty():
     with pytest.raises(ValueError, match="ablations.n_seq: 3"):
         small_config(n_seq=[3])
+
+
+# --- the tables' columns (the paper's tables and figures read these) ---------------------------
+
+def test_ablation_tables_have_the_contract_columns(tmp_path):
+    from calm.stages import ablation_table
+
+    merged, individual = tmp_path / "m.parquet", tmp_path / "i.parquet"
+    predictions({"a": (3, 4), "b": (1, 2)}).to_parquet(merged)
+    predictions({"a": (4, 4), "b": (2, 4)}).to_parquet(individual)
+    out = ablation_table("accuracy", [{"sampler": "ems", "ratio": 0.3, "path": str(merged)}],
+                         tmp_path / "samplers.csv", individual=individual)
+    written = pd.read_csv(tmp_path / "samplers.csv")
+    assert list(written.columns) == ["sampler", "ratio", "task", "accuracy", "normalised"]
+    assert written["task"].tolist() == ["a", "b", "average"] and out["ratio"].tolist() == [0.3] * 3
+
+    credible = tmp_path / "c.parquet"
+    pd.DataFrame({"idx": [1, 2], "target": [0, 1], "label": [0, 0]}).to_parquet(credible)
+    ablation_table("pseudo_labels", [{"sampler": "ems", "ratio": 0.3, "path": str(credible), "task": "a"}],
+                   tmp_path / "pl.csv")
+    pl = pd.read_csv(tmp_path / "pl.csv")
+    assert list(pl.columns) == ["sampler", "ratio", "task", "pl_accuracy", "n_selected"]
+    assert pl["task"].tolist() == ["a", "average"] and pl["pl_accuracy"].tolist() == [50.0, 50.0]
+
+    ablation_table("accuracy", [{"row": "θ0", "path": str(merged)}], tmp_path / "mask.csv")
+    assert list(pd.read_csv(tmp_path / "mask.csv").columns) == ["row", "task", "accuracy"]
