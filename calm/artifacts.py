@@ -77,6 +77,15 @@ def read_vector(path: str | Path, device: torch.device | str = "cpu") -> StateDi
     return {k: v.to(device) for k, v in read_safetensors(path).items()}
 
 
+def read_mask(path: str | Path) -> dict[str, torch.Tensor]:
+    """A bit-packed binary mask written by the CALM step, as boolean tensors."""
+    from calm.merging.mask import unpack
+
+    with safe_open(str(path), "pt") as f:
+        shapes = f.metadata() or {}
+    return unpack(read_safetensors(path), shapes)
+
+
 def read_credible(path: str | Path) -> pd.DataFrame:
     frame = pd.read_parquet(path)
     missing = {"idx", "target"} - set(frame.columns)

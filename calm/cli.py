@@ -206,10 +206,45 @@ def cmd_calm_step(a):
         visible.append({"task": task, "inputs": parts[0], "head": parts[1], "credible": parts[2]})
     cfg = cfgmod.CalmConfig(sequential=[visible[-1]["task"]], **{
         n: getattr(a, n) for n in cfgmod.CalmConfig.model_fields if n not in ("sequential", "efficient_lambda")})
-    summary = calm_step(_family(a), a.tau_prev, a.model, visible, cfg, a.step, a.out)
+    trace_tasks = []
+    for v in a.trace_eval:
+        task, _, rest = v.partition("=")
+        parts = rest.split(",")
+        if len(parts) != 2:
+            raise SystemExit(f"--trace-eval: expected TASK=INPUTS,HEAD, got '{v}'")
+        trace_tasks.append({"task": task, "inputs": parts[0], "head": parts[1]})
+    summary = calm_step(_family(a), a.tau_prev, a.model, visible, cfg, a.step, a.out, trace_tasks=trace_tasks)
     logging.info("step %d (%s): %d → %.3e active after %d iterations, %.1f s", a.step, summary["task"],
                  summary["initial_active"], summary["final_active_fraction"], summary["iterations"],
                  summary["seconds"])
+
+
+def cmd_mask_parts(a):
+    from calm.stages import mask_parts
+    mask_parts(_family(a), a.tau_prev, a.model, a.mask, a.out)
+
+
+def cmd_mask_topk(a):
+    from calm.stages import mask_topk
+    steps = []
+    for v in a.steps:
+        key, _, rest = v.partition("=")
+        step, _, task = key.partition(":")
+        parts = rest.split(",")
+        if len(parts) != 2 or not step.isdigit() or not task:
+            raise SystemExit(f"--steps: expected K:TASK=MASK,CHECKPOINT, got '{v}'")
+        steps.append({"step": int(step), "task": task, "mask": parts[0], "model": parts[1]})
+    mask_topk(_family(a), steps, a.top_percent, a.out)
+
+
+def cmd_ablation_table(a):
+    from calm.stages import ablation_table
+    try:
+        points = json.loads(a.points)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"--points: not JSON ({exc})")
+    frame = ablation_table(a.kind, points, a.out, individual=a.individual)
+    logging.info("%s: %d rows", a.out, len(frame))
 
 
 def cmd_apply(a):
@@ -349,7 +384,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TASK=INPUTS,HEAD,CREDIBLE for every visible task, the new one last")
     p.add_argument("--step", type=int, default=1, help="position in S̄ (seeds the batches)")
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--trace-eval", nargs="*", default=[],
+                   help="TASK=INPUTS,HEAD for every task the trace evaluates (with --trace-eval-every)")
     add_section(p, cfgmod.CalmConfig, exclude=("sequential", "efficient_lambda"))
+
+    p = command("mask-parts", cmd_mask_parts,
+                "Checkpoints θ0+τ1, θ0+(1−M)τ1 and θ0+Mτ2 of a CALM step's mask analysis.")
+    _model(p)
+    p.add_argument("--tau-prev", required=True, type=Path, help="τ1: the merged task vector before the step")
+    p.add_argument("--model", required=True, type=Path, help="the step's new task's fine-tuned checkpoint (τ2)")
+    p.add_argument("--mask", required=True, type=Path, help="the step's mask.safetensors (M)")
+    p.add_argument("--out", required=True, type=Path, help="writes OUT/tau1, OUT/not_m_tau1, OUT/m_tau2")
+
+    p = command("mask-topk", cmd_mask_topk,
+                "Share of each step's active mask entries within the top k % of its task's |τ|.")
+    _model(p)
+    p.add_argument("--steps", required=True, nargs="+", help="K:TASK=MASK,CHECKPOINT for every step")
+    p.add_argument("--top-percent", type=lambda s: [float(x) for x in s.split(",") if x],
+                   default=[1.0, 5.0, 10.0, 20.0, 50.0], metavar="A,B,...", help="k values (default: 1,5,10,20,50)")
+    p.add_argument("--out", required=True, type=Path)
+
+    p = command("ablation-table", cmd_ablation_table, "A tidy ablation CSV from per-point files.")
+    p.add_argument("--kind", required=True, choices=["accuracy", "pseudo_labels", "layers", "trace"])
+    p.add_argument("--points", required=True,
+                   help="JSON list of points: each its setting columns plus 'path' (the file it reads)")
+    p.add_argument("--individual", type=Path, help="individual models' predictions (adds 'normalised')")
+    p.add_argument("--out", required=True, type=Path)
 
     p = command("apply", cmd_apply, "Write θ0 + τ as a checkpoint folder.")
     _model(p)

@@ -143,6 +143,9 @@ class CalmConfig(Section):
     checkpoint_every: int = Field(
         0, ge=0, description="Save the mask loop's state every N iterations and resume from it when a "
         "killed step is rerun (0: off). Does not change results.")
+    trace_eval_every: int = Field(
+        0, ge=0, description="Every N iterations, evaluate every task's test split with the binarised merge "
+        "and add acc/<task> to trace.csv (0: off).")
 
 
 # The names of calm.merging.METHODS (a test keeps the two equal; the schema's enum and the
@@ -222,6 +225,55 @@ class BaselinesConfig(Section):
         return self
 
 
+class SwitchSetting(Section):
+    grad_reduction: Literal["sum", "mean"]
+    regulariser: Literal["polarise", "l1"]
+
+
+class AblationsConfig(Section):
+    """The sweeps of `snakemake ablations`; every variant takes the `calm` section's settings and
+    changes only its axis."""
+    iterations: int | None = Field(
+        None, gt=0, description="Mask iterations of every sweep variant (null: calm.iterations); "
+        "fewer makes the sweeps cheaper but no longer comparable with the main table's CALM.")
+    samplers: list[Literal["cb_ems", "ems", "supervised", "random"]] = Field(
+        default_factory=lambda: ["cb_ems", "ems", "supervised", "random"], min_length=1)
+    ratios: list[float] = Field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9, 1.0], min_length=1,
+                                description="Sampling ratios of the sampler sweep, each in (0, 1].")
+    n_seq: list[int] | None = Field(None, description="|S̄| values of the order sweep (null: 1 … T−1).")
+    orders: int = Field(3, gt=0, description="Seeded random task permutations per |S̄| (the first seeds from 0 "
+                        "whose S̄ differ).")
+    lr_grid: list[float] = Field(default_factory=lambda: [1e7, 3e7, 1e8, 3e8], min_length=1)
+    alpha_grid: list[float] = Field(default_factory=lambda: [0.0, 1.0, 10.0, 100.0], min_length=1)
+    switches: list[SwitchSetting] = Field(
+        default_factory=lambda: [SwitchSetting(grad_reduction=g, regulariser=r)
+                                 for r in ("polarise", "l1") for g in ("sum", "mean")], min_length=1,
+        description="(grad_reduction, regulariser) pairs.")
+    strategies: list[Literal["both", "only_m", "only_1m"]] = Field(
+        default_factory=lambda: ["both", "only_m", "only_1m"], min_length=1)
+    mask_task: str | None = Field(
+        None, description="The one sequential task of the mask analysis (null: the last of calm.sequential).")
+    top_percent: list[float] = Field(default_factory=lambda: [1.0, 5.0, 10.0, 20.0, 50.0], min_length=1,
+                                     description="k of the top-k % magnitude shares, in (0, 100].")
+    trace_eval_every: int = Field(5, gt=0, description="calm.trace_eval_every of the traced variant.")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "AblationsConfig":
+        for r in self.ratios:
+            if not 0 < r <= 1:
+                raise ValueError(f"ablations.ratios: {r} is outside (0, 1]")
+        for k in self.top_percent:
+            if not 0 < k <= 100:
+                raise ValueError(f"ablations.top_percent: {k} is outside (0, 100]")
+        for a in self.alpha_grid:
+            if a < 0:
+                raise ValueError(f"ablations.alpha_grid: {a} is negative")
+        for lr in self.lr_grid:
+            if lr <= 0:
+                raise ValueError(f"ablations.lr_grid: {lr} is not positive")
+        return self
+
+
 class EvaluateConfig(Section):
     batch_size: int = Field(64, gt=0)
     bootstrap: int = Field(2000, gt=0, description="Paired bootstrap resamples for the table's intervals.")
@@ -242,6 +294,7 @@ class Config(Section):
     calm: CalmConfig
     baselines: BaselinesConfig = BaselinesConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    ablations: AblationsConfig = AblationsConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> "Config":
@@ -256,6 +309,11 @@ class Config(Section):
             raise ValueError(
                 f"calm.sequential has {len(self.calm.sequential)} tasks but data.tasks has {len(tasks)}: "
                 "at least one task must be merged by task arithmetic (S may not be empty)")
+        for n in self.ablations.n_seq or []:
+            if not 1 <= n < len(tasks):
+                raise ValueError(f"ablations.n_seq: {n} is outside 1 … {len(tasks) - 1} (T − 1)")
+        if self.ablations.mask_task is not None and self.ablations.mask_task not in tasks:
+            raise ValueError(f"ablations.mask_task '{self.ablations.mask_task}' is not in data.tasks {tasks}")
         self._check_checkpoints()
         return self
 

@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
-from calm import artifacts, resume, scoring, sampling, vectors
+from calm import ablations, artifacts, resume, scoring, sampling, vectors
 from calm.checkpoints import check_finite
 from calm.config import BaselinesConfig, CalmConfig, FinetuneConfig, ModelConfig
 from calm.families import get_family
 from calm.families.base import Family, use_bf16
 from calm.inference import predict_logits
-from calm.io import atomic_dir, write_json, write_parquet, write_tensors
+from calm.io import atomic_dir, atomic_path, write_json, write_parquet, write_tensors
 from calm.merging import METHODS
 from calm.merging.adamerging import adamerging
 from calm.merging.calm import layer_fractions, optimise_mask
@@ -413,10 +413,13 @@ def _resume_key(family: Family, cfg: CalmConfig, step: int, visible: list[dict],
 
 
 def calm_step(family: Family, tau_prev: str | Path, model_dir: str | Path,
-              visible: list[dict], cfg: CalmConfig, step: int, out_dir: str | Path) -> dict:
+              visible: list[dict], cfg: CalmConfig, step: int, out_dir: str | Path,
+              trace_tasks: list[dict] | None = None) -> dict:
     """Merge one sequential task into τ_prev with a mask learned on every visible task.
 
     `visible`: one dict per visible task (the new one last) with keys task, inputs, head, credible.
+    `trace_tasks`: the tasks (keys task, inputs, head) whose test accuracy the trace records
+    every cfg.trace_eval_every iterations.
     """
     theta0 = family.pretrained_state()
     prev = artifacts.read_vector(tau_prev, family.device)
@@ -478,7 +481,8 @@ def calm_step(family: Family, tau_prev: str | Path, model_dir: str | Path,
     start = time.perf_counter()
     result = optimise_mask(theta0, prev, tau_new, loss_terms, cfg, resume=state,
                            on_checkpoint=(lambda st: resume.save_state(resume_file, st, generator, resume_key))
-                           if cfg.checkpoint_every else None)
+                           if cfg.checkpoint_every else None,
+                           trace_eval=_trace_evaluator(family, theta0, cfg, trace_tasks))
     seconds = time.perf_counter() - start
     packed, shapes = pack(result.mask)
     summary = {
@@ -500,6 +504,27 @@ def calm_step(family: Family, tau_prev: str | Path, model_dir: str | Path,
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     resume_file.unlink(missing_ok=True)
     return summary
+
+
+def _trace_evaluator(family: Family, theta0: Mapping[str, torch.Tensor], cfg: CalmConfig,
+                     trace_tasks: list[dict] | None):
+    """Test accuracy (a fraction) of every trace task under θ0 + τ, or None when tracing is off."""
+    if not cfg.trace_eval_every:
+        return None
+    if not trace_tasks:
+        raise ValueError("calm.trace_eval_every is set but no task to evaluate was given (--trace-eval)")
+    tests = [(t["task"], artifacts.read_inputs(t["inputs"], "test"), artifacts.read_head(t["head"]))
+             for t in trace_tasks]
+
+    def evaluate_all(tau: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        params = vectors.add(theta0, tau)
+        out = {}
+        for task, cache, head in tests:
+            logits = predict_logits(family, params, cache, head, cfg.batch_size, desc=f"trace {task}")
+            out[f"acc/{task}"] = int((logits.argmax(dim=-1) == cache["label"]).sum()) / len(cache["label"])
+        return out
+
+    return evaluate_all
 
 
 def apply_vector(family: Family, tau: str | Path, out_dir: str | Path) -> None:
@@ -530,3 +555,65 @@ def evaluate(family: Family, models: Mapping[str, str | Path], inputs: Mapping[s
     write_parquet(frame, out)
     return frame
 
+
+
+# --- ablations ------------------------------------------------------------------------------
+
+def mask_parts(family: Family, tau_prev: str | Path, model_dir: str | Path, mask: str | Path,
+               out_dir: str | Path) -> None:
+    """Checkpoints θ0+τ1, θ0+(1−M)τ1 and θ0+Mτ2 of the mask analysis (paper Table 2), with τ1
+    the merge before a step, τ2 its new task's vector and M its mask, in out_dir/<part>."""
+    theta0 = family.pretrained_state()
+    prev = artifacts.read_vector(tau_prev, family.device)
+    tau_new = vectors.task_vector(family.load_state(Path(model_dir)), theta0)
+    for part, tau in ablations.analysis_vectors(prev, tau_new, artifacts.read_mask(mask)).items():
+        family.save(vectors.add(theta0, tau), Path(out_dir) / part)
+
+
+def mask_topk(family: Family, steps: list[dict], percents: list[float], out: str | Path) -> pd.DataFrame:
+    """Per step (keys step, task, mask, model): the share of active mask entries within the top
+    k % of the new task's |τ| (paper Table 7)."""
+    theta0 = family.pretrained_state()
+    frames = []
+    for s in steps:
+        tau = vectors.task_vector(family.load_state(Path(s["model"])), theta0)
+        shares = ablations.topk_shares(artifacts.read_mask(s["mask"]), tau, percents)
+        frames.append(ablations.with_settings({"step": s["step"], "task": s["task"]}, shares))
+    frame = pd.concat(frames, ignore_index=True)
+    _write_csv(frame, out)
+    return frame
+
+
+def ablation_table(kind: str, points: list[dict], out: str | Path, individual: str | Path | None = None
+                   ) -> pd.DataFrame:
+    """A tidy ablation table: each point's settings, then the rows its file gives.
+
+    kind accuracy: path = predictions (normalised against `individual` when given);
+    pseudo_labels: path = a credible set; layers: path = a step's layers.csv;
+    trace: path = a traced step's trace.csv.
+    """
+    readers = {
+        "accuracy": lambda path: ablations.accuracy_rows(
+            pd.read_parquet(path), None if individual is None else pd.read_parquet(individual)),
+        "pseudo_labels": lambda path: pd.DataFrame([ablations.pseudo_label_row(artifacts.read_credible(path))]),
+        "layers": lambda path: ablations.layer_rows(pd.read_csv(path)),
+        "trace": lambda path: ablations.trace_rows(pd.read_csv(path)),
+    }
+    if kind not in readers:
+        raise ValueError(f"unknown ablation table kind '{kind}'; known: {sorted(readers)}")
+    if not points:
+        raise ValueError(f"the {kind} table has no points")
+    frames = []
+    for p in points:
+        settings = {k: v for k, v in p.items() if k != "path"}
+        frames.append(ablations.with_settings(settings, readers[kind](p["path"])))
+    frame = pd.concat(frames, ignore_index=True)
+    if kind == "pseudo_labels":
+        frame = ablations.pseudo_label_averages(frame)
+    _write_csv(frame, out)
+    return frame
+
+
+def _write_csv(frame: pd.DataFrame, out: str | Path) -> None:
+    with atomic_path(out) as tmp:
+        frame.to_csv(tmp, index=False)

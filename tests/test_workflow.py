@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from calm.config import json_schema
@@ -110,7 +111,7 @@ def test_end_to_end_writes_every_artefact(pico_run):
     assert table.loc["Individual", "Norm. avg"] == pytest.approx(100.0)
     # the averages are the means of the task columns
     assert (table[["colour", "animal", "mood"]].mean(axis=1) - table["Avg"]).abs().max() < 0.01
-    step = work / "results/merge/calm/step1-mood"
+    step = work / "results/merge/calm/default/step1-mood"
     trace = pd.read_csv(step / "trace.csv")
     assert list(trace["iteration"]) == list(range(1, MASK_ITERATIONS + 1))
     assert {"loss", "active_fraction", "loss/colour", "loss/animal", "loss/mood"} <= set(trace.columns)
@@ -118,7 +119,7 @@ def test_end_to_end_writes_every_artefact(pico_run):
     assert summary["visible"] == ["colour", "animal", "mood"]
     # the merged model is a normal HF folder
     from transformers import AutoModel
-    AutoModel.from_pretrained(work / "results/merge/calm/model")
+    AutoModel.from_pretrained(work / "results/merge/calm/default/model")
     preds = pd.read_parquet(work / "results/eval/calm.parquet")
     assert set(preds["task"]) == set(WORDS) and {"idx", "label", "pred"} <= set(preds.columns)
     for folder in ("fetch_data", "finetune", "score", "merge", "evaluate"):
@@ -185,15 +186,79 @@ def test_paper_items_and_the_report(pico_run, tmp_path):
     assert f"| Individual | {main.loc['Individual', 'colour']:.1f} |" in md
     assert (tables / "table1_main.tex").read_text().startswith(r"\begin{tabular}{lrrrrr}")
     runtime = pd.read_csv(tables / "table8_runtime.csv", index_col=0)
-    bench = pd.read_csv(work / "benchmarks/rules/merge/calm_step1-mood.tsv", sep="\t")
+    bench = pd.read_csv(work / "benchmarks/rules/merge/calm/default/step1-mood.tsv", sep="\t")
     assert runtime["Run time (s)"].iloc[0] == pytest.approx(bench["s"].mean(), abs=1e-3)
-    assert runtime["Iterations"].iloc[0] == 3
+    assert runtime["Iterations"].iloc[0] == MASK_ITERATIONS
     for name in ("fig3_normalised", "fig9_entropy", "fig12_active_fraction"):
         assert (figures / f"{name}.png").stat().st_size > 5000 and (figures / f"{name}.pdf").stat().st_size > 1000
     report = tmp_path / "report.html"
     snakemake(work, "--report", str(report), "all", *PAPER_FROM_MAIN_RUN)
     text = report.read_text()
     assert "fig3_normalised.png" in text and "table1_main.html" in text
+
+
+def test_ablations_dry_run_reuses_the_default_merge(pico_run):
+    """The pico config's default sweeps (T = 3, S̄ = [mood]), counted by hand: 40 variants —
+    default; 21 of the 24 sampler points (cb_ems 0.9 is the default, EMS and random at ratio 1
+    are CB-EMS at ratio 1); |S̄| = 1, 2 with 3 orders each, the order [mood] being the default
+    (5 new, 1·2 + 2·3 = 8 steps); lr 4, α 3, switches 3, strategy 2 (the rest are the default);
+    the mask analysis of mood alone is the default; the traced variant. Already built by the
+    main run: the default merge, its credible sets and the pretrained/individual predictions."""
+    out = snakemake(pico_run, "ablations", "-n")
+    jobs = planned_jobs(out.stdout + out.stderr)
+    steps = 21 + 8 + 4 + 3 + 3 + 2 + 1
+    assert jobs == {
+        "select": 4 * 6 * 3 - 3, "calm_base": 39, "calm_step": steps, "calm_model": 38,
+        "evaluate": 38 + 4,  # 38 merged models, 4 mask-analysis models
+        "mask_parts": 1, "ablation_accuracy": 6, "ablation_pseudo_labels": 1, "ablation_mask_analysis": 1,
+        "ablation_topk": 1, "ablation_layers": 1, "ablation_trace": 1, "ablations": 1,
+    }
+
+
+def test_appending_a_task_merges_only_it_and_equals_a_fresh_merge(pico_run, tmp_path):
+    """Incremental merging: a new task appended to data.tasks and calm.sequential reruns one CALM
+    step on the finished merge; the result is bitwise the merge from scratch over the same order,
+    and what `python -m calm calm-step` gives by hand."""
+    from safetensors.torch import load_file
+
+    from calm.cli import render_flags
+    from calm.config import CalmConfig
+
+    work = tmp_path / "work"
+    shutil.copytree(pico_run, work, symlinks=True)
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    pd.DataFrame({"sentence": [f"{w} {w} shape {i}" for i, w in enumerate(["round", "square"] * 30)],
+                  "y": ["circle", "box"] * 30}).to_csv(work / "shape.csv", index=False)
+    config["data"]["custom"]["shape"] = {"path": str(work / "shape.csv"), "text_column": "sentence",
+                                         "label_column": "y", "classes": ["circle", "box"]}
+    config["data"]["tasks"].append("shape")
+    config["calm"]["sequential"].append("shape")
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    target = "results/merge/calm/default/step2-shape/tau.safetensors"
+    step1, step2 = work / "results/merge/calm/default/step1-mood", (work / target).parent
+    out = snakemake(work, target)
+    assert planned_jobs(out.stdout + out.stderr) == {"fetch_data": 1, "prepare": 1, "finetune": 1, "score": 1,
+                                                      "select": 1, "calm_step": 1}
+    incremental = {f: load_file(str(step2 / f)) for f in ("tau.safetensors", "mask.safetensors")}
+
+    by_hand = tmp_path / "by_hand"
+    visible = [f"{t}=results/inputs/{t}.safetensors,results/heads/{t}.safetensors,"
+               f"results/credible/cb_ems-0.9/{t}.parquet" for t in ["colour", "animal", "mood", "shape"]]
+    cfg = CalmConfig(**config["calm"])
+    subprocess.run([sys.executable, "-m", "calm", "calm-step", "--pretrained", "resources/models/pretrained",
+                    "--model-max-length", "16", "--model-logit-scale", "10.0", "--device", "cpu", "--threads", "1",
+                    "--tau-prev", str(step1 / "tau.safetensors"), "--model", "results/models/finetuned/shape",
+                    "--visible", *visible, "--step", "2", "--out", str(by_hand),
+                    *render_flags(cfg, exclude=("sequential", "efficient_lambda")).split()],
+                   check=True, cwd=work, capture_output=True)
+
+    shutil.rmtree(work / "results/merge/calm")
+    out = snakemake(work, target)
+    assert planned_jobs(out.stdout + out.stderr) == {"calm_base": 1, "calm_step": 2}
+    for f, tensors in incremental.items():
+        for other in (load_file(str(step2 / f)), load_file(str(by_hand / f))):
+            assert tensors.keys() == other.keys()
+            assert all(torch.equal(tensors[k], other[k]) for k in tensors), f
 
 
 def test_each_stage_runs_by_hand_on_the_previous_stage_files(pico_run, tmp_path):

@@ -46,13 +46,16 @@ class MaskState:
 def optimise_mask(theta0: Mapping[str, torch.Tensor], tau_prev: Mapping[str, torch.Tensor],
                   tau_new: Mapping[str, torch.Tensor], loss_terms: Callable[[int], Iterable[LossTerm]],
                   cfg: CalmConfig, progress: bool = True, resume: MaskState | None = None,
-                  on_checkpoint: Callable[[MaskState], None] | None = None) -> MaskResult:
+                  on_checkpoint: Callable[[MaskState], None] | None = None,
+                  trace_eval: Callable[[StateDict], dict[str, float]] | None = None) -> MaskResult:
     """Learn the mask for merging τ_new into τ_prev, then binarise and commit it.
 
     `loss_terms(i)` yields the batch losses of iteration i (2 fresh batches per visible task
     in the paper); their gradients are summed, or averaged with grad_reduction: mean.
     `on_checkpoint` gets the state every cfg.checkpoint_every iterations; passing a saved
     state back as `resume` continues from it.
+    `trace_eval(τ)`, called every cfg.trace_eval_every iterations with the merged task vector
+    that binarising the mask there would commit, returns extra trace columns (accuracies).
     """
     if resume is None:
         R = init_mask_logits(tau_new, cfg.init_fraction, cfg.init_value)
@@ -90,6 +93,8 @@ def optimise_mask(theta0: Mapping[str, torch.Tensor], tau_prev: Mapping[str, tor
                "active_fraction": active_fraction(R),
                "seconds": time.perf_counter() - start}
         row.update({f"loss/{k}": sum(v) / len(v) for k, v in losses.items()})
+        if trace_eval is not None and cfg.trace_eval_every and (it + 1) % cfg.trace_eval_every == 0:
+            row.update(trace_eval(commit(tau_prev, tau_new, binarise(R), cfg.strategy)))
         trace.append(row)
         bar.set_postfix(loss=f"{row['loss']:.4f}", active=f"{row['active_fraction']:.2e}")
         done = it + 1

@@ -1,9 +1,12 @@
 import json
+import re
 import shlex
 from pathlib import Path
 
 from pydantic import BaseModel
 
+from calm import sweeps
+from calm.ablations import MASK_ROWS
 from calm.cli import interpreter_first_on_path, render_flags
 from calm.config import Config
 from calm.merging import METHODS
@@ -28,12 +31,18 @@ MODEL_FLAGS = " ".join(
 )
 LAMBDAS = [f"{lam:g}" for lam in CFG.baselines.lambda_grid]
 TA_LAMBDA = f"{CFG.baselines.task_arithmetic_lambda:g}"
+# Every CALM run is a named variant (calm/sweeps.py): `default` is the config's calm and
+# select sections; the ablations add the rest. SWEEPS is the tidy table of sweep points.
+VARIANTS, SWEEPS = sweeps.plan(CFG)
 
 
 wildcard_constraints:
     task="|".join(TASKS),
     lam=r"[0-9.]+",
     k=r"[0-9]+",
+    variant="|".join(re.escape(v) for v in VARIANTS),
+    sampler="cb_ems|ems|supervised|random",
+    ratio=r"[0-9.e-]+",
 
 
 def custom_flag(wildcards):
@@ -63,25 +72,94 @@ def scaled(base):
     return lambda wildcards, attempt: base * attempt
 
 
-def step_dir(k):
-    """Folder of CALM's k-th sequential step (1-based); it merges SEQ[k-1]."""
-    return f"results/merge/calm/step{k}-{SEQ[k - 1]}"
+def variant_dir(variant):
+    return f"results/merge/calm/{variant}"
 
 
-def tau_before(k):
-    return "results/merge/calm/base.safetensors" if k == 1 else f"{step_dir(k - 1)}/tau.safetensors"
+def credible(sampler, ratio, task):
+    return f"results/credible/{sampler}-{ratio:g}/{task}.parquet"
 
 
-def visible_tasks(k):
+def variant_credible(variant, task):
+    v = VARIANTS[variant]
+    return credible(v.sampler, v.ratio, task)
+
+
+def step_dir(variant, k):
+    """Folder of a variant's k-th sequential step (1-based); it merges S̄[k-1]."""
+    return f"{variant_dir(variant)}/step{k}-{VARIANTS[variant].sequential[k - 1]}"
+
+
+def last_step_dir(variant):
+    return step_dir(variant, len(VARIANTS[variant].sequential))
+
+
+def tau_before(variant, k):
+    return f"{variant_dir(variant)}/base.safetensors" if k == 1 else f"{step_dir(variant, k - 1)}/tau.safetensors"
+
+
+def visible_tasks(variant, k):
     """S, then the sequential tasks up to and including the k-th."""
-    return EFFICIENT + SEQ[:k]
+    v = VARIANTS[variant]
+    return v.efficient(TASKS) + v.sequential[:k]
 
 
-def visible_flag(k):
+def step_task(w):
+    """The task a calm_step job merges; the folder name must agree with the variant's order."""
+    seq = VARIANTS[w.variant].sequential
+    k = int(w.k)
+    if not 1 <= k <= len(seq) or seq[k - 1] != w.task:
+        raise ValueError(f"CALM variant '{w.variant}' has no step {k} merging '{w.task}' (its order: {seq})")
+    return w.task
+
+
+def visible_flag(variant, k):
     return " ".join(
-        f"{t}=results/inputs/{t}.safetensors,results/heads/{t}.safetensors,results/credible/{t}.parquet"
-        for t in visible_tasks(k)
+        f"{t}=results/inputs/{t}.safetensors,results/heads/{t}.safetensors,{variant_credible(variant, t)}"
+        for t in visible_tasks(variant, k)
     )
+
+
+def calm_flags(variant):
+    return render_flags(VARIANTS[variant].calm, exclude=("sequential", "efficient_lambda", "checkpoint_every"))
+
+
+def traced(variant):
+    """Tracing variants evaluate every task's test split inside the mask loop."""
+    return TASKS if VARIANTS[variant].calm.trace_eval_every else []
+
+
+def trace_flag(variant):
+    pairs = [f"{t}=results/inputs/{t}.safetensors,results/heads/{t}.safetensors" for t in traced(variant)]
+    return "--trace-eval " + " ".join(pairs) if pairs else ""
+
+
+def variant_model(variant):
+    return f"{variant_dir(variant)}/model"
+
+
+def variant_eval(variant):
+    """Predictions of a variant's merged model; the default's are the main table's CALM row."""
+    return "results/eval/calm.parquet" if variant == "default" else f"results/eval/calm/{variant}.parquet"
+
+
+# Checkpoints of the mask analysis (paper Table 2) that `python -m calm mask-parts` writes.
+ANALYSIS_PARTS = ["tau1", "not_m_tau1", "m_tau2"]
+
+
+def variant_eval_models(method):
+    """calm/<variant>: its merged model; calm/<variant>/<part>: a mask-analysis model of its
+    last step (tau2: the step's fine-tuned model)."""
+    _, variant, *part = method.split("/")
+    if variant not in VARIANTS or len(part) > 1:
+        raise ValueError(f"unknown evaluation target '{method}'")
+    if not part:
+        return {t: variant_model(variant) for t in TASKS}
+    if part[0] == "tau2":
+        return {t: finetuned(VARIANTS[variant].sequential[-1]) for t in TASKS}
+    if part[0] in ANALYSIS_PARTS:
+        return {t: f"{variant_dir(variant)}/analysis/{part[0]}" for t in TASKS}
+    raise ValueError(f"unknown evaluation target '{method}'")
 
 
 def eval_models(method):
@@ -91,7 +169,9 @@ def eval_models(method):
     if method == "pretrained":
         return {t: PRETRAINED for t in TASKS}
     if method == "calm":
-        return {t: "results/merge/calm/model" for t in TASKS}
+        return {t: variant_model("default") for t in TASKS}
+    if method.startswith("calm/"):
+        return variant_eval_models(method)
     if method.startswith("task_arithmetic_lam"):
         lam = method[len("task_arithmetic_lam"):]
         return {t: f"results/merge/task_arithmetic/lam{lam}" for t in TASKS}
@@ -168,7 +248,8 @@ def show_table():
 
 def calm_steps():
     """(k, task, folder, benchmark file) of each sequential step of the main CALM run."""
-    return [(k, t, step_dir(k), f"benchmarks/rules/merge/calm_step{k}-{t}.tsv") for k, t in enumerate(SEQ, start=1)]
+    return [(k, t, step_dir("default", k), f"benchmarks/rules/merge/calm/default/step{k}-{t}.tsv")
+            for k, t in enumerate(SEQ, start=1)]
 
 
 def calm_traces():
@@ -196,3 +277,65 @@ def runtime_rows():
 def labelled(pairs):
     """LABEL=PATH arguments, each shell-quoted (labels hold spaces and brackets)."""
     return " ".join(shlex.quote(f"{label}={path}") for label, path in pairs)
+
+
+# --- ablations (workflow/rules/ablations.smk) ------------------------------------------
+
+
+def sweep_rows(ablation):
+    return SWEEPS[SWEEPS["ablation"] == ablation].to_dict(orient="records")
+
+
+def point(row, columns, path):
+    """A sweep point for `python -m calm ablation-table`: its axis values and the file it reads."""
+    return {**{c: row[c].item() if hasattr(row[c], "item") else row[c] for c in columns}, "path": path}
+
+
+def accuracy_points(ablation):
+    return [point(r, sweeps.AXES[ablation], variant_eval(r["variant"])) for r in sweep_rows(ablation)]
+
+
+def pseudo_label_points():
+    return [
+        {**point(r, ["sampler", "ratio"], credible(r["sampler"], r["ratio"], t)), "task": t}
+        for r in sweep_rows("samplers")
+        for t in TASKS
+    ]
+
+
+def mask_variant():
+    return sweep_rows("mask_analysis")[0]["variant"]
+
+
+def mask_points():
+    v = mask_variant()
+    files = {
+        "theta0": "results/eval/pretrained.parquet",
+        **{part: f"results/eval/calm/{v}/{part}.parquet" for part in ANALYSIS_PARTS + ["tau2"]},
+        "merged": variant_eval(v),
+    }
+    return [{"row": label, "path": files[key]} for key, label in MASK_ROWS.items()]
+
+
+def step_points(variant, name="task"):
+    """One point per sequential step of a variant: step, its task, and its folder."""
+    return [
+        {"step": k, name: t, "dir": step_dir(variant, k)}
+        for k, t in enumerate(VARIANTS[variant].sequential, start=1)
+    ]
+
+
+def trace_points():
+    variant = sweep_rows("trace")[0]["variant"]
+    return [
+        {"step": p["step"], "task_merged": p["task_merged"], "path": f"{p['dir']}/trace.csv"}
+        for p in step_points(variant, "task_merged")
+    ]
+
+
+def paths(points):
+    return sorted({p["path"] for p in points})
+
+
+def quoted(points):
+    return shlex.quote(json.dumps(points, ensure_ascii=False))

@@ -20,22 +20,24 @@ rule merge_task_arithmetic:
         "--models {input.finetuned} --out {output} 2> {log}"
 
 
+# A CALM run is a named variant (VARIANTS, common.smk): its settings, S̄ order and credible
+# sets. results/merge/calm/default/ is the config's own calm section.
 rule calm_base:
     input:
         model=PRETRAINED,
-        finetuned=[finetuned(t) for t in EFFICIENT],
+        finetuned=lambda w: [finetuned(t) for t in VARIANTS[w.variant].efficient(TASKS)],
     output:
-        "results/merge/calm/base.safetensors",
+        "results/merge/calm/{variant}/base.safetensors",
     params:
         model=MODEL_FLAGS,
-        lam=CFG.calm.efficient_lambda,
+        lam=lambda w: VARIANTS[w.variant].calm.efficient_lambda,
     threads: CFG.threads
     resources:
         mem_mb=scaled(6000),
         runtime=scaled(20),
         gpu=1,
     log:
-        "logs/merge/calm_base.log",
+        "logs/merge/calm/{variant}/base.log",
     conda:
         "../../environment.yml"
     shell:
@@ -48,25 +50,27 @@ rule calm_base:
 rule calm_step:
     input:
         model=PRETRAINED,
-        tau_prev=lambda w: tau_before(int(w.k)),
-        finetuned=lambda w: finetuned(SEQ[int(w.k) - 1]),
-        inputs=lambda w: [f"results/inputs/{t}.safetensors" for t in visible_tasks(int(w.k))],
-        heads=lambda w: [f"results/heads/{t}.safetensors" for t in visible_tasks(int(w.k))],
-        credible=lambda w: [f"results/credible/{t}.parquet" for t in visible_tasks(int(w.k))],
+        tau_prev=lambda w: tau_before(w.variant, int(w.k)),
+        finetuned=lambda w: finetuned(step_task(w)),
+        inputs=lambda w: [f"results/inputs/{t}.safetensors" for t in visible_tasks(w.variant, int(w.k))],
+        heads=lambda w: [f"results/heads/{t}.safetensors" for t in visible_tasks(w.variant, int(w.k))],
+        credible=lambda w: [variant_credible(w.variant, t) for t in visible_tasks(w.variant, int(w.k))],
+        traced=lambda w: [f"results/{kind}/{t}.safetensors" for t in traced(w.variant) for kind in ("inputs", "heads")],
     output:
-        tau="results/merge/calm/step{k}-{task}/tau.safetensors",
-        mask="results/merge/calm/step{k}-{task}/mask.safetensors",
+        tau="results/merge/calm/{variant}/step{k}-{task}/tau.safetensors",
+        mask="results/merge/calm/{variant}/step{k}-{task}/mask.safetensors",
         trace=report(
-            "results/merge/calm/step{k}-{task}/trace.csv",
+            "results/merge/calm/{variant}/step{k}-{task}/trace.csv",
             caption="../report/trace.rst",
             category="CALM mask",
         ),
-        layers="results/merge/calm/step{k}-{task}/layers.csv",
-        summary="results/merge/calm/step{k}-{task}/summary.json",
+        layers="results/merge/calm/{variant}/step{k}-{task}/layers.csv",
+        summary="results/merge/calm/{variant}/step{k}-{task}/summary.json",
     params:
         model=MODEL_FLAGS,
-        visible=lambda w: visible_flag(int(w.k)),
-        settings=render_flags(CFG.calm, exclude=("sequential", "efficient_lambda", "checkpoint_every")),
+        visible=lambda w: visible_flag(w.variant, int(w.k)),
+        settings=lambda w: calm_flags(w.variant),
+        trace=lambda w: trace_flag(w.variant),
         out=lambda w, output: str(Path(output.tau).parent),
         # Checkpointing does not change results: a function of `threads` is a derived param,
         # which Snakemake does not count as a change, so a new value reruns no finished step.
@@ -77,23 +81,23 @@ rule calm_step:
         runtime=scaled(120),
         gpu=1,
     log:
-        "logs/merge/calm_step{k}-{task}.log",
+        "logs/merge/calm/{variant}/step{k}-{task}.log",
     benchmark:
-        "benchmarks/rules/merge/calm_step{k}-{task}.tsv"
+        "benchmarks/rules/merge/calm/{variant}/step{k}-{task}.tsv"
     conda:
         "../../environment.yml"
     shell:
         "python -m calm calm-step {params.model} --threads {threads} --tau-prev {input.tau_prev} "
         "--model {input.finetuned} --visible {params.visible} --step {wildcards.k} "
-        "--out {params.out} {params.settings} --checkpoint-every {params.checkpoint_every} 2> {log}"
+        "--out {params.out} {params.settings} {params.trace} --checkpoint-every {params.checkpoint_every} 2> {log}"
 
 
 rule calm_model:
     input:
         model=PRETRAINED,
-        tau=f"{step_dir(len(SEQ))}/tau.safetensors",
+        tau=lambda w: f"{last_step_dir(w.variant)}/tau.safetensors",
     output:
-        directory("results/merge/calm/model"),
+        directory("results/merge/calm/{variant}/model"),
     params:
         model=MODEL_FLAGS,
     threads: CFG.threads
@@ -102,7 +106,7 @@ rule calm_model:
         runtime=scaled(20),
         gpu=1,
     log:
-        "logs/merge/calm_model.log",
+        "logs/merge/calm/{variant}/model.log",
     conda:
         "../../environment.yml"
     shell:

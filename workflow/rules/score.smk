@@ -25,16 +25,19 @@ rule score:
         "--head {input.head} --out {output} {params.settings} 2> {log}"
 
 
+# One credible set per sampler and ratio (the config's select section picks the default
+# CALM's; the ablations sweep the rest).
 rule select:
     input:
         "results/scores/{task}.parquet",
     output:
-        "results/credible/{task}.parquet",
+        "results/credible/{sampler}-{ratio}/{task}.parquet",
     params:
-        settings=render_flags(CFG.select),
+        seed=CFG.select.seed,
     log:
-        "logs/select/{task}.log",
+        "logs/select/{sampler}-{ratio}/{task}.log",
     conda:
         "../../environment.yml"
     shell:
-        "python -m calm select --scores {input} --out {output} {params.settings} 2> {log}"
+        "python -m calm select --scores {input} --out {output} --sampler {wildcards.sampler} "
+        "--ratio {wildcards.ratio} --seed {params.seed} 2> {log}"

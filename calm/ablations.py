@@ -1,0 +1,130 @@
+"""The ablations' tidy tables, from the files the merges and evaluations wrote.
+
+Every table is long-format: the point's settings first, then one row per task, with a
+row task="average" per point where the table has accuracies. Accuracies are in percent.
+"""
+from __future__ import annotations
+
+import re
+from typing import Mapping
+
+import pandas as pd
+import torch
+
+from calm.evaluate import accuracy, normalised
+
+# Paper Table 2: the six models of the mask analysis, named after their parameters.
+MASK_ROWS = {
+    "theta0": "θ0",
+    "tau1": "θ0+τ1",
+    "not_m_tau1": "θ0+(1−M)τ1",
+    "tau2": "θ0+τ2",
+    "m_tau2": "θ0+Mτ2",
+    "merged": "θ0+(1−M)τ1+Mτ2",
+}
+_LAYER = re.compile(r"(?:^|\.)(?:layers?|resblocks|blocks)\.(\d+)\.")
+
+
+def accuracy_rows(predictions: pd.DataFrame, individual: pd.DataFrame | None = None) -> pd.DataFrame:
+    """task, accuracy (and normalised: % of the individual model's accuracy) per task, then
+    task="average": the mean of each column over tasks, as the main table's Avg and Norm. avg."""
+    acc = accuracy(predictions)
+    frame = pd.DataFrame({"task": list(acc), "accuracy": [100 * a for a in acc.values()]})
+    if individual is not None:
+        ind = accuracy(individual)
+        missing = set(acc) - set(ind)
+        if missing:
+            raise ValueError(f"the individual predictions have no task {sorted(missing)}")
+        frame["normalised"] = [100 * v for v in normalised(acc, ind).values()]
+    average = frame.drop(columns="task").mean().to_dict()
+    return pd.concat([frame, pd.DataFrame([{"task": "average", **average}])], ignore_index=True)
+
+
+def pseudo_label_row(credible: pd.DataFrame) -> dict:
+    """pl_accuracy: % of the selected samples whose training target equals the true label."""
+    n = len(credible)
+    hits = int((credible["target"] == credible["label"]).sum())
+    return {"pl_accuracy": 100 * hits / n if n else float("nan"), "n_selected": n}
+
+
+def layer_group(name: str) -> str:
+    """The encoder layer index of a tensor name, 'embeddings', or 'other'."""
+    m = _LAYER.search(name)
+    if m:
+        return m.group(1)
+    return "embeddings" if "embed" in name else "other"
+
+
+def layer_rows(tensors: pd.DataFrame) -> pd.DataFrame:
+    """Active fraction per layer group from a per-tensor layers.csv (tensor, numel, active)."""
+    frame = tensors.assign(layer=tensors["tensor"].map(layer_group))
+    grouped = frame.groupby("layer", sort=False)[["active", "numel"]].sum()
+    order = sorted(grouped.index, key=lambda g: (g != "embeddings", g == "other", int(g) if g.isdigit() else 0))
+    grouped = grouped.loc[order]
+    return pd.DataFrame({"layer": grouped.index, "active_fraction": (grouped["active"] / grouped["numel"]).values})
+
+
+def topk_shares(mask: Mapping[str, torch.Tensor], tau: Mapping[str, torch.Tensor],
+                percents: list[float]) -> pd.DataFrame:
+    """share: % of the active mask entries that rank in the top k % of |τ| over all tensors.
+
+    Ranks are by |τ| descending, ties broken by position (tensor order, then row-major), so
+    the top k % is exactly int(k/100 · N) entries.
+    """
+    names = list(tau)
+    magnitude = torch.cat([tau[n].detach().abs().flatten().float().cpu() for n in names])
+    active = torch.cat([mask[n].flatten().bool().cpu() for n in names])
+    n_active = int(active.sum())
+    order = torch.sort(magnitude, descending=True, stable=True).indices
+    active_by_rank = active[order]
+    rows = []
+    for k in percents:
+        top = int(k / 100 * magnitude.numel())
+        inside = int(active_by_rank[:top].sum())
+        rows.append({"top_percent": k, "share": 100 * inside / n_active if n_active else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def trace_rows(trace: pd.DataFrame) -> pd.DataFrame:
+    """iteration, task, accuracy (%) from the acc/<task> columns of a traced trace.csv, plus
+    task="average" per iteration; iterations without an evaluation are left out."""
+    columns = [c for c in trace.columns if c.startswith("acc/")]
+    if not columns:
+        raise ValueError("the trace has no acc/<task> columns: was calm.trace_eval_every 0?")
+    evaluated = trace.dropna(subset=columns)
+    rows = []
+    for _, r in evaluated.iterrows():
+        values = {c[len("acc/"):]: 100 * float(r[c]) for c in columns}
+        for task, acc in values.items():
+            rows.append({"iteration": int(r["iteration"]), "task": task, "accuracy": acc})
+        rows.append({"iteration": int(r["iteration"]), "task": "average",
+                     "accuracy": sum(values.values()) / len(values)})
+    return pd.DataFrame(rows, columns=["iteration", "task", "accuracy"])
+
+
+def analysis_vectors(tau_prev: Mapping[str, torch.Tensor], tau_new: Mapping[str, torch.Tensor],
+                     mask: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """The task vectors of the mask analysis that no other stage writes: τ1, (1−M)⊙τ1, M⊙τ2."""
+    m = {n: mask[n].to(device=tau_prev[n].device, dtype=tau_prev[n].dtype) for n in tau_prev}
+    return {
+        "tau1": dict(tau_prev),
+        "not_m_tau1": {n: (1 - m[n]) * tau_prev[n] for n in tau_prev},
+        "m_tau2": {n: m[n] * tau_new[n] for n in tau_prev},
+    }
+
+
+def pseudo_label_averages(frame: pd.DataFrame) -> pd.DataFrame:
+    """Append task="average" per point: the mean pl_accuracy over tasks, n_selected summed."""
+    by = [c for c in frame.columns if c not in ("task", "pl_accuracy", "n_selected")]
+    averages = (frame.groupby(by, sort=False, dropna=False)
+                .agg(pl_accuracy=("pl_accuracy", "mean"), n_selected=("n_selected", "sum")).reset_index())
+    averages.insert(len(by), "task", "average")
+    return pd.concat([frame, averages[frame.columns]], ignore_index=True)
+
+
+def with_settings(settings: dict, frame: pd.DataFrame) -> pd.DataFrame:
+    """Prepend a point's settings as constant columns."""
+    out = frame.copy()
+    for i, (k, v) in enumerate(settings.items()):
+        out.insert(i, k, [v] * len(out))
+    return out

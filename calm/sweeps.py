@@ -1,0 +1,138 @@
+"""CALM variants and the tidy sweep table of the ablations.
+
+A variant is one complete set of CALM settings (the `calm` section with its own S̄ order,
+plus the sampler and ratio of its credible sets) under a name; the workflow writes it to
+results/merge/calm/<name>/. `default` is the config's own `calm` and `select` sections.
+Each ablation is a list of points (its axis values) that name a variant; points with the
+same settings share one variant, so a grid value equal to the default costs nothing.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from calm.config import CalmConfig, Config
+
+# The columns each accuracy ablation reports before task, accuracy, normalised.
+AXES: dict[str, list[str]] = {
+    "samplers": ["sampler", "ratio"],
+    "n_seq": ["n_seq", "order_seed", "order"],
+    "lr": ["lr"],
+    "alpha": ["alpha"],
+    "switches": ["grad_reduction", "regulariser"],
+    "strategy": ["strategy"],
+}
+# At ratio 1 every pseudo-label sampler keeps the whole pool with its pseudo-labels.
+_WHOLE_POOL = ("cb_ems", "ems", "random")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    calm: CalmConfig
+    sampler: str
+    ratio: float
+
+    @property
+    def sequential(self) -> list[str]:
+        return list(self.calm.sequential)
+
+    def efficient(self, tasks: list[str]) -> list[str]:
+        """S: the tasks not merged sequentially, in data.tasks order."""
+        return [t for t in tasks if t not in self.calm.sequential]
+
+    def key(self) -> str:
+        sampler = "cb_ems" if self.ratio == 1 and self.sampler in _WHOLE_POOL else self.sampler
+        return json.dumps([self.calm.model_dump(), sampler, self.ratio], sort_keys=True)
+
+
+def order_permutation(tasks: list[str], seed: int) -> list[str]:
+    """A seeded random permutation of the tasks; its first n form S̄ for |S̄| = n."""
+    return [tasks[i] for i in np.random.default_rng(seed).permutation(len(tasks))]
+
+
+def distinct_orders(tasks: list[str], n: int, count: int, max_seed: int = 10_000) -> list[tuple[int, list[str]]]:
+    """(seed, S̄) for the first `count` seeds whose permutations start with distinct S̄ of
+    length n (a seed repeating an earlier S̄ is skipped; fewer if fewer S̄ exist)."""
+    out, seen = [], set()
+    for seed in range(max_seed):
+        order = order_permutation(tasks, seed)[:n]
+        if tuple(order) not in seen:
+            seen.add(tuple(order))
+            out.append((seed, order))
+            if len(out) == count:
+                break
+    return out
+
+
+def default_variant(cfg: Config) -> Variant:
+    return Variant("default", cfg.calm, cfg.select.sampler, cfg.select.ratio)
+
+
+class _Registry:
+    """Names variants by their settings: the first name given to a set of settings wins."""
+
+    def __init__(self, reserved: list[Variant]):
+        self.names: dict[str, str] = {}
+        self.variants: dict[str, Variant] = {}
+        for v in reserved:
+            self.names.setdefault(v.key(), v.name)
+
+    def add(self, v: Variant) -> str:
+        name = self.names.setdefault(v.key(), v.name)
+        if name in self.variants and self.variants[name].key() != v.key():
+            raise ValueError(f"two different CALM variants are both named '{name}'")
+        self.variants.setdefault(name, Variant(name, v.calm, v.sampler, v.ratio))
+        return name
+
+
+def plan(cfg: Config) -> tuple[dict[str, Variant], pd.DataFrame]:
+    """Every variant the workflow knows, by name, and the tidy table of sweep points.
+
+    The table has one row per point: `ablation`, `variant` and that variant's settings
+    (sampler, ratio, n_seq, order_seed, order, lr, alpha, grad_reduction, regulariser,
+    strategy, iterations); order_seed is empty outside the n_seq sweep.
+    """
+    ab = cfg.ablations
+    tasks = cfg.data.tasks
+    default = default_variant(cfg)
+    base_calm = cfg.calm.model_copy(update={"iterations": ab.iterations or cfg.calm.iterations})
+    base = Variant("sweep-base", base_calm, cfg.select.sampler, cfg.select.ratio)
+    reg = _Registry([default, base])
+    reg.add(default)
+    rows: list[dict] = []
+
+    def point(ablation: str, name: str, order_seed: int | None = None, sampler: str | None = None,
+              ratio: float | None = None, **calm) -> None:
+        v = Variant(name, base_calm.model_copy(update=calm), sampler or base.sampler,
+                    base.ratio if ratio is None else ratio)
+        c = v.calm
+        rows.append({"ablation": ablation, "variant": reg.add(v), "sampler": v.sampler, "ratio": v.ratio,
+                     "n_seq": len(c.sequential), "order_seed": order_seed, "order": ">".join(c.sequential),
+                     "lr": c.lr, "alpha": c.alpha, "grad_reduction": c.grad_reduction,
+                     "regulariser": c.regulariser, "strategy": c.strategy, "iterations": c.iterations})
+
+    for sampler in ab.samplers:
+        for ratio in ab.ratios:
+            point("samplers", f"{sampler}-r{ratio:g}", sampler=sampler, ratio=ratio)
+    for n in ab.n_seq or range(1, len(tasks)):
+        for seed, order in distinct_orders(tasks, n, ab.orders):
+            point("n_seq", f"nseq{n}-o{seed}", order_seed=seed, sequential=order)
+    for lr in ab.lr_grid:
+        point("lr", f"lr{lr:g}", lr=lr)
+    for alpha in ab.alpha_grid:
+        point("alpha", f"alpha{alpha:g}", alpha=alpha)
+    for s in ab.switches:
+        point("switches", f"{s.grad_reduction}-{s.regulariser}", grad_reduction=s.grad_reduction,
+              regulariser=s.regulariser)
+    for strategy in ab.strategies:
+        point("strategy", f"strategy-{strategy}", strategy=strategy)
+    mask_task = ab.mask_task or cfg.calm.sequential[-1]
+    point("mask_analysis", f"mask-{mask_task}", sequential=[mask_task])
+    point("trace", "trace", trace_eval_every=ab.trace_eval_every)
+    table = pd.DataFrame(rows)
+    table["order_seed"] = table["order_seed"].astype("Int64")
+    return reg.variants, table

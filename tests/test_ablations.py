@@ -1,0 +1,286 @@
+"""The ablations' maths and tables against values worked out by hand: merging strategies,
+top-k shares, layer groups, pseudo-label accuracy, the sweep plan and the trace hook."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from calm import ablations, sweeps
+from calm.config import CalmConfig, Config
+from calm.merging.calm import optimise_mask
+from calm.merging.mask import commit, dmix_dm, mix
+
+
+def dsig(x):
+    s = 1 / (1 + math.exp(-x))
+    return s * (1 - s)
+
+
+# --- merging strategies (paper Table 3) -------------------------------------------------------
+
+PREV = torch.tensor([1.0, -2.0, 4.0], dtype=torch.float64)
+NEW = torch.tensor([10.0, 20.0, -30.0], dtype=torch.float64)
+SOFT = torch.tensor([0.0, 0.25, 1.0], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("strategy, expected", [
+    # (1−m)·prev + m·new: 1; 0.75·(−2) + 0.25·20 = 3.5; −30
+    ("both", [1.0, 3.5, -30.0]),
+    # prev + m·new: 1; −2 + 5 = 3; 4 − 30 = −26
+    ("only_m", [1.0, 3.0, -26.0]),
+    # (1−m)·prev + new: 1 + 10 = 11; −1.5 + 20 = 18.5; 0 − 30 = −30
+    ("only_1m", [11.0, 18.5, -30.0]),
+])
+def test_soft_mix_of_each_strategy(strategy, expected):
+    assert mix(PREV, NEW, SOFT, strategy).tolist() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("strategy, expected", [
+    ("both", [9.0, 22.0, -34.0]),      # new − prev
+    ("only_m", [10.0, 20.0, -30.0]),   # new
+    ("only_1m", [-1.0, 2.0, -4.0]),    # −prev
+])
+def test_mix_derivative_of_each_strategy(strategy, expected):
+    assert dmix_dm(PREV, NEW, strategy).tolist() == expected
+
+
+def test_commit_only_m_keeps_the_previous_merge_whole():
+    mask = {"w": torch.tensor([False, True, True])}
+    out = commit({"w": PREV}, {"w": NEW}, mask, "only_m")["w"]
+    assert out.tolist() == [1.0, 18.0, -26.0]  # prev + M·new
+
+
+def test_commit_only_1m_adds_the_new_task_whole():
+    mask = {"w": torch.tensor([False, True, True])}
+    out = commit({"w": PREV}, {"w": NEW}, mask, "only_1m")["w"]
+    assert out.tolist() == [11.0, 20.0, -30.0]  # (1−M)·prev + new
+
+
+@pytest.mark.parametrize("strategy", ["only_m", "only_1m"])
+def test_mask_is_trained_with_the_rule_it_is_applied_with(strategy):
+    """θ0 = 0, τ_prev = (1, 0), τ_new = (0, 2), loss w·θ with w = (3, −1), one step, k = 0.
+    ∂L/∂σ(R) = w ⊙ ∂mix/∂m: only_m → w ⊙ τ_new = (0, −2); only_1m → w ⊙ (−τ_prev) = (−3, 0).
+    R = −5 − lr·g·σ'(−5) − α·σ'(−5) (polarise at R < 0), lr = 100, α = 1."""
+    theta0 = {"w": torch.zeros(2, dtype=torch.float64)}
+    prev = {"w": torch.tensor([1.0, 0.0], dtype=torch.float64)}
+    new = {"w": torch.tensor([0.0, 2.0], dtype=torch.float64)}
+    w = torch.tensor([3.0, -1.0], dtype=torch.float64)
+
+    def terms(_):
+        yield "t", lambda p: (w * p["w"]).sum()
+
+    cfg = CalmConfig(sequential=["t"], iterations=1, lr=100.0, alpha=1.0, init_fraction=0.0, strategy=strategy)
+    res = optimise_mask(theta0, prev, new, terms, cfg, progress=False)
+    g = [0.0, -2.0] if strategy == "only_m" else [-3.0, 0.0]
+    expected = [-5.0 - 100.0 * gi * dsig(-5.0) - dsig(-5.0) for gi in g]
+    assert res.logits["w"].tolist() == pytest.approx(expected, abs=1e-5)
+    # only_m: R = (−5.0067, −3.67): both stay off, τ = τ_prev = (1, 0);
+    # only_1m: R = (−3.01, −5.0067): both off, τ = τ_prev + τ_new = (1, 2)
+    assert res.mask["w"].tolist() == [False, False]
+    assert res.tau["w"].tolist() == ([1.0, 0.0] if strategy == "only_m" else [1.0, 2.0])
+
+
+def test_trace_hook_sees_the_binarised_merge_every_n_iterations():
+    """The example of test_one_optimisation_step_by_hand (g = (−4, −12) at every iteration, the
+    loss being linear): after iteration 1, R = (−5 + 398·σ'(−5), −5 + 1198·σ'(−5)) ≈ (−2.35, 2.96);
+    iteration 2 adds 398·σ'(−2.35) ≈ 31.5 to the first, so both are on and a hook every 2 of 3
+    iterations sees τ = τ_new = (0, 2) once, at iteration 2."""
+    theta0 = {"w": torch.zeros(2, dtype=torch.float64)}
+    prev = {"w": torch.tensor([1.0, 0.0], dtype=torch.float64)}
+    new = {"w": torch.tensor([0.0, 2.0], dtype=torch.float64)}
+    w1, w2 = torch.tensor([3.0, -1.0], dtype=torch.float64), torch.tensor([1.0, -5.0], dtype=torch.float64)
+    seen = []
+
+    def terms(_):
+        yield "t", lambda p: (w1 * p["w"]).sum()
+        yield "t", lambda p: (w2 * p["w"]).sum()
+
+    def hook(tau):
+        seen.append(tau["w"].tolist())
+        return {"acc/t": 0.5}
+
+    cfg = CalmConfig(sequential=["t"], iterations=3, lr=100.0, alpha=2.0, init_fraction=0.0, trace_eval_every=2)
+    res = optimise_mask(theta0, prev, new, terms, cfg, progress=False, trace_eval=hook)
+    assert seen == [[0.0, 2.0]]
+    assert [row.get("acc/t") for row in res.trace] == [None, 0.5, None]
+
+
+# --- top-k shares (paper Table 7) -------------------------------------------------------------
+
+def test_topk_share_of_a_tiny_mask():
+    # |τ| ranks: a2 .9, b01 .7, a0 .5, b00 .3, b10 .2, a1 .1, b11 .05, a3 0 (N = 8)
+    tau = {"a": torch.tensor([0.5, -0.1, 0.9, 0.0]), "b": torch.tensor([[0.3, -0.7], [0.2, 0.05]])}
+    mask = {"a": torch.tensor([True, True, False, False]), "b": torch.tensor([[False, True], [False, False]])}
+    out = ablations.topk_shares(mask, tau, [10, 25, 50, 100])
+    # active: a0, a1, b01. top 10 % = int(0.8) = 0 entries; 25 % = {a2, b01} → 1 of 3;
+    # 50 % = {a2, b01, a0, b00} → 2 of 3; 100 % → 3 of 3
+    assert out["top_percent"].tolist() == [10, 25, 50, 100]
+    assert out["share"].tolist() == pytest.approx([0.0, 100 / 3, 200 / 3, 100.0])
+
+
+def test_topk_ties_go_to_the_earlier_position():
+    tau = {"a": torch.tensor([1.0, 1.0, 1.0, 1.0])}
+    mask = {"a": torch.tensor([False, False, True, False])}
+    out = ablations.topk_shares(mask, tau, [50, 75])
+    # top 50 % = positions 0, 1 (no active entry); 75 % = positions 0, 1, 2
+    assert out["share"].tolist() == [0.0, 100.0]
+
+
+# --- per-layer active fractions (paper Fig. 7) ------------------------------------------------
+
+@pytest.mark.parametrize("name, group", [
+    ("embeddings.word_embeddings.weight", "embeddings"),
+    ("embeddings.LayerNorm.bias", "embeddings"),
+    ("encoder.layer.0.attention.self.query.weight", "0"),
+    ("encoder.layer.11.output.dense.bias", "11"),
+    ("pooler.dense.weight", "other"),
+    ("vision_model.encoder.layers.3.mlp.fc1.weight", "3"),
+    ("visual.transformer.resblocks.7.attn.in_proj_weight", "7"),
+    ("vision_model.embeddings.patch_embedding.weight", "embeddings"),
+    ("vision_model.post_layernorm.weight", "other"),
+])
+def test_layer_group_of_tensor_names(name, group):
+    assert ablations.layer_group(name) == group
+
+
+def test_layer_rows_pool_tensors_of_a_layer():
+    tensors = pd.DataFrame({
+        "tensor": ["pooler.dense.weight", "encoder.layer.1.a", "encoder.layer.0.a", "encoder.layer.1.b",
+                   "embeddings.word_embeddings.weight"],
+        "numel": [10, 4, 8, 6, 100],
+        "active": [0, 1, 2, 4, 5],
+    })
+    out = ablations.layer_rows(tensors)
+    assert out["layer"].tolist() == ["embeddings", "0", "1", "other"]
+    # layer 1: (1 + 4) / (4 + 6)
+    assert out["active_fraction"].tolist() == pytest.approx([0.05, 0.25, 0.5, 0.0])
+
+
+# --- pseudo labels, accuracy rows, traces -------------------------------------------------------
+
+def test_pseudo_label_accuracy_and_averages():
+    credible = pd.DataFrame({"idx": [1, 2, 3, 4], "target": [0, 1, 1, 2], "label": [0, 1, 0, 0]})
+    assert ablations.pseudo_label_row(credible) == {"pl_accuracy": 50.0, "n_selected": 4}
+    frame = pd.DataFrame({"sampler": ["ems", "ems"], "ratio": [0.5, 0.5], "task": ["a", "b"],
+                          "pl_accuracy": [50.0, 80.0], "n_selected": [4, 6]})
+    out = ablations.pseudo_label_averages(frame)
+    assert out.iloc[-1].to_dict() == {"sampler": "ems", "ratio": 0.5, "task": "average",
+                                      "pl_accuracy": 65.0, "n_selected": 10}
+
+
+def predictions(task_hits):
+    rows = []
+    for task, (hits, n) in task_hits.items():
+        rows += [{"task": task, "idx": i, "label": 1, "pred": 1 if i < hits else 0} for i in range(n)]
+    return pd.DataFrame(rows)
+
+
+def test_accuracy_rows_with_normalised_and_average():
+    merged = predictions({"a": (3, 4), "b": (1, 2)})      # 75 %, 50 %
+    individual = predictions({"a": (4, 4), "b": (2, 4)})  # 100 %, 50 %
+    out = ablations.accuracy_rows(merged, individual)
+    assert out["task"].tolist() == ["a", "b", "average"]
+    assert out["accuracy"].tolist() == pytest.approx([75.0, 50.0, 62.5])
+    assert out["normalised"].tolist() == pytest.approx([75.0, 100.0, 87.5])
+    assert list(ablations.accuracy_rows(merged).columns) == ["task", "accuracy"]
+
+
+def test_trace_rows_keep_evaluated_iterations():
+    trace = pd.DataFrame({"iteration": [1, 2, 3, 4], "loss": [1.0, 0.9, 0.8, 0.7],
+                          "acc/a": [None, 0.5, None, 0.75], "acc/b": [None, 1.0, None, 0.25]})
+    out = ablations.trace_rows(trace)
+    assert out.to_dict(orient="records") == [
+        {"iteration": 2, "task": "a", "accuracy": 50.0}, {"iteration": 2, "task": "b", "accuracy": 100.0},
+        {"iteration": 2, "task": "average", "accuracy": 75.0},
+        {"iteration": 4, "task": "a", "accuracy": 75.0}, {"iteration": 4, "task": "b", "accuracy": 25.0},
+        {"iteration": 4, "task": "average", "accuracy": 50.0},
+    ]
+
+
+def test_analysis_vectors_by_hand():
+    prev, new = {"w": torch.tensor([1.0, 2.0, 3.0])}, {"w": torch.tensor([10.0, 20.0, 30.0])}
+    out = ablations.analysis_vectors(prev, new, {"w": torch.tensor([True, False, True])})
+    assert out["tau1"]["w"].tolist() == [1.0, 2.0, 3.0]
+    assert out["not_m_tau1"]["w"].tolist() == [0.0, 2.0, 0.0]
+    assert out["m_tau2"]["w"].tolist() == [10.0, 0.0, 30.0]
+
+
+# --- the sweep plan -----------------------------------------------------------------------------
+
+def small_config(**ablations_section) -> Config:
+    return Config.model_validate({
+        "data": {"tasks": ["a", "b", "c"]},
+        "select": {"sampler": "cb_ems", "ratio": 0.5},
+        "calm": {"sequential": ["c"], "lr": 1e8},
+        "ablations": {"samplers": ["cb_ems", "ems", "supervised"], "ratios": [0.5, 1.0], "orders": 2,
+                      "lr_grid": [1e7, 1e8], "alpha_grid": [1.0], "strategies": ["both", "only_m"],
+                      "switches": [{"grad_reduction": "sum", "regulariser": "polarise"}], **ablations_section},
+    })
+
+
+def test_points_with_the_default_settings_share_the_default_variant():
+    variants, table = sweeps.plan(small_config())
+    by = {(r.ablation, r.sampler, r.ratio, r.lr, r.strategy): r.variant for r in table.itertuples()
+          if r.ablation in ("samplers", "lr", "strategy")}
+    assert by[("samplers", "cb_ems", 0.5, 1e8, "both")] == "default"
+    assert by[("lr", "cb_ems", 0.5, 1e8, "both")] == "default"
+    assert by[("lr", "cb_ems", 0.5, 1e7, "both")] == "lr1e+07"
+    # at ratio 1, EMS keeps the whole pool with pseudo-labels, as CB-EMS does; supervised does not
+    assert by[("samplers", "ems", 1.0, 1e8, "both")] == by[("samplers", "cb_ems", 1.0, 1e8, "both")] == "cb_ems-r1"
+    assert by[("samplers", "supervised", 1.0, 1e8, "both")] == "supervised-r1"
+    # the mask analysis merges calm.sequential[-1] = c alone: the default's own settings
+    assert table[table.ablation == "mask_analysis"]["variant"].tolist() == ["default"]
+    trace = variants[table[table.ablation == "trace"]["variant"].item()]
+    assert trace.calm.trace_eval_every == 5 and variants["default"].calm.trace_eval_every == 0
+
+
+def test_n_seq_orders_are_distinct_prefixes_of_seeded_permutations():
+    _, table = sweeps.plan(small_config())
+    rows = table[table.ablation == "n_seq"]
+    assert sorted(set(rows["n_seq"])) == [1, 2]  # 1 … T − 1
+    for n, group in rows.groupby("n_seq"):
+        assert len(group) == 2 and group["order"].is_unique
+        for seed, order in zip(group["order_seed"], group["order"]):
+            assert order.split(">") == sweeps.order_permutation(["a", "b", "c"], int(seed))[:n]
+
+
+def test_sweep_iterations_knob_moves_every_point_off_the_default():
+    variants, table = sweeps.plan(small_config(iterations=7))
+    assert "default" not in set(table["variant"])
+    assert set(table["iterations"]) == {7}
+    assert table[(table.ablation == "lr") & (table.lr == 1e8)]["variant"].item() == "sweep-base"
+    assert variants["sweep-base"].calm.iterations == 7
+
+
+def test_config_rejects_an_n_seq_that_leaves_s_empty():
+    with pytest.raises(ValueError, match="ablations.n_seq: 3"):
+        small_config(n_seq=[3])
+
+
+# --- the tables' columns (the paper's tables and figures read these) ---------------------------
+
+def test_ablation_tables_have_the_contract_columns(tmp_path):
+    from calm.stages import ablation_table
+
+    merged, individual = tmp_path / "m.parquet", tmp_path / "i.parquet"
+    predictions({"a": (3, 4), "b": (1, 2)}).to_parquet(merged)
+    predictions({"a": (4, 4), "b": (2, 4)}).to_parquet(individual)
+    out = ablation_table("accuracy", [{"sampler": "ems", "ratio": 0.3, "path": str(merged)}],
+                         tmp_path / "samplers.csv", individual=individual)
+    written = pd.read_csv(tmp_path / "samplers.csv")
+    assert list(written.columns) == ["sampler", "ratio", "task", "accuracy", "normalised"]
+    assert written["task"].tolist() == ["a", "b", "average"] and out["ratio"].tolist() == [0.3] * 3
+
+    credible = tmp_path / "c.parquet"
+    pd.DataFrame({"idx": [1, 2], "target": [0, 1], "label": [0, 0]}).to_parquet(credible)
+    ablation_table("pseudo_labels", [{"sampler": "ems", "ratio": 0.3, "path": str(credible), "task": "a"}],
+                   tmp_path / "pl.csv")
+    pl = pd.read_csv(tmp_path / "pl.csv")
+    assert list(pl.columns) == ["sampler", "ratio", "task", "pl_accuracy", "n_selected"]
+    assert pl["task"].tolist() == ["a", "average"] and pl["pl_accuracy"].tolist() == [50.0, 50.0]
+
+    ablation_table("accuracy", [{"row": "θ0", "path": str(merged)}], tmp_path / "mask.csv")
+    assert list(pd.read_csv(tmp_path / "mask.csv").columns) == ["row", "task", "accuracy"]

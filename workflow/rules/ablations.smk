@@ -1,0 +1,194 @@
+# The ablations (issue 3): each sweep is a set of CALM variants (calm/sweeps.py), merged
+# and evaluated by the rules of merge.smk and evaluate.smk, and collected into one tidy
+# CSV under results/ablations/. `snakemake --cores 2 ablations` runs them all; the
+# ablation_* targets run one each.
+
+
+rule ablation_accuracy:
+    input:
+        predictions=lambda w: paths(accuracy_points(w.sweep)),
+        individual="results/eval/individual.parquet",
+    output:
+        "results/ablations/{sweep}.csv",
+    params:
+        points=lambda w: quoted(accuracy_points(w.sweep)),
+    wildcard_constraints:
+        sweep="|".join(sweeps.AXES),
+    log:
+        "logs/ablations/{sweep}.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m calm ablation-table --kind accuracy --points {params.points} "
+        "--individual {input.individual} --out {output} 2> {log}"
+
+
+rule ablation_pseudo_labels:
+    input:
+        paths(pseudo_label_points()),
+    output:
+        "results/ablations/pseudo_labels.csv",
+    params:
+        points=quoted(pseudo_label_points()),
+    log:
+        "logs/ablations/pseudo_labels.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m calm ablation-table --kind pseudo_labels --points {params.points} --out {output} 2> {log}"
+
+
+rule mask_parts:
+    input:
+        model=PRETRAINED,
+        tau_prev=lambda w: tau_before(w.variant, len(VARIANTS[w.variant].sequential)),
+        finetuned=lambda w: finetuned(VARIANTS[w.variant].sequential[-1]),
+        mask=lambda w: f"{last_step_dir(w.variant)}/mask.safetensors",
+    output:
+        **{part: directory(f"results/merge/calm/{{variant}}/analysis/{part}") for part in ANALYSIS_PARTS},
+    params:
+        model=MODEL_FLAGS,
+        out=lambda w: f"{variant_dir(w.variant)}/analysis",
+    threads: CFG.threads
+    resources:
+        mem_mb=6000,
+        runtime=20,
+        gpu=1,
+    log:
+        "logs/merge/calm/{variant}/analysis.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m calm mask-parts {params.model} --threads {threads} --tau-prev {input.tau_prev} "
+        "--model {input.finetuned} --mask {input.mask} --out {params.out} 2> {log}"
+
+
+rule ablation_mask_analysis:
+    input:
+        paths(mask_points()),
+    output:
+        "results/ablations/mask_analysis.csv",
+    params:
+        points=quoted(mask_points()),
+    log:
+        "logs/ablations/mask_analysis.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m calm ablation-table --kind accuracy --points {params.points} --out {output} 2> {log}"
+
+
+rule ablation_topk:
+    input:
+        model=PRETRAINED,
+        masks=[f"{p['dir']}/mask.safetensors" for p in step_points("default")],
+        finetuned=[finetuned(p["task"]) for p in step_points("default")],
+    output:
+        "results/ablations/topk.csv",
+    params:
+        model=MODEL_FLAGS,
+        steps=" ".join(
+            f"{p['step']}:{p['task']}={p['dir']}/mask.safetensors,{finetuned(p['task'])}"
+            for p in step_points("default")
+        ),
+        percents=",".join(f"{k:g}" for k in CFG.ablations.top_percent),
+    threads: CFG.threads
+    resources:
+        mem_mb=6000,
+        runtime=20,
+        gpu=1,
+    log:
+        "logs/ablations/topk.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m calm mask-topk {params.model} --threads {threads} --steps {params.steps} "
+        "--top-percent {params.percents} --out {output} 2> {log}"
+
+
+rule ablation_layers:
+    input:
+        [f"{p['dir']}/layers.csv" for p in step_points("default")],
+    output:
+        "results/ablations/layers.csv",
+    params:
+        points=quoted(
+            [{"step": p["step"], "task": p["task"], "path": f"{p['dir']}/layers.csv"} for p in step_points("default")]
+        ),
+    log:
+        "logs/ablations/layers.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m calm ablation-table --kind layers --points {params.points} --out {output} 2> {log}"
+
+
+rule ablation_trace:
+    input:
+        paths(trace_points()),
+    output:
+        "results/ablations/trace_accuracy.csv",
+    params:
+        points=quoted(trace_points()),
+    log:
+        "logs/ablations/trace_accuracy.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m calm ablation-table --kind trace --points {params.points} --out {output} 2> {log}"
+
+
+# Named targets, one per table or figure of the paper, and all of them.
+rule ablation_samplers:
+    input:
+        "results/ablations/samplers.csv",
+        "results/ablations/pseudo_labels.csv",
+
+
+rule ablation_n_seq:
+    input:
+        "results/ablations/n_seq.csv",
+
+
+rule ablation_lr:
+    input:
+        "results/ablations/lr.csv",
+
+
+rule ablation_alpha:
+    input:
+        "results/ablations/alpha.csv",
+
+
+rule ablation_switches:
+    input:
+        "results/ablations/switches.csv",
+
+
+rule ablation_strategy:
+    input:
+        "results/ablations/strategy.csv",
+
+
+rule ablation_mask:
+    input:
+        "results/ablations/mask_analysis.csv",
+        "results/ablations/topk.csv",
+        "results/ablations/layers.csv",
+
+
+rule ablation_trace_accuracy:
+    input:
+        "results/ablations/trace_accuracy.csv",
+
+
+rule ablations:
+    input:
+        rules.ablation_samplers.input,
+        rules.ablation_n_seq.input,
+        rules.ablation_lr.input,
+        rules.ablation_alpha.input,
+        rules.ablation_switches.input,
+        rules.ablation_strategy.input,
+        rules.ablation_mask.input,
+        rules.ablation_trace_accuracy.input,
