@@ -111,9 +111,9 @@ def test_clip_pipeline_end_to_end_from_a_config_file(clip_run):
         assert pool["pixels"].dtype.is_floating_point is False and len(pool["idx"]) == n_pool
     head = artifacts.read_head(work / "results/heads/hues.safetensors")
     assert tuple(head.shape) == (3, 8)
-    summary = json.loads((work / "results/merge/calm/step1-hues/summary.json").read_text())
+    summary = json.loads((work / "results/merge/calm/default/step1-hues/summary.json").read_text())
     assert summary["visible"] == ["colours", "hues"] and summary["iterations"] == 2
     from transformers import CLIPVisionModel
-    CLIPVisionModel.from_pretrained(work / "results/merge/calm/model")
+    CLIPVisionModel.from_pretrained(work / "results/merge/calm/default/model")
     preds = pd.read_parquet(work / "results/eval/calm.parquet")
     assert preds.groupby("task").size().to_dict() == {"colours": 12, "hues": 12}

@@ -349,10 +349,10 @@ def test_run_killed_in_the_mask_step_resumes_and_equals_the_uninterrupted_run(pi
     work = tmp_path / "killed"
     shutil.copytree(pico_run, work)
     # A first run that never got past the mask step: no step, merged model, evaluation or table.
-    step = Path("results/merge/calm/step1-mood")
-    for done in (step, Path("results/merge/calm/model"), Path("results/eval/calm.parquet"), Path("results/tables")):
+    step = Path("results/merge/calm/default/step1-mood")
+    for done in (step, Path("results/merge/calm/default/model"), Path("results/eval/calm.parquet"), Path("results/tables")):
         shutil.rmtree(work / done) if (work / done).is_dir() else (work / done).unlink()
-    checkpoint = work / "results/merge/calm/step1-mood.resume.pt"
+    checkpoint = work / "results/merge/calm/default/step1-mood.resume.pt"
     cmd = SNAKEMAKE + ["-s", str(ROOT / "Snakefile"), "--directory", str(work), "--configfile",
                        str(work / "config.yaml"), "--cores", "2"]
     proc = subprocess.Popen(cmd, cwd=work, start_new_session=True, stdout=subprocess.DEVNULL,
@@ -368,7 +368,7 @@ def test_run_killed_in_the_mask_step_resumes_and_equals_the_uninterrupted_run(pi
 
     snakemake(work, "--unlock")  # the kill left Snakemake's lock behind
     snakemake(work)
-    log = (work / "logs/merge/calm_step1-mood.log").read_text()
+    log = (work / "logs/merge/calm/default/step1-mood.log").read_text()
     resumed = re.search(r"resuming the mask optimisation from \S+ after iteration (\d+)", log)
     assert resumed and 0 < int(resumed.group(1)) < MASK_ITERATIONS, log[-2000:]
     assert not checkpoint.exists(), "the resume file is removed once the step's outputs are in place"
