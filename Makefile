@@ -1,11 +1,12 @@
-# The two commands of the README's quick start:
+# The README's commands:
 #   make run    set up .venv if needed, then run the workflow on config/config.yaml
 #   make test   set up .venv if needed, then run the test suite
+#   make bench  the performance benchmarks (benchmarks/README.md), summary in benchmarks/results/
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup lint clean
+.PHONY: run test setup lint clean bench
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +23,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
+bench: $(STAMP)
+	$(VENV)/bin/python -m benchmarks all
+
 lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint
 
 clean:
-	rm -rf results logs benchmarks .snakemake
+	rm -rf results logs benchmarks/rules benchmarks/results .snakemake
