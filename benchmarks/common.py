@@ -42,6 +42,7 @@ class Plan:
     ladder: tuple[ModelPlan, ...]  # seconds per iteration vs model size
     profile: ModelPlan
     matmul_n: int
+    sweep_iterations: int = 2     # per run in the scaling and memory sweeps
     precision: str = "auto"
 
     def dump(self) -> dict:
@@ -62,11 +63,11 @@ def make_plan(quick: bool, device: str, threads: int, text_tasks: int, model: st
     elif device == "cuda":
         vit = ModelPlan("vit_b32", 8, 128, 2, pool=320)
         k = min(8, text_tasks)
-        plan = Plan(quick=False, device=device, threads=threads, iterations=5, reps=3,
+        plan = Plan(quick=False, device=device, threads=threads, iterations=3, reps=3,
                     mask_loop=(vit, ModelPlan("minilm", text_tasks, 32, 1)), sweep=vit,
                     ladder=(ModelPlan("pico", k, 128, 2), ModelPlan("minilm", k, 128, 2),
                             ModelPlan("vit_b32", k, 128, 2, pool=320)),
-                    profile=vit, matmul_n=8192)
+                    profile=vit, matmul_n=8192, sweep_iterations=3)
         small = {"pico": ModelPlan("pico", text_tasks, 128, 2)}
     else:
         default = ModelPlan("minilm", text_tasks, 32, 1)
@@ -167,6 +168,36 @@ def reset_peak_rss() -> bool:
 
 def peak_rss_bytes() -> int:
     return _status_kb("VmHWM") * 1024
+
+
+def anon_rss_bytes() -> int:
+    return _status_kb("RssAnon") * 1024
+
+
+class AnonPeak:
+    """Samples RssAnon every `interval` seconds in a thread. VmHWM also counts file pages a
+    process maps while it reads a safetensors file; anonymous memory is what the step itself
+    holds. Sampling can miss a peak shorter than the interval, so this is a lower bound."""
+
+    def __init__(self, interval: float = 0.005):
+        import threading
+
+        self.interval, self.peak = interval, anon_rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, anon_rss_bytes())
+
+    def __enter__(self) -> "AnonPeak":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, anon_rss_bytes())
 
 
 # --- environment and results -------------------------------------------------------------------

@@ -20,7 +20,7 @@ def _timed_runs(ctx, mp: ModelPlan, visible_counts: list[int]) -> tuple[dict[int
     plan = ctx.plan
     setup = ctx.setup(mp)
     family = setup.open_family(plan.device, plan.precision)
-    cfg = setup.calm_config(ctx.cfg.calm, mp, plan.iterations)
+    cfg = setup.calm_config(ctx.cfg.calm, mp, plan.sweep_iterations)
     run_step(setup, family, max(visible_counts), cfg.model_copy(update={"iterations": 1}))
     seconds: dict[int, list[float]] = {k: [] for k in visible_counts}
     overhead: list[float] = []
@@ -53,7 +53,7 @@ def vs_models(ctx) -> list[dict]:
     for mp in ctx.plan.ladder:
         ctx.log(f"scaling vs model: {mp.model}, {mp.tasks} visible, batch {mp.batch_size}×{mp.batches_per_task}")
         seconds, _, (setup, family, cfg) = _timed_runs(ctx, mp, [mp.tasks])
-        flops = count_flops(setup, family, mp.tasks, cfg) / ctx.plan.iterations
+        flops = count_flops(setup, family, mp.tasks, cfg) / cfg.iterations
         s = stats(seconds[mp.tasks])
         out.append({"model": mp.model, "numel": setup.numel, "visible": mp.tasks, "batch_size": mp.batch_size,
                     "batches_per_task": mp.batches_per_task, "precision": "bf16" if family.bf16 else "fp32",

@@ -94,29 +94,25 @@ def _memory(mem: dict | None) -> list[str]:
     if not mem:
         return []
     copy = mem["copy_bytes"]
+    kinds = [k for k in ("rss", "anon", "gpu") if k in mem["rows"][0]["added"]]
+    label = {"rss": "peak RSS (VmHWM)", "anon": "anonymous RSS (sampled)", "gpu": "GPU (allocator)"}
+    act = mem["activation_bytes"]
     lines = ["## Memory (memory)", "",
-             f"{mem['model']}, {mem['numel']:,} masked parameters: one fp32 copy = {copy / MiB:.1f} MiB. "
-             f"Each row is a fresh process; 'added' is the peak RSS (VmHWM, reset after loading the model) minus "
-             f"the RSS before calm_step, i.e. what the step adds, including one batch's activations.", ""]
-    act = mem.get("activation_bytes_rss")
-    if act is not None:
-        lines.append(f"One batch's activations (forward + backward of the {mem['batch_probe']['batch_rows']} longest "
-                     f"rows, minus its gradients): {act / MiB:.0f} MiB = {act / copy:.2f} copies (RSS)"
-                     + (f"; GPU {mem['activation_bytes_gpu'] / MiB:.0f} MiB" if "activation_bytes_gpu" in mem else "")
-                     + ".")
-        lines.append("")
-    gpu = any("gpu_peak" in r for r in mem["rows"])
-    lines += ["| visible tasks | s / iteration | RSS before | peak RSS | added | added (copies) | "
-              "added − activations (copies) |" + (" GPU added (copies) | GPU total (copies) |" if gpu else ""),
-              "|---|---|---|---|---|---|---|" + ("---|---|" if gpu else "")]
-    for i, r in enumerate(mem["rows"]):
-        ex = mem.get("copies_excluding_activations")
-        row = (f"| {r['visible']} | {fmt_stat(r['seconds_per_iteration'], ' s')} | {r['rss_before'] / MiB:.0f} MiB | "
-               f"{(r['rss_peak'] or 0) / MiB:.0f} MiB | {r.get('rss_added', 0) / MiB:.0f} MiB | "
-               f"{r.get('copies_added', float('nan')):.2f} | " + (f"{ex[i]:.2f} |" if ex else "– |"))
-        if gpu:
-            row += f" {r['gpu_copies_added']:.2f} | {r['gpu_copies_total']:.2f} |"
-        lines.append(row)
+             f"{mem['model']}, {mem['numel']:,} masked parameters: one fp32 copy = {copy / MiB:.1f} MiB; "
+             f"batch {mem['batch_size']}×{mem['batches_per_task']} per task, {mem['iterations']} iterations. "
+             "Each row is a fresh process; 'adds' is the step's peak minus the memory held before it "
+             "(model loaded), in fp32 copies of the masked parameters; it includes one batch's activations, "
+             "measured alone as " + ", ".join(f"{act[k] / MiB:.0f} MiB = {act[k] / copy:.2f} copies ({label[k]})"
+                                            for k in kinds if k in act) + ". "
+             "VmHWM also counts the file pages mapped while safetensors files are read.", "",
+             "| visible tasks | s / iteration | " + " | ".join(f"adds, {label[k]}" for k in kinds)
+             + " | " + " | ".join(f"without activations, {k}" for k in kinds) + " |",
+             "|---|---|" + "---|" * (2 * len(kinds))]
+    for r in mem["rows"]:
+        cells = [f"{r['added'][k] / MiB:.0f} MiB = **{r['copies'][k]:.2f}**" for k in kinds]
+        cells += [f"{r['copies_without_activations'][k]:.2f}" if k in r["copies_without_activations"] else "–"
+                  for k in kinds]
+        lines.append(f"| {r['visible']} | {fmt_stat(r['seconds_per_iteration'], ' s')} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
