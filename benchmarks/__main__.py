@@ -91,16 +91,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _cpu_seconds() -> float:
+    import resource
+
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def run_one(name: str, ctx: Context) -> None:
     import importlib
 
     module = importlib.import_module(f".{'profiling' if name == 'profile' else name}", __package__)
     ctx.log(f"running {name}")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     payload = module.run(ctx)
     if payload is None:
         return
     payload["seconds"] = time.perf_counter() - start
+    # CPU seconds (this process and its children): on a shared machine, CPU ÷ threads
+    # estimates what the wall time would be on a quiet one.
+    payload["cpu_seconds"] = _cpu_seconds() - cpu
     payload["environment"] = environment(ctx.plan)
     payload["note"] = ctx.args.note
     path = write_result(name, payload, ctx.out)

@@ -73,10 +73,10 @@ def make_plan(quick: bool, device: str, threads: int, text_tasks: int, model: st
         default = ModelPlan("minilm", text_tasks, 32, 1)
         vit = ModelPlan("vit_b32", 2, 8, 1, pool=24)
         plan = Plan(quick=False, device=device, threads=threads, iterations=3, reps=3,
-                    mask_loop=(default, vit), sweep=default,
+                    mask_loop=(default, vit, ModelPlan("pico", text_tasks, 32, 1)), sweep=default,
                     ladder=(ModelPlan("pico", 2, 8, 1), ModelPlan("minilm", 2, 8, 1), vit),
                     profile=default, matmul_n=2048)
-        small = {"pico": ModelPlan("pico", text_tasks, 32, 1)}
+        small = {}
     if model is None:
         return plan
 

@@ -190,10 +190,18 @@ def write_summary(out: Path) -> Path:
              "Regenerate with `python -m benchmarks all` (or `snakemake --cores N benchmarks`); "
              "what each benchmark measures: benchmarks/README.md.", ""]
     lines += _env([r for r in res.values() if r]) + [""]
-    took = {n: r["seconds"] for n, r in res.items() if r and "seconds" in r}
+    took = {n: r for n, r in res.items() if r and "seconds" in r}
     if took:
-        lines += ["Benchmark run times: " + ", ".join(f"{n} {s:.0f} s" for n, s in took.items())
-                  + f" (total {sum(took.values()) / 60:.1f} min).", ""]
+        def one(n: str, r: dict) -> str:
+            extra = [f"{r['cpu_seconds']:.0f} s CPU"] if "cpu_seconds" in r else []
+            if r.get("environment", {}).get("load_average"):
+                extra.append(f"load {r['environment']['load_average'][0]:.1f}")
+            return f"{n} {r['seconds']:.0f} s" + (f" ({', '.join(extra)})" if extra else "")
+
+        lines += ["Benchmark run times, wall (CPU time of the process and its children; 1-minute load "
+                  "average when it ended): " + ", ".join(one(n, r) for n, r in took.items())
+                  + f"; total {sum(r['seconds'] for r in took.values()) / 60:.1f} min wall, "
+                  f"{sum(r.get('cpu_seconds', 0) for r in took.values()) / 60:.1f} min CPU.", ""]
     lines += _mask_loop(res["mask_loop"], peaks) + limit_lines + _memory(res["memory"]) + _scaling(res["scaling"])
     lines += _profile(res["profile"]) + _e2e(res["e2e"])
     path = out / "SUMMARY.md"
