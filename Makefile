@@ -1,14 +1,15 @@
-# The two commands of the README's quick start:
+# The README's commands:
 #   make run    set up .venv if needed, then run the workflow on config/config.yaml
 #   make test   set up .venv if needed, then run the test suite
 # and, after a run was killed (its Snakemake lock stays behind):
 #   make resume unlock, then run again; jobs that were cut off rerun (--rerun-incomplete),
 #               a CALM step continues from its last mask checkpoint
+#   make bench  the performance benchmarks (benchmarks/README.md), summary in benchmarks/results/
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run resume test setup lint clean
+.PHONY: run resume test setup lint clean bench
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +30,11 @@ resume: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
+bench: $(STAMP)
+	$(VENV)/bin/python -m benchmarks all
+
 lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint
 
 clean:
-	rm -rf results logs benchmarks .snakemake
+	rm -rf results logs benchmarks/rules benchmarks/results .snakemake
