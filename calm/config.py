@@ -70,6 +70,9 @@ class HFTask(Section):
     label_column: str = "label"
     pool_split: str = Field("test", description="The unlabeled pool's split (the paper: test, transductive).")
     test_split: str = "test"
+    train_split: str = Field("train", description="Labelled split the few-shot baselines (Localize-and-Stitch) "
+                             "train on; '' for none.")
+    train_limit: int = Field(1000, ge=0, description="Keep a seeded random subset of this many train rows; 0: all.")
     pool_limit: int = Field(0, ge=0, description="Keep a seeded random subset of this many pool rows; 0: all.")
     test_limit: int = Field(0, ge=0, description="Keep a seeded random subset of this many test rows; 0: all.")
     classes: list[str] = Field(

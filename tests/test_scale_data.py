@@ -29,7 +29,7 @@ def test_save_to_disk_source_with_the_pool_aliasing_the_test_split(sources, tmp_
     info = prepare_hf_task("colours", {"source": str(sources["disk"])}, tmp_path / "task", cache_dir=tmp_path / "c")
     assert info["classes"] == ["red", "blue"]  # the ClassLabel names
     assert info["templates"] == ["{}"] and info["aliases"] == {"pool": "test"}
-    assert sorted(p.name for p in (tmp_path / "task").iterdir()) == ["task.json", "test.parquet"]
+    assert sorted(p.name for p in (tmp_path / "task").iterdir()) == ["task.json", "test.parquet", "train.parquet"]
     test = pd.read_parquet(tmp_path / "task" / "test.parquet")
     assert test["idx"].tolist() == list(range(12)) and test["label"].tolist() == [i % 2 for i in range(12)]
     assert test["image"].iloc[0][:8] == b"\x89PNG\r\n\x1a\n"
@@ -39,7 +39,7 @@ def test_parquet_source_with_distinct_pool_split_and_limits(sources, tmp_path):
     spec = {"source": str(sources["parquet"]), "pool_split": "train", "test_limit": 5,
             "classes": ["r", "b", "g"], "templates": ["a {} thing.", "the {}."]}
     info = prepare_hf_task("colours", spec, tmp_path / "task", seed=3, cache_dir=tmp_path / "c")
-    assert info["aliases"] == {} and info["sizes"] == {"pool": 6, "test": 5}
+    assert info["aliases"] == {} and info["sizes"] == {"train": 6, "pool": 6, "test": 5}
     test = pd.read_parquet(tmp_path / "task" / "test.parquet")
     assert len(set(test["idx"])) == 5 and test["idx"].is_monotonic_increasing
     assert (test["label"] == test["idx"] % 3).all()  # rows keep their own labels when subsampled
@@ -69,7 +69,7 @@ def test_text_pairs_and_unlabelled_rows_are_handled(tmp_path):
     ds = datasets.Dataset.from_dict({"premise": ["a", "b", "c"], "hypothesis": ["x", "y", "z"], "label": [0, -1, 1]})
     datasets.DatasetDict({"validation": ds}).save_to_disk(str(tmp_path / "nli"))
     spec = {"source": str(tmp_path / "nli"), "input_column": "premise", "pair_column": "hypothesis",
-            "pool_split": "validation", "test_split": "validation", "classes": ["yes", "no"]}
+            "pool_split": "validation", "test_split": "validation", "train_split": "", "classes": ["yes", "no"]}
     info = prepare_hf_task("nli", spec, tmp_path / "task", cache_dir=tmp_path / "c")
     frame = pd.read_parquet(tmp_path / "task" / "test.parquet")
     assert frame[["text", "text_pair", "label"]].values.tolist() == [["a", "x", 0], ["c", "z", 1]]
@@ -93,4 +93,4 @@ def test_prepare_caches_uint8_pixels_once_and_the_pool_reads_the_test_rows(sourc
     red = test["pixels"][test["label"] == 0][:, :, 16, 16].float().mean(0)
     assert red[0] > 150 and red[2] < 80
     head = artifacts.read_head(tmp_path / "head.safetensors")
-    assert head.shape == (2, 8) and json.loads((tmp_path / "task" / "task.json").read_text())["splits"] == ["test"]
+    assert head.shape == (2, 8) and json.loads((tmp_path / "task" / "task.json").read_text())["splits"] == ["train", "test"]

@@ -117,11 +117,14 @@ def _templates(name: str, spec: HFTask) -> list[str]:
 
 def prepare_hf_task(name: str, spec: HFTask | dict, out_dir: Path, seed: int = 0,
                     cache_dir: str | Path | None = None) -> dict[str, Any]:
-    """Write pool.parquet (unless it aliases test), test.parquet and task.json into out_dir."""
+    """Write train.parquet (unless train_split is ''), pool.parquet (unless it aliases test),
+    test.parquet and task.json into out_dir."""
     spec = spec if isinstance(spec, HFTask) else HFTask.model_validate(spec)
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
     roles = {"test": (spec.test_split, spec.test_limit), "pool": (spec.pool_split, spec.pool_limit)}
+    if spec.train_split:
+        roles["train"] = (spec.train_split, spec.train_limit)
     aliases = {"pool": "test"} if roles["pool"] == roles["test"] else {}
     notes: list[str] = []
     classes: list[str] | None = None
@@ -158,7 +161,7 @@ def prepare_hf_task(name: str, spec: HFTask | dict, out_dir: Path, seed: int = 0
         "classes": classes,
         "prompt": templates[0],
         "templates": templates,
-        "splits": [r for r in ("pool", "test") if r not in aliases],
+        "splits": [r for r in ("train", "pool", "test") if r in roles and r not in aliases],
         "aliases": aliases,
         "seed": seed,
         "sizes": {**sizes, **{r: sizes[a] for r, a in aliases.items()}},
