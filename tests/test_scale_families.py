@@ -2,7 +2,6 @@
 conventions), the open_clip release's pickles, RoBERTa classifiers; and image preprocessing."""
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
@@ -12,7 +11,7 @@ from calm import artifacts, stages, vectors
 from calm.config import Config, ModelConfig
 from calm.data.images import decode_images, resize_center_crop
 
-from picos import IMAGE_SIZE, make_clip, make_clip_finetuned, make_roberta, png
+from picos import make_clip, make_clip_finetuned, make_roberta, png
 
 
 @pytest.fixture(scope="module")

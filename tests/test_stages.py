@@ -1,7 +1,6 @@
 """Stage functions on the pico checkpoint: fine-tuning, checkpoints, heads, scoring."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pandas as pd

@@ -326,6 +326,9 @@ def test_every_stage_has_help():
     from calm.cli import build_parser
     parser = build_parser()
     stages = parser._subparsers._group_actions[0].choices
+    top = subprocess.run([sys.executable, "-m", "calm", "--help"], capture_output=True, text=True)
+    assert top.returncode == 0, top.stderr[-500:]
+    assert all(name in top.stdout for name in stages), "python -m calm --help lists every stage"
     for name in stages:
         proc = subprocess.run([sys.executable, "-m", "calm", name, "--help"], capture_output=True, text=True)
         assert proc.returncode == 0 and "usage:" in proc.stdout, name

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 
 from calm.checkpoints import check_state, read_checkpoint_dir
+from calm.io import atomic_dir
 
 StateDict = dict[str, torch.Tensor]
 Batch = dict[str, torch.Tensor]
@@ -54,7 +55,9 @@ class Family(ABC):
 
     @abstractmethod
     def pretrained_state(self) -> StateDict:
-        """The merged (masked) tensors of the pretrained model, on the compute device."""
+        """The merged (masked) tensors of the pretrained model, on the compute device: the
+        module's own storage, not a copy (a copy is one more model in memory), so read-only:
+        clone before changing one in place."""
 
     def read_checkpoint(self, model_dir: Path) -> StateDict:
         """Every tensor of a checkpoint folder, on the CPU; override for another layout, but read
@@ -107,6 +110,27 @@ class Family(ABC):
         raise NotImplementedError(f"model family {type(self).__name__} offers no linear-layer inputs (RegMean)")
 
 
+def save_module_with(module: torch.nn.Module, params: StateDict, out_dir: Path, tokenizer=None) -> None:
+    """Write an HF `module` (save_pretrained, safetensors) with `params` in place of its own
+    tensors, atomically, then put its own back: the module stays the pretrained model."""
+    original = {n: p.detach().clone() for n, p in module.named_parameters()}
+    with atomic_dir(out_dir) as tmp:
+        _assign(module, params)
+        try:
+            module.save_pretrained(tmp, safe_serialization=True)
+        finally:
+            _assign(module, original)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+
+
+def _assign(module: torch.nn.Module, params: StateDict) -> None:
+    with torch.no_grad():
+        for n, p in module.named_parameters():
+            if n in params:
+                p.copy_(params[n])
+
+
 def grams_of_linear_inputs(module: torch.nn.Module, params: StateDict, run, keep: torch.Tensor | None = None
                            ) -> StateDict:
     """XᵀX of the inputs of every nn.Linear of `module` whose weight is in `params`, while
@@ -143,6 +167,14 @@ def pick_device(choice: str) -> torch.device:
             raise RuntimeError("device: cuda was asked for, but torch sees no CUDA device")
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def attention_for(device: torch.device) -> str:
+    """The HF attention implementation to load models with. On a CPU, torch's fused
+    (flash) attention has a slow backward: with MiniLM's short sequences, forward + backward
+    is about 1.3x faster with the plain matmul form ("eager"), and forward alone is the same.
+    On a GPU the fused kernels win."""
+    return "eager" if device.type == "cpu" else "sdpa"
 
 
 def use_bf16(choice: str, device: torch.device) -> bool:

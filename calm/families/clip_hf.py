@@ -20,7 +20,7 @@ from torch.func import functional_call
 from calm.data.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, decode_images, normalise
 from calm.io import atomic_dir
 
-from .base import Batch, Family, StateDict, grams_of_linear_inputs, pick_device
+from .base import Batch, Family, StateDict, attention_for, grams_of_linear_inputs, pick_device
 from .checkpoints import check_finite, pick, read_tensors, selected
 
 VISION_PREFIXES = ("vision_model.",)
@@ -36,7 +36,7 @@ class ClipHF(Family):
         self.model_dir = Path(model_dir)
         self.device = pick_device(device)
         self.logit_scale = logit_scale
-        self.clip = CLIPModel.from_pretrained(self.model_dir).to(self.device).eval()
+        self.clip = CLIPModel.from_pretrained(self.model_dir, attn_implementation=attention_for(self.device)).to(self.device).eval()
         for p in self.clip.parameters():
             p.requires_grad_(False)
         self.vision = self.clip.vision_model
@@ -58,7 +58,7 @@ class ClipHF(Family):
     # --- checkpoints -------------------------------------------------------------------
     def pretrained_state(self) -> StateDict:
         params = dict(self.vision.named_parameters())
-        return {n: params[n].detach().clone() for n in self._names}
+        return {n: params[n].detach() for n in self._names}
 
     def load_state(self, model_dir: Path) -> StateDict:
         where = f"checkpoint {model_dir}"

@@ -185,7 +185,7 @@ class OpenClip(Family):
     # --- checkpoints -------------------------------------------------------------------
     def pretrained_state(self) -> StateDict:
         params = dict(self.visual.named_parameters())
-        return {n: params[n].detach().clone() for n in self._names}
+        return {n: params[n].detach() for n in self._names}
 
     def load_state(self, model_dir: Path) -> StateDict:
         where = f"checkpoint {model_dir}"

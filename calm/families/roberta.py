@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from calm.io import atomic_dir
 
-from .base import Batch, Family, StateDict, grams_of_linear_inputs, pick_device
+from .base import Batch, Family, StateDict, attention_for, grams_of_linear_inputs, pick_device, save_module_with
 from .checkpoints import check_finite, pick, read_tensors, selected
+from .text import by_length, padded_batch
 
 ENCODER_PREFIXES = ("roberta.",)
 HEAD_TENSORS = {"dense.weight": "classifier.dense.weight", "dense.bias": "classifier.dense.bias",
@@ -37,7 +37,8 @@ class Roberta(Family):
         self.device = pick_device(device)
         self.max_length = max_length
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.module = RobertaModel.from_pretrained(self.model_dir, add_pooling_layer=False).to(self.device).eval()
+        self.module = RobertaModel.from_pretrained(self.model_dir, add_pooling_layer=False,
+                                                   attn_implementation=attention_for(self.device)).to(self.device).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
         self._names = selected([n for n, _ in self.module.named_parameters()], merge_prefixes)
@@ -49,7 +50,7 @@ class Roberta(Family):
     # --- checkpoints -------------------------------------------------------------------
     def pretrained_state(self) -> StateDict:
         params = dict(self.module.named_parameters())
-        return {n: params[n].detach().clone() for n in self._names}
+        return {n: params[n].detach() for n in self._names}
 
     def load_state(self, model_dir: Path) -> StateDict:
         where = f"checkpoint {model_dir}"
@@ -68,20 +69,7 @@ class Roberta(Family):
         return head
 
     def save(self, params: StateDict, out_dir: Path) -> None:
-        original = {n: p.detach().clone() for n, p in self.module.named_parameters()}
-        with atomic_dir(out_dir) as tmp:
-            self._assign(params)
-            try:
-                self.module.save_pretrained(tmp, safe_serialization=True)
-            finally:
-                self._assign(original)
-            self.tokenizer.save_pretrained(tmp)
-
-    def _assign(self, params: StateDict) -> None:
-        with torch.no_grad():
-            for n, p in self.module.named_parameters():
-                if n in params:
-                    p.copy_(params[n])
+        save_module_with(self.module, params, out_dir, self.tokenizer)
 
     # --- data ----------------------------------------------------------------------------
     def preprocess(self, texts: list) -> dict[str, torch.Tensor]:
@@ -93,15 +81,10 @@ class Roberta(Family):
         return {"input_ids": enc["input_ids"].to(torch.int32), "attention_mask": enc["attention_mask"].to(torch.int8)}
 
     def batch(self, cache: dict[str, torch.Tensor], rows: torch.Tensor) -> Batch:
-        mask = cache["attention_mask"][rows]
-        length = int(mask.sum(dim=1).max()) if len(rows) else 1
-        return {"input_ids": cache["input_ids"][rows, :length].long().to(self.device),
-                "attention_mask": mask[:, :length].long().to(self.device)}
+        return padded_batch(cache, rows, self.device)
 
     def eval_order(self, cache: dict[str, torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
-        order = torch.argsort(cache["attention_mask"].sum(dim=1), stable=True)
-        for start in range(0, len(order), batch_size):
-            yield order[start:start + batch_size]
+        return by_length(cache, batch_size)
 
     # --- model ---------------------------------------------------------------------------
     def build_head(self, classes: list[str], prompt: str | list[str]) -> torch.Tensor:

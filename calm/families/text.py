@@ -15,9 +15,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from transformers import AutoModel, AutoTokenizer
 
-from calm.io import atomic_dir
-
-from .base import Batch, Family, StateDict, grams_of_linear_inputs, pick_device
+from .base import Batch, Family, StateDict, attention_for, grams_of_linear_inputs, pick_device, save_module_with
 
 
 class TextEncoder(Family):
@@ -28,28 +26,16 @@ class TextEncoder(Family):
         self.max_length = max_length
         self.logit_scale = logit_scale
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.module = AutoModel.from_pretrained(self.model_dir).to(self.device).eval()
+        self.module = AutoModel.from_pretrained(self.model_dir, attn_implementation=attention_for(self.device)).to(self.device).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
 
     # --- checkpoints -------------------------------------------------------------------
     def pretrained_state(self) -> StateDict:
-        return {n: p.detach().clone() for n, p in self.module.named_parameters()}
+        return {n: p.detach() for n, p in self.module.named_parameters()}
 
     def save(self, params: StateDict, out_dir: Path) -> None:
-        original = self.pretrained_state()
-        with atomic_dir(out_dir) as tmp:
-            self._assign(params)
-            try:
-                self.module.save_pretrained(tmp, safe_serialization=True)
-            finally:
-                self._assign(original)
-            self.tokenizer.save_pretrained(tmp)
-
-    def _assign(self, params: StateDict) -> None:
-        with torch.no_grad():
-            for n, p in self.module.named_parameters():
-                p.copy_(params[n])
+        save_module_with(self.module, params, out_dir, self.tokenizer)
 
     # --- data ----------------------------------------------------------------------------
     def preprocess(self, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -59,17 +45,10 @@ class TextEncoder(Family):
                 "attention_mask": enc["attention_mask"].to(torch.int8)}
 
     def batch(self, cache: dict[str, torch.Tensor], rows: torch.Tensor) -> Batch:
-        mask = cache["attention_mask"][rows]
-        # Dynamic padding: cut the batch to its longest text.
-        length = int(mask.sum(dim=1).max()) if len(rows) else 1
-        return {"input_ids": cache["input_ids"][rows, :length].long().to(self.device),
-                "attention_mask": mask[:, :length].long().to(self.device)}
+        return padded_batch(cache, rows, self.device)
 
     def eval_order(self, cache: dict[str, torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
-        lengths = cache["attention_mask"].sum(dim=1)
-        order = torch.argsort(lengths, stable=True)
-        for start in range(0, len(order), batch_size):
-            yield order[start:start + batch_size]
+        return by_length(cache, batch_size)
 
     # --- model ---------------------------------------------------------------------------
     def embed(self, params: StateDict, batch: Batch) -> torch.Tensor:
@@ -104,3 +83,17 @@ class TextEncoder(Family):
         return grams_of_linear_inputs(self.module, params, lambda: self.embed(params, batch),
                                       keep=batch["attention_mask"].bool())
 
+
+def padded_batch(cache: dict[str, torch.Tensor], rows: torch.Tensor, device: torch.device) -> Batch:
+    """Tokenised rows cut to their longest text (dynamic padding), on `device`."""
+    mask = cache["attention_mask"][rows]
+    length = int(mask.sum(dim=1).max()) if len(rows) else 1
+    return {"input_ids": cache["input_ids"][rows, :length].long().to(device),
+            "attention_mask": mask[:, :length].long().to(device)}
+
+
+def by_length(cache: dict[str, torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
+    """Inference batches of texts of similar length, so that little padding is computed."""
+    order = torch.argsort(cache["attention_mask"].sum(dim=1), stable=True)
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]

@@ -4,7 +4,9 @@ The loop never rebuilds a module: each iteration forms θ = θ0 + mix(τ_prev, �
 plain tensors, runs each batch through the family's functional forward, and lets the
 batches' gradients accumulate in ∂L/∂θ. Because the merge rule is linear in the mask,
 ∂L/∂σ(R) = ∂L/∂θ ⊙ ∂mix/∂m, so memory is a fixed handful of model-sized tensors whatever
-the number of visible tasks.
+the number of visible tasks: θ0, τ_prev, τ_j, R, θ and ∂L/∂θ. The element-wise work (forming
+θ, the mask update) runs over slices of at most CHUNK entries written in place, so its
+temporaries stay small even for a tensor as large as a word-embedding matrix (half of MiniLM).
 """
 from __future__ import annotations
 
@@ -16,12 +18,38 @@ import torch
 from tqdm.auto import tqdm
 
 from calm.config import CalmConfig
-from calm.merging.mask import (active_fraction, binarise, commit, dmix_dm, init_mask_logits, mask_update,
-                               mix)
+from calm.merging.mask import (active_fraction, binarise, commit, dmix_dm, init_mask_logits, mix,
+                               update_logits)
 
 StateDict = dict[str, torch.Tensor]
 # One term of the objective: a named batch loss as a function of the merged parameters.
 LossTerm = tuple[str, Callable[[StateDict], torch.Tensor]]
+CHUNK = 1 << 20
+
+
+def _slices(*tensors: torch.Tensor | None) -> Iterable[list[torch.Tensor | None]]:
+    """Matching flat slices of same-sized tensors (views of contiguous ones; None stays None)."""
+    flat = [t.reshape(-1) if t is not None else None for t in tensors]
+    size = next(f for f in flat if f is not None).numel()
+    for start in range(0, size, CHUNK):
+        yield [f[start:start + CHUNK] if f is not None else None for f in flat]
+
+
+def _soft_merge_into(out: torch.Tensor, theta0: torch.Tensor, tau_prev: torch.Tensor, tau_new: torch.Tensor,
+                     r: torch.Tensor, strategy) -> None:
+    """out ← θ0 + mix(τ_prev, τ_j, σ(R)) of one tensor, slice by slice."""
+    with torch.no_grad():
+        for o, t0, p, q, x in _slices(out, theta0, tau_prev, tau_new, r):
+            o.copy_(t0 + mix(p, q, torch.sigmoid(x), strategy))
+
+
+def _step_logits(r: torch.Tensor, grad: torch.Tensor | None, tau_prev: torch.Tensor, tau_new: torch.Tensor,
+                 scale: float, cfg: CalmConfig) -> None:
+    """R ← update_logits(R, ∂L/∂θ ⊙ ∂mix/∂m · scale) in place, slice by slice. A tensor no batch
+    reaches (an unused pooler) has no gradient: its mask only feels the regulariser."""
+    for x, g, p, q in _slices(r, grad, tau_prev, tau_new):
+        g_m = g * dmix_dm(p, q, cfg.strategy) * scale if g is not None else torch.zeros_like(x)
+        x.copy_(update_logits(x, g_m, cfg.lr, cfg.alpha, cfg.regulariser))
 
 
 @dataclass
@@ -62,16 +90,23 @@ def optimise_mask(theta0: Mapping[str, torch.Tensor], tau_prev: Mapping[str, tor
         initial_active = sum(int((r > 0).sum()) for r in R.values())
         trace: list[dict] = []
     else:
-        R = {n: resume.logits[n].to(tau_new[n].device) for n in tau_new}
+        # A copy: the loop updates R in place and must not touch the caller's state.
+        R = {n: resume.logits[n].to(tau_new[n].device, torch.float32, copy=True) for n in tau_new}
         initial_active, trace = resume.initial_active, list(resume.trace)
+    R = {n: r.contiguous() for n, r in R.items()}
     first = resume.iteration if resume is not None else 0
-    direction = {n: dmix_dm(tau_prev[n], tau_new[n], cfg.strategy) for n in theta0}
     bar = tqdm(range(first, cfg.iterations), initial=first, total=cfg.iterations, desc="mask", unit="it",
                disable=not progress, mininterval=2.0)
+    # θ and ∂L/∂θ live through the whole loop and are overwritten in place each iteration:
+    # fresh model-sized buffers every iteration cost page faults on a CPU.
+    theta = {n: torch.empty(t.shape, device=t.device, requires_grad=True,
+                            dtype=torch.promote_types(torch.promote_types(t.dtype, tau_prev[n].dtype),
+                                                      torch.promote_types(tau_new[n].dtype, R[n].dtype)))
+             for n, t in theta0.items()}
     for it in bar:
         start = time.perf_counter()
-        theta = {n: (theta0[n] + mix(tau_prev[n], tau_new[n], torch.sigmoid(R[n]), cfg.strategy))
-                 .detach().requires_grad_(True) for n in theta0}
+        for n in theta:
+            _soft_merge_into(theta[n], theta0[n], tau_prev[n], tau_new[n], R[n], cfg.strategy)
         losses: dict[str, list[float]] = {}
         count = 0
         for name, term in loss_terms(it):
@@ -82,12 +117,10 @@ def optimise_mask(theta0: Mapping[str, torch.Tensor], tau_prev: Mapping[str, tor
         if count == 0:
             raise RuntimeError("the mask objective has no batches: every credible set is empty")
         scale = 1.0 / count if cfg.grad_reduction == "mean" else 1.0
-        # A tensor no batch reaches (an unused pooler) has no gradient: its mask only regularises.
-        grad_m = {n: (theta[n].grad * direction[n] * scale if theta[n].grad is not None
-                      else torch.zeros_like(direction[n])) for n in theta}
-        del theta
-        R = mask_update(R, grad_m, cfg.lr, cfg.alpha, cfg.regulariser)
-        del grad_m
+        for n, t in theta.items():
+            _step_logits(R[n], t.grad, tau_prev[n], tau_new[n], scale, cfg)
+            if t.grad is not None:
+                t.grad.zero_()
         row = {"iteration": it + 1,
                "loss": sum(sum(v) for v in losses.values()) / count,
                "active_fraction": active_fraction(R),
@@ -100,7 +133,9 @@ def optimise_mask(theta0: Mapping[str, torch.Tensor], tau_prev: Mapping[str, tor
         done = it + 1
         if on_checkpoint is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 \
                 and done < cfg.iterations:
-            on_checkpoint(MaskState(iteration=done, logits=R, trace=list(trace), initial_active=initial_active))
+            on_checkpoint(MaskState(iteration=done, logits={n: r.clone() for n, r in R.items()},
+                                    trace=list(trace), initial_active=initial_active))
+    del theta
     mask = binarise(R)
     return MaskResult(logits=R, mask=mask, tau=commit(tau_prev, tau_new, mask, cfg.strategy),
                       trace=trace, initial_active=initial_active)

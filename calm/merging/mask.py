@@ -56,18 +56,21 @@ def mask_update(R: Mapping[str, torch.Tensor], grad_m: Mapping[str, torch.Tensor
     l1 (paper, α‖σ(R)‖₁):      R − lr·g·σ'(R) − α·σ'(R).
     The regulariser is not scaled by lr, as in the official code.
     """
-    out = {}
-    for n, r in R.items():
-        s = torch.sigmoid(r)
-        ds = s * (1 - s)
-        if regulariser == "polarise":
-            reg = alpha * torch.sign(r) * ds
-        elif regulariser == "l1":
-            reg = -alpha * ds
-        else:
-            raise ValueError(f"unknown regulariser '{regulariser}'")
-        out[n] = r - lr * grad_m[n] * ds + reg
-    return out
+    return {n: update_logits(r, grad_m[n], lr, alpha, regulariser) for n, r in R.items()}
+
+
+def update_logits(r: torch.Tensor, g: torch.Tensor, lr: float, alpha: float,
+                  regulariser: Literal["polarise", "l1"]) -> torch.Tensor:
+    """mask_update of one tensor (or of any slice of one: the step is element-wise)."""
+    s = torch.sigmoid(r)
+    ds = s * (1 - s)
+    if regulariser == "polarise":
+        reg = alpha * torch.sign(r) * ds
+    elif regulariser == "l1":
+        reg = -alpha * ds
+    else:
+        raise ValueError(f"unknown regulariser '{regulariser}'")
+    return r - lr * g * ds + reg
 
 
 def binarise(R: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

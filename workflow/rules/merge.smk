@@ -36,6 +36,7 @@ rule calm_base:
         mem_mb=scaled(6000),
         runtime=scaled(20),
         gpu=1,
+    priority: 50  # CALM's chain first (see calm_step)
     log:
         "logs/merge/calm/{variant}/base.log",
     conda:
@@ -80,6 +81,9 @@ rule calm_step:
         mem_mb=scaled(8000),
         runtime=scaled(120),
         gpu=1,
+    # select → calm_base → calm_step 1 … |S̄| → calm_model is the run's longest chain of jobs:
+    # started before the baselines, it no longer leaves a core idle at the end.
+    priority: 50
     log:
         "logs/merge/calm/{variant}/step{k}-{task}.log",
     benchmark:
@@ -105,6 +109,7 @@ rule calm_model:
         mem_mb=scaled(4000),
         runtime=scaled(20),
         gpu=1,
+    priority: 50  # CALM's chain first (see calm_step)
     log:
         "logs/merge/calm/{variant}/model.log",
     conda:

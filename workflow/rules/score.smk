@@ -34,6 +34,7 @@ rule select:
         "results/credible/{sampler}-{ratio}/{task}.parquet",
     params:
         seed=CFG.select.seed,
+    priority: 50  # CALM's chain first (see calm_step)
     log:
         "logs/select/{sampler}-{ratio}/{task}.log",
     conda:
