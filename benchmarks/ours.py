@@ -49,7 +49,8 @@ def read_mask(path: Path) -> dict[str, torch.Tensor]:
 
 def _flop_mapping() -> dict:
     """FlopCounterMode knows CUDA's attention kernels but not the CPU flash-attention ops that
-    BERT and CLIP's SDPA take on a CPU; count those with torch's own SDPA formulas."""
+    SDPA takes on a CPU (where the product now loads models with eager attention, see
+    calm.families.base.attention_for); count those with torch's own SDPA formulas."""
     try:
         from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
     except ImportError:

@@ -70,8 +70,9 @@ def _mask_loop(ml: dict | None, peaks: dict) -> list[str]:
                              f"{g['active_jaccard']:.4f} |")
     lines += ["", "## Distance to the limit", "",
               "Model FLOPs of the mask step counted with torch.utils.flop_counter.FlopCounterMode on the very "
-              "batches of the timed runs (forward + backward at their dynamically padded shapes, CPU "
-              "flash-attention counted with torch's SDPA formulas); achieved = FLOPs ÷ seconds per repetition.", "",
+              "batches of the timed runs (forward + backward at their dynamically padded shapes; attention is "
+              "counted as its matmuls where the model runs it eagerly, as on a CPU, and with torch's SDPA "
+              "formulas where a fused kernel runs it); achieved = FLOPs ÷ seconds per repetition.", "",
               "| model | GFLOP / iteration | precision | achieved GFLOP/s | fraction of matmul peak (same dtype) | "
               "fraction of fp32 peak |", "|---|---|---|---|---|---|"]
     for m in ml["models"]:

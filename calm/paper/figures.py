@@ -21,9 +21,12 @@ from calm.paper.tables import AVERAGE, REFERENCES, step_labels
 
 mpl.use("Agg")
 
-# Okabe–Ito (colour-blind safe; its yellow and black left out) first, then tab10.
+# Okabe–Ito (colour-blind safe; its yellow and black left out), brown and grey, then Paul Tol's
+# muted colours, none close to an earlier one: a 13-method bar chart stays readable.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#8c564b", "#7f7f7f",
-           "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#e377c2", "#bcbd22", "#17becf"]
+           "#332288", "#999933", "#882255", "#44AA99", "#DDCC77", "#117733", "#AA4499", "#88CCEE"]
+# CALM's bars: red (no palette colour is), outlined in black.
+OURS_COLOUR = "#d62728"
 AVERAGE_COLOUR = "#C00000"
 STYLE = {
     "font.family": "DejaVu Sans",
@@ -123,7 +126,8 @@ def normalised_accuracy(main: pd.DataFrame) -> Figure:
     for i, m in enumerate(methods):
         ours = m.startswith("CALM")  # outlined, so the method under study stands out
         ax.bar(x - 0.4 + width * (i + 0.5), rel.loc[m].to_numpy(float), width, label=m,
-               color=PALETTE[i % len(PALETTE)], edgecolor="black" if ours else "white", linewidth=0.8 if ours else 0.3)
+               color=OURS_COLOUR if ours else PALETTE[i % len(PALETTE)], edgecolor="black" if ours else "white",
+               linewidth=0.8 if ours else 0.3)
     ax.axhline(100, color="black", linestyle="--", linewidth=1, label="Individual model")
     tilt = len(groups) > 5 or max(len(g) for g in groups) > 14
     ax.set_xticks(x, groups, rotation=25 if tilt else 0, ha="right" if tilt else "center", rotation_mode="anchor")
@@ -345,11 +349,13 @@ def active_fraction(traces: pd.DataFrame) -> Figure:
     log = bool((frame["active_fraction"] > 0).all())
     if log:
         ax.set_yscale("log")
-        # plain numbers (0.01, 0.5, 3); the minor ticks labelled too when there are few decades
+        # plain numbers (0.01, 0.5, 3); with few decades the minor ticks at 2 and 5 are labelled
+        # too (all eight would run into each other and into the decade's label)
         plain = FuncFormatter(lambda v, _: f"{v:g}")
+        some = FuncFormatter(lambda v, _: f"{v:g}" if round(v / 10 ** np.floor(np.log10(v) + 1e-9)) in (2, 5) else "")
         decades = np.log10(frame["active_fraction"].max() / frame["active_fraction"].min())
         ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain if decades < 1.5 else NullFormatter())
+        ax.yaxis.set_minor_formatter(some if decades < 1.5 else NullFormatter())
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("Mask-optimisation iteration")
     ax.set_ylabel("Active mask entries (%" + (", log scale)" if log else ")"))
