@@ -223,7 +223,9 @@ def layer_heatmap(layers: pd.DataFrame) -> Figure:
     fig = Figure(figsize=(max(4.5, 0.42 * cols + 2.5), max(2.0, 0.42 * rows + 1.4)), layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(grid.to_numpy(float), aspect="auto", cmap="viridis", interpolation="nearest")
-    ax.set_xticks(range(cols), grid.columns, rotation=90 if cols > 6 else 0)
+    crowded = cols > 6 and sum(len(str(c)) for c in grid.columns) > 4 * cols
+    ax.set_xticks(range(cols), grid.columns, rotation=35 if crowded else 0, ha="right" if crowded else "center",
+                  rotation_mode="anchor")
     ax.set_yticks(range(rows), grid.index)
     ax.grid(False)
     ax.set_xlabel("Layer")
