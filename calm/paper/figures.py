@@ -325,11 +325,12 @@ def trace_accuracy(trace: pd.DataFrame) -> Figure:
     ax.plot(avg["x"], avg["accuracy"], marker="s", markersize=3.5, linewidth=2.4, color=AVERAGE_COLOUR,
             label="Average", zorder=5)
     for step, row in steps.iterrows():
-        start = offsets[step] + row["first"]
+        start = offsets[step]  # where the step's mask optimisation begins (its iteration 0)
         ax.axvline(start, color="0.4", linestyle=":", linewidth=1)
         ax.annotate(f"step {step}: merge {row['task']}", (start, 1.0), xycoords=("data", "axes fraction"),
                     xytext=(2, 3), textcoords="offset points", va="bottom", fontsize=7, color="0.3")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(left=0)
     ax.set_xlabel("Mask-optimisation iteration (sequential steps end to end)")
     ax.set_ylabel("Test accuracy (%)")
     _legend_right(ax)
