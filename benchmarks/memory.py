@@ -7,8 +7,10 @@ count what the step adds to a process that already holds the family: the step's 
   rss:  the kernel's VmHWM after resetting it (/proc/self/clear_refs); exact, but it also counts
         the file pages mapped while a safetensors file is read;
   anon: RssAnon sampled every 5 ms; anonymous memory only, a lower bound of its peak.
-A second probe measures one batch's activations alone: forward + backward of the longest batch
-of the new task's credible set, minus the parameters and gradients it allocates. On CUDA the
+A second probe, once per task, measures one batch's activations alone: forward + backward of
+the longest batch of the task's credible set, minus the parameters and gradients it allocates;
+a row's "without activations" subtracts the largest of its visible tasks' (texts of some tasks
+are much longer than others'). On CUDA the
 same figures come from torch.cuda's allocator statistics (gpu).
 """
 from __future__ import annotations
@@ -53,7 +55,7 @@ def _child(spec: dict) -> dict:
             r = run_step(setup, family, spec["visible"], setup.calm_config(cfg.calm, mp, spec["iterations"]))
             out["seconds"] = r["seconds"]
         else:
-            out.update(_one_batch(setup, family, mp.batch_size))
+            out.update(_one_batch(setup, family, mp.batch_size, spec["task"]))
     out["anon_peak"] = sampler.peak
     out["rss_peak"] = peak_rss_bytes() if reset_ok else None
     if cuda:
@@ -62,15 +64,15 @@ def _child(spec: dict) -> dict:
     return out
 
 
-def _one_batch(setup, family, batch_size: int) -> dict:
-    """Forward and backward of the longest `batch_size` rows of the new task's credible set, on
-    a fresh copy of the parameters (whose bytes, and the gradients', the caller subtracts)."""
+def _one_batch(setup, family, batch_size: int, task: str) -> dict:
+    """Forward and backward of the longest `batch_size` rows of `task`'s credible set, on a
+    fresh copy of the parameters (whose bytes, and the gradients', the caller subtracts)."""
     import torch
     import torch.nn.functional as F
 
     from calm import artifacts
 
-    v = setup.visible(1)[0]
+    v = next(v for v in setup.visible(len(setup.tasks)) if v["task"] == task)
     cache = artifacts.read_inputs(v["inputs"], "pool")
     credible = artifacts.read_credible(v["credible"])
     row_of = {int(i): r for r, i in enumerate(cache["idx"].tolist())}
@@ -111,12 +113,12 @@ def _path(p):
     return Path(p)
 
 
-def _spawn(ctx, mp: ModelPlan, visible: int, probe: str) -> dict:
+def _spawn(ctx, mp: ModelPlan, visible: int, probe: str, task: str | None = None) -> dict:
     a = ctx.args
     spec = {"plan": mp.__dict__, "config": ctx.cfg.model_dump(mode="json"), "cache": str(ctx.cache), "data": str(a.data),
             "wheels": str(a.wheels), "task_vectors": str(a.task_vectors) if a.task_vectors else None,
             "device": ctx.plan.device, "precision": ctx.plan.precision, "threads": ctx.plan.threads,
-            "visible": visible, "iterations": ctx.plan.sweep_iterations, "probe": probe}
+            "visible": visible, "iterations": ctx.plan.sweep_iterations, "probe": probe, "task": task}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "benchmarks.memory", json.dumps(spec)], cwd=ROOT, env=env,
                           capture_output=True, text=True)
@@ -130,15 +132,21 @@ def run(ctx) -> dict:
     setup = ctx.setup(mp)  # build the fixture here, so that every child only reads it
     copy = 4 * setup.numel
     ctx.log(f"memory {mp.model}: one fp32 copy of the masked parameters = {copy / 2**20:.1f} MiB")
-    batch = _spawn(ctx, mp, 1, "batch")
-    fixed = batch["params_and_grads_bytes"]
+    by_task = {}
+    for task in setup.tasks:
+        batch = _spawn(ctx, mp, 1, "batch", task)
+        fixed = batch["params_and_grads_bytes"]
+        act = {"anon": batch["anon_peak"] - batch["anon_before"] - fixed}
+        if batch["rss_peak"] is not None:
+            act["rss"] = batch["rss_peak"] - batch["rss_before"] - fixed
+        if "gpu_peak" in batch:
+            act["gpu"] = batch["gpu_peak"] - batch["gpu_before"] - fixed
+        by_task[task] = act
+        ctx.log(f"  one batch of {task}: activations anon {act['anon'] / 2**20:.0f} MiB")
+    largest = {kind: max(a[kind] for a in by_task.values()) for kind in by_task[setup.tasks[0]]}
     out = {"model": mp.model, "numel": setup.numel, "copy_bytes": copy, "batch_size": mp.batch_size,
-           "batches_per_task": mp.batches_per_task, "iterations": ctx.plan.sweep_iterations, "batch_probe": batch,
-           "activation_bytes": {"anon": batch["anon_peak"] - batch["anon_before"] - fixed}, "rows": []}
-    if batch["rss_peak"] is not None:
-        out["activation_bytes"]["rss"] = batch["rss_peak"] - batch["rss_before"] - fixed
-    if "gpu_peak" in batch:
-        out["activation_bytes"]["gpu"] = batch["gpu_peak"] - batch["gpu_before"] - fixed
+           "batches_per_task": mp.batches_per_task, "iterations": ctx.plan.sweep_iterations,
+           "activation_bytes": largest, "activation_bytes_by_task": by_task, "rows": []}
     for k in range(1, mp.tasks + 1):
         r = _spawn(ctx, mp, k, "step")
         row = {"visible": k, "rss_before": r["rss_before"], "seconds_per_iteration": stats(r["seconds"]),
@@ -149,8 +157,10 @@ def run(ctx) -> dict:
             row["added"]["gpu"] = r["gpu_peak"] - r["gpu_before"]
             row["gpu_total"] = r["gpu_peak"]
         row["copies"] = {kind: b / copy for kind, b in row["added"].items()}
-        row["copies_without_activations"] = {kind: (b - out["activation_bytes"][kind]) / copy
-                                             for kind, b in row["added"].items() if kind in out["activation_bytes"]}
+        row["activation_bytes"] = {kind: max(by_task[v["task"]][kind] for v in setup.visible(k))
+                                   for kind in largest}
+        row["copies_without_activations"] = {kind: (b - row["activation_bytes"][kind]) / copy
+                                             for kind, b in row["added"].items() if kind in largest}
         out["rows"].append(row)
         ctx.log(f"  {k} visible: adds " + ", ".join(f"{kind} {b / 2**20:.0f} MiB = {b / copy:.2f} copies"
                                                     for kind, b in row["added"].items()))

@@ -102,9 +102,10 @@ def _memory(mem: dict | None) -> list[str]:
              f"{mem['model']}, {mem['numel']:,} masked parameters: one fp32 copy = {copy / MiB:.1f} MiB; "
              f"batch {mem['batch_size']}×{mem['batches_per_task']} per task, {mem['iterations']} iterations. "
              "Each row is a fresh process; 'adds' is the step's peak minus the memory held before it "
-             "(model loaded), in fp32 copies of the masked parameters; it includes one batch's activations, "
-             "measured alone as " + ", ".join(f"{act[k] / MiB:.0f} MiB = {act[k] / copy:.2f} copies ({label[k]})"
-                                            for k in kinds if k in act) + ". "
+             "(model loaded), in fp32 copies of the masked parameters; it includes one batch's activations. "
+             "'Without activations' subtracts those of the largest batch among the row's visible tasks, each "
+             "task's measured alone (the largest of all: " + ", ".join(
+                 f"{act[k] / MiB:.0f} MiB = {act[k] / copy:.2f} copies, {label[k]}" for k in kinds if k in act) + "). "
              "VmHWM also counts the file pages mapped while safetensors files are read.", "",
              "| visible tasks | s / iteration | " + " | ".join(f"adds, {label[k]}" for k in kinds)
              + " | " + " | ".join(f"without activations, {k}" for k in kinds) + " |",
