@@ -260,6 +260,15 @@ def cmd_evaluate(a):
     logging.info("accuracy: %s", {k: round(v, 4) for k, v in accuracy(frame).items()})
 
 
+def cmd_evaluate_task_arithmetic(a):
+    from calm.evaluate import accuracy, average
+    from calm.stages import evaluate_task_arithmetic
+    frames = evaluate_task_arithmetic(_family(a), a.models, _pairs(a.outs, "--outs"), _pairs(a.inputs, "--inputs"),
+                                      _pairs(a.heads, "--heads"), a.batch_size)
+    for lam, frame in frames.items():
+        logging.info("λ=%s: average accuracy %.4f", lam, average(accuracy(frame)))
+
+
 def cmd_table(a):
     import pandas as pd
 
@@ -423,6 +432,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", required=True, nargs="+", help="TASK=INPUTS")
     p.add_argument("--heads", required=True, nargs="+", help="TASK=HEAD")
     p.add_argument("--out", required=True, type=Path)
+    add_section(p, cfgmod.EvaluateConfig, exclude=("bootstrap", "seed"))
+
+    p = command("evaluate-task-arithmetic", cmd_evaluate_task_arithmetic,
+                "Test predictions of task arithmetic at each λ of a sweep, one process for all.")
+    _model(p)
+    p.add_argument("--models", required=True, nargs="+", type=Path, help="fine-tuned checkpoint folders")
+    p.add_argument("--outs", required=True, nargs="+", help="LAMBDA=PREDICTIONS for each λ")
+    p.add_argument("--inputs", required=True, nargs="+", help="TASK=INPUTS")
+    p.add_argument("--heads", required=True, nargs="+", help="TASK=HEAD")
     add_section(p, cfgmod.EvaluateConfig, exclude=("bootstrap", "seed"))
 
     p = command("table", cmd_table, "The results table (CSV, Markdown, JSON with bootstrap intervals).")

@@ -550,16 +550,39 @@ def evaluate(family: Family, models: Mapping[str, str | Path], inputs: Mapping[s
         if key not in loaded:
             loaded.clear()  # one checkpoint in memory at a time
             loaded[key] = family.load_state(Path(model_dir))
-        cache = artifacts.read_inputs(inputs[task], "test")
-        logits = predict_logits(family, loaded[key], cache, artifacts.read_head(heads[task]), batch_size,
-                                desc=f"evaluate {task}")
-        frames.append(pd.DataFrame({"task": task, "idx": cache["idx"].numpy(),
-                                    "label": cache["label"].numpy(),
-                                    "pred": logits.argmax(dim=-1).numpy()}))
+        frames.append(_predictions(family, loaded[key], task, inputs[task], heads[task], batch_size))
     frame = pd.concat(frames, ignore_index=True)
     write_parquet(frame, out)
     return frame
 
+
+def evaluate_task_arithmetic(family: Family, model_dirs: list[str | Path], outs: Mapping[str, str | Path],
+                             inputs: Mapping[str, str | Path], heads: Mapping[str, str | Path],
+                             batch_size: int) -> dict[str, pd.DataFrame]:
+    """The λ sweep of task arithmetic in one process: for each λ of `outs` (λ -> predictions
+    file), the predictions `evaluate` gives for the checkpoint θ0 + λ Σ τ_t, built in memory.
+
+    A job per λ would spend most of its time starting up, loading the fine-tuned models and
+    writing a checkpoint that only its evaluation reads.
+    """
+    theta0 = family.pretrained_state()
+    taus = list(_task_vectors(family, theta0, model_dirs))
+    frames = {}
+    for lam, out in outs.items():
+        params = vectors.add(theta0, METHODS["task_arithmetic"](taus, lam=float(lam)))
+        frames[lam] = pd.concat([_predictions(family, params, task, inputs[task], heads[task], batch_size,
+                                              desc=f"λ={lam} {task}") for task in inputs], ignore_index=True)
+        write_parquet(frames[lam], out)
+    return frames
+
+
+def _predictions(family: Family, params: Mapping[str, torch.Tensor], task: str, inputs: str | Path,
+                 head: str | Path, batch_size: int, desc: str | None = None) -> pd.DataFrame:
+    cache = artifacts.read_inputs(inputs, "test")
+    logits = predict_logits(family, params, cache, artifacts.read_head(head), batch_size,
+                            desc=desc or f"evaluate {task}")
+    return pd.DataFrame({"task": task, "idx": cache["idx"].numpy(), "label": cache["label"].numpy(),
+                         "pred": logits.argmax(dim=-1).numpy()})
 
 
 # --- ablations ------------------------------------------------------------------------------

@@ -33,8 +33,9 @@ def test_paper_config_dry_run_plans_every_job_without_the_hub(name, tmp_path):
     out = dry_run(ROOT / "config" / f"{name}.yaml", tmp_path, env={"HF_HUB_OFFLINE": "1"})
     assert planned_jobs(out) == {
         "fetch_model": 1, "fetch_finetuned": t, "fetch_data": t, "prepare": t, "score": t, "select": t,
-        "calm_base": 1, "calm_step": 2, "calm_model": 1, "merge_task_arithmetic": 9,
-        "merge_baseline": baselines, "evaluate": 12 + baselines, "table": 1, "all": 1}
+        "calm_base": 1, "calm_step": 2, "calm_model": 1, "evaluate_task_arithmetic": 1,
+        # the baselines' rows, and task arithmetic's model at the config's λ
+        "merge_baseline": baselines + 1, "evaluate": 3 + baselines, "table": 1, "all": 1}
 
 
 @pytest.mark.skipif(importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,
@@ -49,7 +50,7 @@ def test_slurm_profile_puts_gpu_jobs_on_the_gpu_partition(tmp_path):
         rule = block.split(":", 1)[0]
         resources = next((line for line in block.splitlines() if line.strip().startswith("resources:")), "")
         jobs.setdefault(rule, resources)
-    for rule in ("score", "calm_base", "calm_step", "calm_model", "merge_task_arithmetic", "evaluate"):
+    for rule in ("score", "calm_base", "calm_step", "calm_model", "evaluate_task_arithmetic", "evaluate"):
         assert "gpu=1" in jobs[rule] and "gpu_model=a100" in jobs[rule] and "slurm_partition=gpu" in jobs[rule], rule
         assert "slurm_account=acct" in jobs[rule]
     assert "gpu=" not in jobs["prepare"] and "slurm_partition=cpu" in jobs["prepare"]

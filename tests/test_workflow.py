@@ -130,7 +130,7 @@ def test_every_baseline_writes_a_model_and_what_it_learned(pico_run):
     from transformers import AutoModel
 
     base = pico_run / "results/merge/baselines"
-    for method in ("weight_averaging", "ties", "consensus_ta", "consensus_ties", "localize_stitch",
+    for method in ("weight_averaging", "task_arithmetic", "ties", "consensus_ta", "consensus_ties", "localize_stitch",
                    "adamerging_task", "adamerging_layer", "fisher", "regmean"):
         AutoModel.from_pretrained(base / method / "model")
         summary = json.loads((base / method / "summary.json").read_text())
@@ -144,6 +144,23 @@ def test_every_baseline_writes_a_model_and_what_it_learned(pico_run):
     assert json.loads((base / "fisher/summary.json").read_text())["examples"] == {t: 4 for t in WORDS}
     regmean = json.loads((base / "regmean/summary.json").read_text())
     assert "encoder.layer.0.attention.self.query.weight" in regmean["closed_form_tensors"]
+
+
+def test_the_lambda_sweep_predicts_what_the_merged_task_arithmetic_model_predicts(pico_run, tmp_path):
+    """The sweep builds θ0 + λ Σ τ in memory; at the config's λ its predictions are those of
+    the task arithmetic baseline's checkpoint, evaluated as any other model."""
+    work = pico_run
+    model = work / "results/merge/baselines/task_arithmetic/model"
+    out = tmp_path / "ta.parquet"
+    subprocess.run([sys.executable, "-m", "calm", "evaluate", "--pretrained", str(work / "resources/models/pretrained"),
+                    "--model-max-length", "16", "--model-logit-scale", "10", "--device", "cpu", "--threads", "1",
+                    "--models", *[f"{t}={model}" for t in WORDS],
+                    "--inputs", *[f"{t}={work}/results/inputs/{t}.safetensors" for t in WORDS],
+                    "--heads", *[f"{t}={work}/results/heads/{t}.safetensors" for t in WORDS],
+                    "--batch-size", "16", "--out", str(out)], check=True, cwd=work)
+    pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(work / "results/eval/task_arithmetic_lam0.3.parquet"))
+    swept = {lam: pd.read_parquet(work / f"results/eval/task_arithmetic_lam{lam}.parquet") for lam in ("0.3", "0.6")}
+    assert list(swept["0.6"]["task"].unique()) == list(WORDS) and len(swept["0.6"]) == len(swept["0.3"])
 
 
 def test_rerun_is_a_no_op(pico_run):
@@ -284,9 +301,9 @@ def test_default_config_dry_run_plans_the_whole_pipeline(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     jobs = planned_jobs(proc.stdout + proc.stderr)
     assert jobs["finetune"] == 6 and jobs["score"] == 6 and jobs["select"] == 6
-    assert jobs["calm_step"] == 2 and jobs["merge_task_arithmetic"] == 9
-    assert jobs["merge_baseline"] == 9  # every registry method but task arithmetic
-    assert jobs["evaluate"] == 21  # pretrained, individual, CALM, 9 λ values, 9 baselines
+    assert jobs["calm_step"] == 2 and jobs["evaluate_task_arithmetic"] == 1  # all 9 λ values
+    assert jobs["merge_baseline"] == 10  # every registry method, task arithmetic at λ = 0.3 included
+    assert jobs["evaluate"] == 12  # pretrained, individual, CALM, 9 baselines
 
 
 def test_the_baseline_wildcard_accepts_exactly_the_registry_names(tmp_path):

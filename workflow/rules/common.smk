@@ -31,6 +31,8 @@ MODEL_FLAGS = " ".join(
 )
 LAMBDAS = [f"{lam:g}" for lam in CFG.baselines.lambda_grid]
 TA_LAMBDA = f"{CFG.baselines.task_arithmetic_lambda:g}"
+# Every λ task arithmetic is evaluated at: the sweep's, and the table's own row.
+TA_EVALS = {lam: f"results/eval/task_arithmetic_lam{lam}.parquet" for lam in sorted({*LAMBDAS, TA_LAMBDA}, key=float)}
 # Every CALM run is a named variant (calm/sweeps.py): `default` is the config's calm and
 # select sections; the ablations add the rest. SWEEPS is the tidy table of sweep points.
 VARIANTS, SWEEPS = sweeps.plan(CFG)
@@ -172,9 +174,6 @@ def eval_models(method):
         return {t: variant_model("default") for t in TASKS}
     if method.startswith("calm/"):
         return variant_eval_models(method)
-    if method.startswith("task_arithmetic_lam"):
-        lam = method[len("task_arithmetic_lam"):]
-        return {t: f"results/merge/task_arithmetic/lam{lam}" for t in TASKS}
     if method.startswith("baseline_") and method[len("baseline_"):] in METHODS:
         return {t: f"{baseline_dir(method[len('baseline_'):])}/model" for t in TASKS}
     raise ValueError(f"unknown evaluation target '{method}'")

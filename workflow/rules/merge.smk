@@ -1,25 +1,3 @@
-rule merge_task_arithmetic:
-    input:
-        model=PRETRAINED,
-        finetuned=[finetuned(t) for t in TASKS],
-    output:
-        directory("results/merge/task_arithmetic/lam{lam}"),
-    params:
-        model=MODEL_FLAGS,
-    threads: CFG.threads
-    resources:
-        mem_mb=scaled(6000),
-        runtime=scaled(20),
-        gpu=1,
-    log:
-        "logs/merge/task_arithmetic_lam{lam}.log",
-    conda:
-        "../../environment.yml"
-    shell:
-        "python -m calm merge {params.model} --threads {threads} --method task_arithmetic --lam {wildcards.lam} "
-        "--models {input.finetuned} --out {output} 2> {log}"
-
-
 # A CALM run is a named variant (VARIANTS, common.smk): its settings, S̄ order and credible
 # sets. results/merge/calm/default/ is the config's own calm section.
 rule calm_base:
