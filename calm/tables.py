@@ -208,7 +208,7 @@ def write_results(rows: dict[str, pd.DataFrame], out_prefix: str | Path, sweep_p
     text = "\n".join(lines) + "\n"
     prefix = Path(out_prefix)
     with atomic_path(prefix.with_suffix(".csv")) as tmp:
-        table.round(2).to_csv(tmp)
+        table.to_csv(tmp)  # unrounded: Table 1 and others read it and round once, as the Markdown
     write_text(text, prefix.with_suffix(".md"))
     write_json(summary, prefix.with_suffix(".json"))
     return text

@@ -67,3 +67,17 @@ def test_a_sweep_collapses_to_its_best_row_after_the_named_one():
     named, grid = collapse_sweep(rows, "TA λ=", "TA (λ=0.3)")
     assert list(named) == ["A", "TA (λ=0.3)", "TA λ=0.6 (best λ, oracle)", "CALM"]
     assert grid == {"TA λ=0.3": 50.0, "TA λ=0.6": 100.0}
+
+
+def test_table_one_rounds_like_the_results_table(tmp_path):
+    """246 of 399 correct is 61.654 %: 61.7 in both, where rounding the CSV to 61.65 first gave
+    61.6 in Table 1."""
+    from calm.paper.tables import main_results
+    from calm.tables import write_results
+
+    rows = {"Individual": preds({"a": [1] * 399}), "CALM": preds({"a": [1] * 246 + [0] * 153})}
+    text = write_results(rows, tmp_path / "main", sweep_prefix="TA λ=", insert_best_after="TA (λ=0.3)",
+                         individual="Individual", target="CALM", bootstrap=10, seed=0)
+    assert "| CALM | **61.7** | **61.7** | **61.7** |" in text
+    table = main_results(pd.read_csv(tmp_path / "main.csv"))
+    assert "| CALM | **61.7** | **61.7** | **61.7** |" in to_markdown(table.frame, exclude_from_best=table.exclude_from_best)
