@@ -54,6 +54,8 @@ SAMPLERS: dict[str, Callable[[pd.DataFrame, float, int], pd.DataFrame]] = {
     "supervised": supervised,
     "random": random,
 }
+# The samplers whose choice depends on the seed (below ratio 1); the others are deterministic.
+SEEDED = frozenset({"supervised", "random"})
 
 
 def select(scores: pd.DataFrame, sampler: str, ratio: float, seed: int = 0) -> pd.DataFrame:

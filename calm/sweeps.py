@@ -1,7 +1,7 @@
 """CALM variants and the tidy sweep table of the ablations.
 
 A variant is one complete set of CALM settings (the `calm` section with its own S̄ order,
-plus the sampler and ratio of its credible sets) under a name; the workflow writes it to
+plus the sampler, ratio and selection seed of its credible sets) under a name; the workflow writes it to
 results/merge/calm/<name>/. `default` is the config's own `calm` and `select` sections.
 Each ablation is a list of points (its axis values) that name a variant; points with the
 same settings share one variant, so a grid value equal to the default costs nothing.
@@ -9,16 +9,17 @@ same settings share one variant, so a grid value equal to the default costs noth
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
 from calm.config import CalmConfig, Config
+from calm.sampling import SEEDED
 
 # The columns each accuracy ablation reports before task, accuracy, normalised.
 AXES: dict[str, list[str]] = {
-    "samplers": ["sampler", "ratio"],
+    "samplers": ["sampler", "ratio", "repeat"],
     "n_seq": ["n_seq", "order_seed", "order"],
     "lr": ["lr"],
     "alpha": ["alpha"],
@@ -35,6 +36,7 @@ class Variant:
     calm: CalmConfig
     sampler: str
     ratio: float
+    select_seed: int
 
     @property
     def sequential(self) -> list[str]:
@@ -46,7 +48,7 @@ class Variant:
 
     def key(self) -> str:
         sampler = "cb_ems" if self.ratio == 1 and self.sampler in _WHOLE_POOL else self.sampler
-        return json.dumps([self.calm.model_dump(), sampler, self.ratio], sort_keys=True)
+        return json.dumps([self.calm.model_dump(), sampler, self.ratio, self.select_seed], sort_keys=True)
 
 
 def order_permutation(tasks: list[str], seed: int) -> list[str]:
@@ -69,7 +71,7 @@ def distinct_orders(tasks: list[str], n: int, count: int, max_seed: int = 10_000
 
 
 def default_variant(cfg: Config) -> Variant:
-    return Variant("default", cfg.calm, cfg.select.sampler, cfg.select.ratio)
+    return Variant("default", cfg.calm, cfg.select.sampler, cfg.select.ratio, cfg.select.seed)
 
 
 class _Registry:
@@ -85,7 +87,7 @@ class _Registry:
         name = self.names.setdefault(v.key(), v.name)
         if name in self.variants and self.variants[name].key() != v.key():
             raise ValueError(f"two different CALM variants are both named '{name}'")
-        self.variants.setdefault(name, Variant(name, v.calm, v.sampler, v.ratio))
+        self.variants.setdefault(name, replace(v, name=name))
         return name
 
 
@@ -93,31 +95,42 @@ def plan(cfg: Config) -> tuple[dict[str, Variant], pd.DataFrame]:
     """Every variant the workflow knows, by name, and the tidy table of sweep points.
 
     The table has one row per point: `ablation`, `variant` and that variant's settings
-    (sampler, ratio, n_seq, order_seed, order, lr, alpha, grad_reduction, regulariser,
-    strategy, iterations); order_seed is empty outside the n_seq sweep.
+    (sampler, ratio, repeat, select_seed, n_seq, order_seed, order, lr, alpha, grad_reduction,
+    regulariser, strategy, iterations); repeat is empty outside the sampler sweep, order_seed
+    outside the n_seq sweep.
     """
     ab = cfg.ablations
     tasks = cfg.data.tasks
     default = default_variant(cfg)
     base_calm = cfg.calm.model_copy(update={"iterations": ab.iterations or cfg.calm.iterations})
-    base = Variant("sweep-base", base_calm, cfg.select.sampler, cfg.select.ratio)
+    base = Variant("sweep-base", base_calm, cfg.select.sampler, cfg.select.ratio, cfg.select.seed)
     reg = _Registry([default, base])
     reg.add(default)
     rows: list[dict] = []
 
     def point(ablation: str, name: str, order_seed: int | None = None, sampler: str | None = None,
-              ratio: float | None = None, **calm) -> None:
-        v = Variant(name, base_calm.model_copy(update=calm), sampler or base.sampler,
-                    base.ratio if ratio is None else ratio)
+              ratio: float | None = None, repeat: int | None = None, **calm) -> None:
+        sampler = sampler or base.sampler
+        ratio = base.ratio if ratio is None else ratio
+        # A repeat reseeds the selection only where the sampler draws (a deterministic one, or
+        # any at ratio 1, keeps the same set): its credible sets are then shared.
+        select_seed = base.select_seed + (repeat or 0) if sampler in SEEDED and ratio < 1 else base.select_seed
+        v = Variant(name, base_calm.model_copy(update=calm), sampler, ratio, select_seed)
         c = v.calm
         rows.append({"ablation": ablation, "variant": reg.add(v), "sampler": v.sampler, "ratio": v.ratio,
+                     "repeat": repeat, "select_seed": select_seed,
                      "n_seq": len(c.sequential), "order_seed": order_seed, "order": ">".join(c.sequential),
                      "lr": c.lr, "alpha": c.alpha, "grad_reduction": c.grad_reduction,
                      "regulariser": c.regulariser, "strategy": c.strategy, "iterations": c.iterations})
 
     for sampler in ab.samplers:
         for ratio in ab.ratios:
-            point("samplers", f"{sampler}-r{ratio:g}", sampler=sampler, ratio=ratio)
+            point("samplers", f"{sampler}-r{ratio:g}", sampler=sampler, ratio=ratio, repeat=0)
+    # The repeats sit at select.ratio; repeat 0 there is the grid's point when the grid has it.
+    for sampler in ab.samplers:
+        for k in range(0 if base.ratio not in ab.ratios else 1, ab.sampler_repeats):
+            point("samplers", f"{sampler}-r{base.ratio:g}" + (f"-s{k}" if k else ""), sampler=sampler,
+                  ratio=base.ratio, repeat=k, seed=base_calm.seed + k)
     for n in ab.n_seq or range(1, len(tasks)):
         for seed, order in distinct_orders(tasks, n, ab.orders):
             point("n_seq", f"nseq{n}-o{seed}", order_seed=seed, sequential=order)
@@ -134,5 +147,6 @@ def plan(cfg: Config) -> tuple[dict[str, Variant], pd.DataFrame]:
     point("mask_analysis", f"mask-{mask_task}", sequential=[mask_task])
     point("trace", "trace", trace_eval_every=ab.trace_eval_every)
     table = pd.DataFrame(rows)
-    table["order_seed"] = table["order_seed"].astype("Int64")
+    for column in ("repeat", "order_seed"):
+        table[column] = table[column].astype("Int64")
     return reg.variants, table

@@ -224,7 +224,7 @@ def small_config(**ablations_section) -> Config:
 def test_points_with_the_default_settings_share_the_default_variant():
     variants, table = sweeps.plan(small_config())
     by = {(r.ablation, r.sampler, r.ratio, r.lr, r.strategy): r.variant for r in table.itertuples()
-          if r.ablation in ("samplers", "lr", "strategy")}
+          if r.ablation in ("samplers", "lr", "strategy") and (pd.isna(r.repeat) or r.repeat == 0)}
     assert by[("samplers", "cb_ems", 0.5, 1e8, "both")] == "default"
     assert by[("lr", "cb_ems", 0.5, 1e8, "both")] == "default"
     assert by[("lr", "cb_ems", 0.5, 1e7, "both")] == "lr1e+07"
@@ -235,6 +235,29 @@ def test_points_with_the_default_settings_share_the_default_variant():
     assert table[table.ablation == "mask_analysis"]["variant"].tolist() == ["default"]
     trace = variants[table[table.ablation == "trace"]["variant"].item()]
     assert trace.calm.trace_eval_every == 5 and variants["default"].calm.trace_eval_every == 0
+
+
+def test_sampler_repeats_reseed_calm_and_only_the_drawing_samplers():
+    """Three repeats at select.ratio 0.5: repeat k runs with calm.seed k; supervised also draws
+    its set with select.seed k, the deterministic samplers keep repeat 0's set."""
+    variants, table = sweeps.plan(small_config())
+    rows = table[table.ablation == "samplers"]
+    at = rows[rows.ratio == 0.5].set_index(["sampler", "repeat"])["variant"]
+    assert sorted(at.index) == [(s, k) for s in ("cb_ems", "ems", "supervised") for k in (0, 1, 2)]
+    assert at[("cb_ems", 0)] == "default" and at[("cb_ems", 2)] == "cb_ems-r0.5-s2"
+    for (sampler, k), name in at.items():
+        v = variants[name]
+        assert v.calm.seed == k and v.ratio == 0.5
+        assert v.select_seed == (k if sampler == "supervised" else 0)
+    assert set(rows[rows.ratio == 1.0]["repeat"]) == {0}  # only select.ratio is repeated
+
+
+def test_sampler_repeats_add_repeat_zero_where_the_grid_lacks_select_ratio():
+    _, table = sweeps.plan(small_config(ratios=[1.0], sampler_repeats=2))
+    rows = table[(table.ablation == "samplers") & (table.ratio == 0.5)]
+    assert sorted(zip(rows["sampler"], rows["repeat"])) == [(s, k) for s in ("cb_ems", "ems", "supervised")
+                                                           for k in (0, 1)]
+    assert rows[(rows.sampler == "cb_ems") & (rows.repeat == 0)]["variant"].item() == "default"
 
 
 def test_n_seq_orders_are_distinct_prefixes_of_seeded_permutations():

@@ -71,6 +71,13 @@ def test_supervised_trains_on_true_labels():
     assert out["target"].tolist() == [0, 1, 0, 0, 0, 1, 2, 0]
 
 
+def test_only_the_seeded_samplers_change_with_the_seed():
+    """The sampler sweep's repeats share a deterministic sampler's credible set (sampling.SEEDED)."""
+    for name in sampling.SAMPLERS:
+        draws = {tuple(sampling.select(scores_table(), name, 0.5, seed)["idx"]) for seed in range(20)}
+        assert (len(draws) > 1) == (name in sampling.SEEDED), name
+
+
 def test_sampler_rejects_bad_ratio():
     with pytest.raises(ValueError, match="ratio"):
         sampling.select(scores_table(), "cb_ems", 1.5)

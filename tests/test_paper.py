@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from matplotlib.collections import PathCollection
 
 from calm.paper import figures, registry
 from calm.paper import tables as pt
@@ -128,8 +129,26 @@ def test_run_times_sum_files_and_average_repeats():
     assert table.frame.loc["CALM (|S̄|=2)", "Run time (s)"] == 180.0
     assert table.frame.loc["CALM (|S̄|=2)", "Run time (min)"] == 3.0
     md = to_markdown(table.frame, digits=2, bold_best=False)
-    assert "| CALM (\\|S̄\\|=2) | 3.00 | 180.00 | 200 |" in md
-    assert "| L&S | 0.50 | 30.00 | – |" in md
+    assert "| CALM (\\|S̄\\|=2) | 3.00 | 180.00 | – | 1 | 200 |" in md
+    assert "| L&S | 0.50 | 30.00 | – | 1 | – |" in md
+
+
+def test_run_times_average_a_rows_runs():
+    """CALM at |S̄| = 2 over two task orders: each order's run sums its two steps (60 + 120 and
+    90 + 150 s), the row is their mean (210 s) and their s.d. (sqrt(((180-210)² + (240-210)²)/1))."""
+    frame = pd.DataFrame([
+        {"method": "CALM, |S̄| = 2", "path": "o0/step1.tsv", "s": 60.0},
+        {"method": "CALM, |S̄| = 2", "path": "o0/step2.tsv", "s": 120.0},
+        {"method": "CALM, |S̄| = 2", "path": "o1/step1.tsv", "s": 90.0},
+        {"method": "CALM, |S̄| = 2", "path": "o1/step2.tsv", "s": 150.0},
+        {"method": "CALM step 1", "path": "o0/step1.tsv", "s": 60.0},
+    ])
+    runs = {"o0/step1.tsv": "o0", "o0/step2.tsv": "o0", "o1/step1.tsv": "o1", "o1/step2.tsv": "o1"}
+    table = pt.run_times(frame, iterations={"CALM, |S̄| = 2": 40}, runs=runs).frame
+    assert table.loc["CALM, |S̄| = 2", "Run time (s)"] == 210.0
+    assert table.loc["CALM, |S̄| = 2", "s.d. over runs (s)"] == pytest.approx(1800 ** 0.5)
+    assert table.loc["CALM, |S̄| = 2", "Runs"] == 2
+    assert table.loc["CALM step 1", "Run time (s)"] == 60.0 and table.loc["CALM step 1", "Runs"] == 1
 
 
 def test_write_table_writes_csv_markdown_latex_and_html(tmp_path):
@@ -151,6 +170,10 @@ def tiny_inputs() -> dict[str, pd.DataFrame]:
     samplers = pd.concat([sweep_frame("ratio", {0.5: {"a": 80.0, "b": 70.0}, 0.9: {"a": 82.0, "b": 71.0}})
                           .assign(sampler=s) for s in ("cb_ems", "ems")]
                          + [sweep_frame("ratio", {0.9: {"a": 83.0, "b": 72.0}}).assign(sampler="supervised")])
+    # CB-EMS and EMS at 0.9 over three seeds: repeat 0 is the sweep's run, averages 75.5, 77.5, 79.5
+    repeats = pd.concat([samplers.assign(repeat=0)]
+                        + [sweep_frame("ratio", {0.9: {"a": 82.0 + 2 * k, "b": 71.0 + 2 * k}})
+                           .assign(sampler=s, repeat=k) for s in ("cb_ems", "ems") for k in (1, 2)])
     n_seq = pd.concat([sweep_frame("n_seq", {1: {"a": 80.0 + s, "b": 70.0}}).assign(order_seed=s) for s in (0, 1)])
     layers = pd.DataFrame([{"step": 1, "task": "b", "layer": f"layer.{i}", "active_fraction": 0.01 * i}
                            for i in range(3)])
@@ -162,7 +185,7 @@ def tiny_inputs() -> dict[str, pd.DataFrame]:
     trace_acc = pd.DataFrame([{"step": st, "task_merged": "b", "iteration": it, "task": t, "accuracy": 70.0 + it}
                               for st in (1,) for it in (0, 10, 20) for t in ("a", "b")])
     traces = pd.DataFrame({"run": ["b (step 1)"] * 3, "iteration": [1, 2, 3], "active_fraction": [1e-5, 1e-3, 2e-2]})
-    return {"fig3_normalised": main, "fig4_ratio": samplers, "fig5_samplers": samplers, "fig6_n_seq": n_seq,
+    return {"fig3_normalised": main, "fig4_ratio": samplers, "fig5_samplers": repeats, "fig6_n_seq": n_seq,
             "fig7_layers": layers, "fig8_pseudo_labels": pseudo, "fig9_entropy": scores,
             "fig11_trace_accuracy": trace_acc, "fig12_active_fraction": traces}
 
@@ -192,6 +215,21 @@ def test_fig3_is_relative_to_the_individual_model():
     heights = sorted(round(p.get_height(), 3) for p in fig.axes[0].patches)
     # TA: 80/90, 70/80, avg 88.2; CALM: 85/90, 78/80, avg 96.0 (all in %)
     assert heights == sorted([88.889, 87.5, 88.2, 94.444, 97.5, 96.0])
+
+
+def test_fig5_shows_mean_and_sd_over_seeds_where_a_setting_repeats():
+    fig = figures.sampler_comparison(tiny_inputs()["fig5_samplers"])
+    curve, seeds = fig.axes
+    # CB-EMS at 90 %: runs averaging 76.5, 78.5, 80.5 -> mean 78.5, s.d. 2
+    mean = [line for line in seeds.lines if list(line.get_ydata()) == [78.5]]
+    assert len(mean) == 2  # CB-EMS and EMS, the same runs
+    # supervised ran once at 90 % (77.5): no spread
+    assert sorted({round(float(y), 6) for line in seeds.lines for y in line.get_ydata()}) == [76.5, 77.5, 78.5, 80.5]
+    dots = sorted(float(y) for c in seeds.collections if isinstance(c, PathCollection) for y in c.get_offsets()[:, 1])
+    assert dots == [76.5, 76.5, 77.5, 78.5, 78.5, 80.5, 80.5]
+    assert seeds.get_title().startswith("(b) At ratio 90 %")
+    single = figures.sampler_comparison(tiny_inputs()["fig4_ratio"])
+    assert len(single.axes) == 1
 
 
 # --- registry -----------------------------------------------------------------------------------

@@ -188,13 +188,19 @@ def test_changing_one_baseline_setting_reruns_only_the_methods_that_read_it(pico
     assert jobs == {"merge_baseline": 2, "evaluate": 2, "table": 1, "all": 1}
 
 
-# The paper items that need only the main run (the others read the ablation sweeps).
+# The paper items that read the main run (Table 8 also the order sweep's CALM steps).
 PAPER_FROM_MAIN_RUN = ["paper_table1_main", "paper_table8_runtime", "paper_fig3_normalised",
                        "paper_fig9_entropy", "paper_fig12_active_fraction"]
 
 
 def test_paper_items_and_the_report(pico_run, tmp_path):
-    work = pico_run
+    """On a copy of the main run, with an order sweep of |S̄| = 1 over 2 orders: [mood] (the
+    main run's) and [colour] (one new CALM step)."""
+    work = tmp_path / "work"
+    shutil.copytree(pico_run, work, symlinks=True)
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["ablations"] = {"n_seq": [1], "orders": 2}
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
     snakemake(work, *PAPER_FROM_MAIN_RUN)
     tables, figures = work / "results/paper/tables", work / "results/paper/figures"
     main = pd.read_csv(work / "results/tables/main.csv", index_col=0)
@@ -203,9 +209,14 @@ def test_paper_items_and_the_report(pico_run, tmp_path):
     assert f"| Individual | {main.loc['Individual', 'colour']:.1f} |" in md
     assert (tables / "table1_main.tex").read_text().startswith(r"\begin{tabular}{lrrrrr}")
     runtime = pd.read_csv(tables / "table8_runtime.csv", index_col=0)
-    bench = pd.read_csv(work / "benchmarks/rules/merge/calm/default/step1-mood.tsv", sep="\t")
-    assert runtime["Run time (s)"].iloc[0] == pytest.approx(bench["s"].mean(), abs=1e-3)
+    mood, colour = (pd.read_csv(work / f"benchmarks/rules/merge/calm/{v}/step1-{t}.tsv", sep="\t")["s"].mean()
+                    for v, t in (("default", "mood"), ("nseq1-o1", "colour")))
+    assert runtime["Run time (s)"].iloc[0] == pytest.approx(mood, abs=1e-3)
     assert runtime["Iterations"].iloc[0] == MASK_ITERATIONS
+    sweep = runtime.loc["CALM, |S̄| = 1 (mean of 2 orders)"]
+    assert sweep["Run time (s)"] == pytest.approx((mood + colour) / 2, abs=1e-3)
+    assert sweep["s.d. over runs (s)"] == pytest.approx(abs(mood - colour) / 2 ** 0.5, abs=1e-3)
+    assert sweep["Runs"] == 2 and sweep["Iterations"] == MASK_ITERATIONS
     for name in ("fig3_normalised", "fig9_entropy", "fig12_active_fraction"):
         assert (figures / f"{name}.png").stat().st_size > 5000 and (figures / f"{name}.pdf").stat().st_size > 1000
     report = tmp_path / "report.html"
@@ -215,18 +226,20 @@ def test_paper_items_and_the_report(pico_run, tmp_path):
 
 
 def test_ablations_dry_run_reuses_the_default_merge(pico_run):
-    """The pico config's default sweeps (T = 3, S̄ = [mood]), counted by hand: 40 variants —
+    """The pico config's default sweeps (T = 3, S̄ = [mood]), counted by hand: 48 variants —
     default; 21 of the 24 sampler points (cb_ems 0.9 is the default, EMS and random at ratio 1
-    are CB-EMS at ratio 1); |S̄| = 1, 2 with 3 orders each, the order [mood] being the default
-    (5 new, 1·2 + 2·3 = 8 steps); lr 4, α 3, switches 3, strategy 2 (the rest are the default);
-    the mask analysis of mood alone is the default; the traced variant. Already built by the
-    main run: the default merge, its credible sets and the pretrained/individual predictions."""
+    are CB-EMS at ratio 1); 2 more seeds of each of the 4 samplers at select.ratio 0.9 (8, of
+    which supervised and random draw 2 · 2 new credible sets per task); |S̄| = 1, 2 with 3 orders
+    each, the order [mood] being the default (5 new, 1·2 + 2·3 = 8 steps); lr 4, α 3, switches
+    3, strategy 2 (the rest are the default); the mask analysis of mood alone is the default;
+    the traced variant. Already built by the main run: the default merge, its credible sets and
+    the pretrained/individual predictions."""
     out = snakemake(pico_run, "ablations", "-n")
     jobs = planned_jobs(out.stdout + out.stderr)
-    steps = 21 + 8 + 4 + 3 + 3 + 2 + 1
+    steps = 21 + 8 + 8 + 4 + 3 + 3 + 2 + 1
     assert jobs == {
-        "select": 4 * 6 * 3 - 3, "calm_base": 39, "calm_step": steps, "calm_model": 38,
-        "evaluate": 38 + 4,  # 38 merged models, 4 mask-analysis models
+        "select": 4 * 6 * 3 - 3, "select_seeded": 2 * 2 * 3, "calm_base": 47, "calm_step": steps, "calm_model": 46,
+        "evaluate": 46 + 4,  # 46 merged models, 4 mask-analysis models
         "mask_parts": 1, "ablation_accuracy": 6, "ablation_pseudo_labels": 1, "ablation_mask_analysis": 1,
         "ablation_topk": 1, "ablation_layers": 1, "ablation_trace": 1, "ablations": 1,
     }

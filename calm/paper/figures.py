@@ -154,8 +154,10 @@ def sampling_ratio(samplers: pd.DataFrame, sampler: str = "cb_ems") -> Figure:
         s = _mean_std(frame[frame["task"] == task], ["ratio"], "accuracy")
         ax.plot(s["ratio"], s["mean"], marker="o", linewidth=1, alpha=0.8, label=task, color=PALETTE[i % len(PALETTE)])
     avg = _mean_std(_average_rows(frame, ["ratio"], "accuracy"), ["ratio"], "accuracy")
-    ax.errorbar(avg["ratio"], avg["mean"], yerr=avg["std"] if (avg["n"] > 1).any() else None, marker="s",
-                linewidth=2.2, capsize=3, color=AVERAGE_COLOUR, label="Average", zorder=5)
+    repeated = bool((avg["n"] > 1).any())
+    ax.errorbar(avg["ratio"], avg["mean"], yerr=avg["std"] if repeated else None, marker="s", linewidth=2.2,
+                capsize=3, color=AVERAGE_COLOUR, label="Average" + (" (mean ± s.d.\nwhere repeated)" if repeated else ""),
+                zorder=5)
     ax.set_xlabel(f"Sampling ratio of {SAMPLERS.get(sampler, sampler)} (%)")
     ax.set_ylabel("Test accuracy (%)")
     ax.set_xticks(sorted(frame["ratio"].unique()))
@@ -165,24 +167,55 @@ def sampling_ratio(samplers: pd.DataFrame, sampler: str = "cb_ems") -> Figure:
 
 @styled
 def sampler_comparison(samplers: pd.DataFrame) -> Figure:
-    """Fig. 5: average accuracy of CALM with each sampler against the sampling ratio; error bars
-    are the standard deviation over the runs (seeds or orders) of a setting, where repeated."""
+    """Fig. 5: (a) average accuracy of CALM with each sampler against the sampling ratio, error
+    bars where a setting was run more than once; (b) where it was, the ratio with the most runs:
+    mean ± standard deviation over the runs (seeds) per sampler, each run a dot."""
     frame = _nonempty(samplers, "samplers")
     frame = frame.assign(ratio=_percent_axis(frame["ratio"]))
     runs = _average_rows(frame, ["sampler", "ratio"], "accuracy")
-    fig = Figure(figsize=(6.0, 3.4), layout="constrained")
-    ax = fig.add_subplot()
     order = [s for s in SAMPLERS if s in set(runs["sampler"])] + sorted(set(runs["sampler"]) - set(SAMPLERS))
-    repeated = False
+    stats = _mean_std(runs, ["sampler", "ratio"], "accuracy")
+    repeated = stats[stats["n"] > 1]
+    fig = Figure(figsize=(9.4 if len(repeated) else 6.0, 3.4), layout="constrained")
+    if len(repeated):
+        ax, bars = fig.subplots(1, 2, width_ratios=[1.7, 1])
+    else:
+        ax, bars = fig.add_subplot(), None
     for i, name in enumerate(order):
-        s = _mean_std(runs[runs["sampler"] == name], ["ratio"], "accuracy")
-        repeated |= bool((s["n"] > 1).any())
+        s = stats[stats["sampler"] == name]
         ax.errorbar(s["ratio"], s["mean"], yerr=s["std"] if (s["n"] > 1).any() else None, marker="os^Dv"[i % 5],
                     capsize=3, label=SAMPLERS.get(name, name), color=PALETTE[i % len(PALETTE)])
     ax.set_xlabel("Sampling ratio (%)")
-    ax.set_ylabel("Average test accuracy (%)" + (" (mean ± s.d.)" if repeated else ""))
+    ax.set_ylabel("Average test accuracy (%)" + (" (mean ± s.d.)" if len(repeated) else ""))
     ax.set_xticks(sorted(runs["ratio"].unique()))
-    _legend_right(ax)
+    if bars is None:
+        _legend_right(ax)
+        return fig
+    ax.set_title("(a) Against the sampling ratio")
+    ax.legend(loc="lower right")
+    # the ratio where the most runs were repeated (ties: the highest ratio)
+    ratio = repeated.sort_values(["n", "ratio"]).iloc[-1]["ratio"]
+    at = stats[stats["ratio"] == ratio].set_index("sampler").reindex([s for s in order if s in set(
+        stats[stats["ratio"] == ratio]["sampler"])])
+    x = np.arange(len(at))
+    colours = [PALETTE[order.index(s) % len(PALETTE)] for s in at.index]
+    # points, not bars: the axis does not start at 0
+    for j, name in enumerate(at.index):
+        bars.errorbar(x[j] + 0.12, at.loc[name, "mean"], yerr=at.loc[name, "std"], marker="os^Dv"[order.index(name) % 5],
+                      markersize=7, capsize=5, linewidth=1.8, color=colours[j], label="mean ± s.d." if j == 0 else None)
+        one = runs[(runs["sampler"] == name) & (runs["ratio"] == ratio)]["accuracy"].to_numpy(float)
+        bars.scatter(np.full(len(one), x[j] - 0.12), one, s=14, color=colours[j], alpha=0.6, edgecolor="none",
+                     label="one run" if j == 0 else None)
+    short = {**SAMPLERS, "supervised": "Supervised"}  # the long name is in panel (a)'s legend
+    bars.set_xticks(x, [f"{short.get(s, s)}\n({int(n)} run{'s' * (n > 1)})" for s, n in zip(at.index, at["n"])])
+    low = float(np.nanmin([runs[runs["ratio"] == ratio]["accuracy"].min(), (at["mean"] - at["std"]).min()]))
+    high = float(np.nanmax([runs[runs["ratio"] == ratio]["accuracy"].max(), (at["mean"] + at["std"]).max()]))
+    bars.set_ylim(np.floor(low) - 1, np.ceil(high) + 1)
+    bars.set_xlim(-0.6, len(at) - 0.4)
+    bars.set_ylabel("Average test accuracy (%)")
+    bars.set_title(f"(b) At ratio {ratio:g} %: mean ± s.d. over seeds")
+    bars.grid(axis="x", visible=False)
+    bars.legend(loc="upper right")
     return fig
 
 

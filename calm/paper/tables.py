@@ -172,16 +172,23 @@ def magnitude_ranks(frame: pd.DataFrame) -> PaperTable:
 
 # --- Table 8 ---------------------------------------------------------------------------------
 
-def run_times(frame: pd.DataFrame, iterations: dict[str, int] | None = None) -> PaperTable:
+def run_times(frame: pd.DataFrame, iterations: dict[str, int] | None = None,
+              runs: dict[str, str] | None = None) -> PaperTable:
     """Table 8 from Snakemake benchmark files (column `s`, seconds), one or more files per row
-    (`method`, `path`): a row's run time is the sum over its files of each file's mean over
-    repeats. `iterations`: mask or coefficient updates of each row, where known."""
-    iterations = iterations or {}
-    per_file = frame.groupby(["method", "path"], sort=False)["s"].mean()
-    seconds = per_file.groupby(level="method", sort=False).sum()
+    (`method`, `path`). A run's time is the sum over its files of each file's mean over repeats;
+    a row's is the mean over its runs, with their standard deviation. `runs`: path -> run (the
+    files of a row that no run names are one run). `iterations`: mask or coefficient updates of
+    one run of each row, where known."""
+    iterations, runs = iterations or {}, runs or {}
+    per_file = frame.groupby(["method", "path"], sort=False)["s"].mean().reset_index()
+    per_file["run"] = per_file["path"].map(lambda p: runs.get(p, ""))
+    per_run = per_file.groupby(["method", "run"], sort=False)["s"].sum().groupby(level="method", sort=False)
+    seconds = per_run.mean()
     table = pd.DataFrame({
         "Run time (min)": seconds / 60,
         "Run time (s)": seconds,
+        "s.d. over runs (s)": per_run.std(ddof=1),
+        "Runs": per_run.size(),
         "Iterations": pd.array([iterations.get(m) for m in seconds.index], dtype="Int64"),
     })
     table.index.name = "Method"

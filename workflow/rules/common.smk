@@ -44,6 +44,7 @@ wildcard_constraints:
     k=r"[0-9]+",
     variant="|".join(re.escape(v) for v in VARIANTS),
     sampler="cb_ems|ems|supervised|random",
+    seed=r"[0-9]+",
     ratio=r"[0-9.e-]+",
 
 
@@ -78,13 +79,15 @@ def variant_dir(variant):
     return f"results/merge/calm/{variant}"
 
 
-def credible(sampler, ratio, task):
-    return f"results/credible/{sampler}-{ratio:g}/{task}.parquet"
+def credible(sampler, ratio, task, seed):
+    """A credible set; one drawn with a seed other than select.seed has its own folder (select_seeded)."""
+    suffix = "" if seed == CFG.select.seed else f"-s{seed}"
+    return f"results/credible/{sampler}-{ratio:g}{suffix}/{task}.parquet"
 
 
 def variant_credible(variant, task):
     v = VARIANTS[variant]
-    return credible(v.sampler, v.ratio, task)
+    return credible(v.sampler, v.ratio, task, v.select_seed)
 
 
 def step_dir(variant, k):
@@ -245,10 +248,14 @@ def show_table():
 # --- paper tables and figures (workflow/rules/paper.smk) ---------------------------------------
 
 
+def step_benchmark(variant, k):
+    """The Snakemake benchmark file of a variant's k-th sequential step (calm_step's `benchmark:`)."""
+    return f"benchmarks/rules/merge/calm/{variant}/step{k}-{VARIANTS[variant].sequential[k - 1]}.tsv"
+
+
 def calm_steps():
     """(k, task, folder, benchmark file) of each sequential step of the main CALM run."""
-    return [(k, t, step_dir("default", k), f"benchmarks/rules/merge/calm/default/step{k}-{t}.tsv")
-            for k, t in enumerate(SEQ, start=1)]
+    return [(k, t, step_dir("default", k), step_benchmark("default", k)) for k, t in enumerate(SEQ, start=1)]
 
 
 def calm_traces():
@@ -257,13 +264,22 @@ def calm_traces():
 
 
 def runtime_rows():
-    """Table 8: row name -> (Snakemake benchmark files whose `s` add up to the row's run time,
-    iterations). CALM's rows: each step of the main run, then all of them."""
+    """Table 8: row name -> (Snakemake benchmark files whose `s` add up to one run of the row,
+    iterations). A row over several runs (CALM at one |S̄| over the order sweep's orders) is the
+    mean of its runs; RUNTIME_RUNS names each file's run. CALM's rows: each step of the main run,
+    all of them, then each |S̄| of the order sweep."""
     it = CFG.calm.iterations
     steps = calm_steps()
     rows = {f"CALM step {k}: {t} ({len(EFFICIENT) + k} visible tasks)": ([bench], it) for k, t, _, bench in steps}
     if len(steps) > 1:
         rows[f"CALM, all {len(steps)} steps (|S̄| = {len(steps)})"] = ([b for *_, b in steps], it * len(steps))
+    by_n = {}
+    for r in sweep_rows("n_seq"):
+        by_n.setdefault(r["n_seq"], []).append(r)
+    for n, runs in sorted(by_n.items()):
+        name = f"CALM, |S̄| = {n} (mean of {len(runs)} order{'s' * (len(runs) > 1)})"
+        rows[name] = ([step_benchmark(r["variant"], k) for r in runs for k in range(1, n + 1)],
+                      int(runs[0]["iterations"]) * int(n))
     # The data-driven baselines the main run made (iterations: L&S epochs per task, AdaMerging steps).
     for m in ("localize_stitch", "adamerging_task", "adamerging_layer"):
         if m in CFG.baselines.methods:
@@ -271,6 +287,12 @@ def runtime_rows():
                      else CFG.baselines.adamerging.steps)
             rows[METHODS[m].label] = ([f"benchmarks/rules/merge/baseline_{m}.tsv"], iters)
     return rows
+
+
+def runtime_runs():
+    """Table 8: each benchmark file of the order sweep -> its run (the variant); the files a row
+    reads that no run names form one run together."""
+    return {step_benchmark(r["variant"], k): r["variant"] for r in sweep_rows("n_seq") for k in range(1, r["n_seq"] + 1)}
 
 
 def labelled(pairs):
@@ -295,11 +317,14 @@ def accuracy_points(ablation):
 
 
 def pseudo_label_points():
-    return [
-        {**point(r, ["sampler", "ratio"], credible(r["sampler"], r["ratio"], t)), "task": t}
-        for r in sweep_rows("samplers")
-        for t in TASKS
-    ]
+    """One point per distinct credible set of the sampler sweep: a repeat whose sampler does not
+    draw (or draws the whole pool) reads its repeat 0's set, which is listed once."""
+    points = {}
+    for r in sweep_rows("samplers"):
+        for t in TASKS:
+            path = credible(r["sampler"], r["ratio"], t, r["select_seed"])
+            points.setdefault((r["sampler"], path), {**point(r, ["sampler", "ratio", "repeat"], path), "task": t})
+    return list(points.values())
 
 
 def mask_variant():

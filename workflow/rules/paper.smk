@@ -217,7 +217,8 @@ rule paper_table8_runtime:
     params:
         code=item_digest("table8_runtime"),
         inputs=labelled((name, f) for name, (files, _) in runtime_rows().items() for f in files),
-        options=shlex.quote(options_json({"iterations": {name: it for name, (_, it) in runtime_rows().items()}})),
+        options=shlex.quote(options_json({"iterations": {name: it for name, (_, it) in runtime_rows().items()},
+                                          "runs": runtime_runs()})),
         prefix=lambda w, output: output.html.rsplit(".", 1)[0],
     threads: 1
     resources:

@@ -26,7 +26,7 @@ rule score:
 
 
 # One credible set per sampler and ratio (the config's select section picks the default
-# CALM's; the ablations sweep the rest).
+# CALM's; the ablations sweep the rest), drawn with select.seed.
 rule select:
     input:
         "results/scores/{task}.parquet",
@@ -42,3 +42,13 @@ rule select:
     shell:
         "python -m calm select --scores {input} --out {output} --sampler {wildcards.sampler} "
         "--ratio {wildcards.ratio} --seed {params.seed} 2> {log}"
+
+
+# The sampler sweep's repeats draw their credible sets with other seeds (calm/sweeps.py).
+use rule select as select_seeded with:
+    output:
+        "results/credible/{sampler}-{ratio}-s{seed}/{task}.parquet",
+    params:
+        seed=lambda w: int(w.seed),
+    log:
+        "logs/select/{sampler}-{ratio}-s{seed}/{task}.log",
