@@ -156,8 +156,8 @@ def sampling_ratio(samplers: pd.DataFrame, sampler: str = "cb_ems") -> Figure:
     avg = _mean_std(_average_rows(frame, ["ratio"], "accuracy"), ["ratio"], "accuracy")
     repeated = bool((avg["n"] > 1).any())
     ax.errorbar(avg["ratio"], avg["mean"], yerr=avg["std"] if repeated else None, marker="s", linewidth=2.2,
-                capsize=3, color=AVERAGE_COLOUR, label="Average" + (" (mean ± s.d.\nwhere repeated)" if repeated else ""),
-                zorder=5)
+                capsize=3, color=AVERAGE_COLOUR, zorder=5,
+                label="Average" + (" (mean ± s.d.\nwhere repeated)" if repeated else ""))
     ax.set_xlabel(f"Sampling ratio of {SAMPLERS.get(sampler, sampler)} (%)")
     ax.set_ylabel("Test accuracy (%)")
     ax.set_xticks(sorted(frame["ratio"].unique()))
@@ -178,9 +178,9 @@ def sampler_comparison(samplers: pd.DataFrame) -> Figure:
     repeated = stats[stats["n"] > 1]
     fig = Figure(figsize=(9.4 if len(repeated) else 6.0, 3.4), layout="constrained")
     if len(repeated):
-        ax, bars = fig.subplots(1, 2, width_ratios=[1.7, 1])
+        ax, seeds = fig.subplots(1, 2, width_ratios=[1.7, 1])
     else:
-        ax, bars = fig.add_subplot(), None
+        ax, seeds = fig.add_subplot(), None
     for i, name in enumerate(order):
         s = stats[stats["sampler"] == name]
         ax.errorbar(s["ratio"], s["mean"], yerr=s["std"] if (s["n"] > 1).any() else None, marker="os^Dv"[i % 5],
@@ -188,34 +188,35 @@ def sampler_comparison(samplers: pd.DataFrame) -> Figure:
     ax.set_xlabel("Sampling ratio (%)")
     ax.set_ylabel("Average test accuracy (%)" + (" (mean ± s.d.)" if len(repeated) else ""))
     ax.set_xticks(sorted(runs["ratio"].unique()))
-    if bars is None:
+    if seeds is None:
         _legend_right(ax)
         return fig
     ax.set_title("(a) Against the sampling ratio")
     ax.legend(loc="lower right")
     # the ratio where the most runs were repeated (ties: the highest ratio)
     ratio = repeated.sort_values(["n", "ratio"]).iloc[-1]["ratio"]
-    at = stats[stats["ratio"] == ratio].set_index("sampler").reindex([s for s in order if s in set(
-        stats[stats["ratio"] == ratio]["sampler"])])
+    at = stats[stats["ratio"] == ratio].set_index("sampler")
+    at = at.loc[[s for s in order if s in at.index]]
     x = np.arange(len(at))
     colours = [PALETTE[order.index(s) % len(PALETTE)] for s in at.index]
     # points, not bars: the axis does not start at 0
     for j, name in enumerate(at.index):
-        bars.errorbar(x[j] + 0.12, at.loc[name, "mean"], yerr=at.loc[name, "std"], marker="os^Dv"[order.index(name) % 5],
-                      markersize=7, capsize=5, linewidth=1.8, color=colours[j], label="mean ± s.d." if j == 0 else None)
+        seeds.errorbar(x[j] + 0.12, at.loc[name, "mean"], yerr=at.loc[name, "std"], color=colours[j],
+                       marker="os^Dv"[order.index(name) % 5], markersize=7, capsize=5, linewidth=1.8,
+                       label="mean ± s.d." if j == 0 else None)
         one = runs[(runs["sampler"] == name) & (runs["ratio"] == ratio)]["accuracy"].to_numpy(float)
-        bars.scatter(np.full(len(one), x[j] - 0.12), one, s=14, color=colours[j], alpha=0.6, edgecolor="none",
-                     label="one run" if j == 0 else None)
+        seeds.scatter(np.full(len(one), x[j] - 0.12), one, s=14, color=colours[j], alpha=0.6, edgecolor="none",
+                      label="one run" if j == 0 else None)
     short = {**SAMPLERS, "supervised": "Supervised"}  # the long name is in panel (a)'s legend
-    bars.set_xticks(x, [f"{short.get(s, s)}\n({int(n)} run{'s' * (n > 1)})" for s, n in zip(at.index, at["n"])])
+    seeds.set_xticks(x, [f"{short.get(s, s)}\n({int(n)} run{'s' * (n > 1)})" for s, n in zip(at.index, at["n"])])
     low = float(np.nanmin([runs[runs["ratio"] == ratio]["accuracy"].min(), (at["mean"] - at["std"]).min()]))
     high = float(np.nanmax([runs[runs["ratio"] == ratio]["accuracy"].max(), (at["mean"] + at["std"]).max()]))
-    bars.set_ylim(np.floor(low) - 1, np.ceil(high) + 1)
-    bars.set_xlim(-0.6, len(at) - 0.4)
-    bars.set_ylabel("Average test accuracy (%)")
-    bars.set_title(f"(b) At ratio {ratio:g} %: mean ± s.d. over seeds")
-    bars.grid(axis="x", visible=False)
-    bars.legend(loc="upper right")
+    seeds.set_ylim(np.floor(low) - 1, np.ceil(high) + 1)
+    seeds.set_xlim(-0.6, len(at) - 0.4)
+    seeds.set_ylabel("Average test accuracy (%)")
+    seeds.set_title(f"(b) At ratio {ratio:g} %: mean ± s.d. over seeds")
+    seeds.grid(axis="x", visible=False)
+    seeds.legend(loc="upper right")
     return fig
 
 

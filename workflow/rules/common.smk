@@ -292,7 +292,8 @@ def runtime_rows():
 def runtime_runs():
     """Table 8: each benchmark file of the order sweep -> its run (the variant); the files a row
     reads that no run names form one run together."""
-    return {step_benchmark(r["variant"], k): r["variant"] for r in sweep_rows("n_seq") for k in range(1, r["n_seq"] + 1)}
+    return {step_benchmark(r["variant"], k): r["variant"]
+            for r in sweep_rows("n_seq") for k in range(1, r["n_seq"] + 1)}
 
 
 def labelled(pairs):
