@@ -244,8 +244,9 @@ class AblationsConfig(Section):
     ratios: list[float] = Field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9, 1.0], min_length=1,
                                 description="Sampling ratios of the sampler sweep, each in (0, 1].")
     sampler_repeats: int = Field(
-        3, gt=0, description="Runs of each sampler at select.ratio, repeat k with calm.seed + k and select.seed + k "
-        "(k = 0 is the sweep's own run); their spread is the error bar of Figs 4 and 5.")
+        3, gt=0, description="Runs of each sampler at select.ratio: repeat k adds k to calm.seed and, for the "
+        "samplers that draw at random (supervised, random), to select.seed (k = 0 is the sweep's own run); their "
+        "spread is the error bar of Figs 4 and 5.")
     n_seq: list[int] | None = Field(None, description="|S̄| values of the order sweep (null: 1 … T−1).")
     orders: int = Field(3, gt=0, description="Seeded random task permutations per |S̄| (the first seeds from 0 "
                         "whose S̄ differ).")

@@ -266,7 +266,7 @@ def calm_traces():
 def runtime_rows():
     """Table 8: row name -> (Snakemake benchmark files whose `s` add up to one run of the row,
     iterations). A row over several runs (CALM at one |S̄| over the order sweep's orders) is the
-    mean of its runs; RUNTIME_RUNS names each file's run. CALM's rows: each step of the main run,
+    mean of its runs; runtime_runs() names each file's run. CALM's rows: each step of the main run,
     all of them, then each |S̄| of the order sweep."""
     it = CFG.calm.iterations
     steps = calm_steps()
