@@ -40,7 +40,6 @@ VARIANTS, SWEEPS = sweeps.plan(CFG)
 
 wildcard_constraints:
     task="|".join(TASKS),
-    lam=r"[0-9.]+",
     k=r"[0-9]+",
     variant="|".join(re.escape(v) for v in VARIANTS),
     sampler="cb_ems|ems|supervised|random",
@@ -193,8 +192,8 @@ def table_rows():
         if method not in CFG.baselines.methods:
             continue
         if method == "task_arithmetic":
-            rows[f"Task arithmetic (λ={TA_LAMBDA})"] = f"results/eval/task_arithmetic_lam{TA_LAMBDA}.parquet"
-            rows.update({f"Task arithmetic λ={lam}": f"results/eval/task_arithmetic_lam{lam}.parquet" for lam in LAMBDAS})
+            rows[f"Task arithmetic (λ={TA_LAMBDA})"] = TA_EVALS[TA_LAMBDA]
+            rows.update({f"Task arithmetic λ={lam}": TA_EVALS[lam] for lam in LAMBDAS})
         else:
             rows[spec.label] = f"results/eval/baseline_{method}.parquet"
     rows["CALM"] = "results/eval/calm.parquet"
