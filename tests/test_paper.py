@@ -3,6 +3,8 @@ layouts for the tables; a non-empty PNG and PDF for every figure; the registry's
 checks and code digests."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 from matplotlib.collections import PathCollection
@@ -265,6 +267,57 @@ def test_digest_follows_a_change_to_the_function_or_the_helpers_it_uses(tmp_path
     assert f1 != f0 and g1 == g0
     f2, _ = digests(source.replace("def f():", "# a comment\ndef f():"))  # comments are not code
     assert f2 == f0
+
+
+def test_digest_follows_helpers_imported_from_other_modules_of_the_project(tmp_path):
+    # A package laid out like calm/paper: the item's module imports a helper by name, a module
+    # (then uses module.attr) and, relatively, a renderer; numpy stands for third-party code.
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    for init in (pkg / "__init__.py", pkg / "sub" / "__init__.py"):
+        init.write_text("")
+    (pkg / "helpers.py").write_text("def labels():\n    return 1\n\ndef unused():\n    return 0\n")
+    (pkg / "render.py").write_text("def to_md():\n    return 'md'\n")
+    (pkg / "sub" / "items.py").write_text(
+        "import numpy as np\nfrom pkg.helpers import labels\nfrom pkg import render\nfrom ..helpers import unused\n\n"
+        "def fig():\n    return labels(), np.pi\n\ndef table():\n    return render.to_md()\n\ndef other():\n    return unused()\n")
+
+    def digests():
+        return {n: registry.source_digest(pkg / "sub" / "items.py", [n]) for n in ("fig", "table", "other")}
+
+    d0 = digests()
+    (pkg / "helpers.py").write_text("def labels():\n    return 2\n\ndef unused():\n    return 0\n")
+    d1 = digests()
+    assert d1["fig"] != d0["fig"] and d1["table"] == d0["table"] and d1["other"] == d0["other"]
+    (pkg / "render.py").write_text("def to_md():\n    return 'markdown'\n")
+    d2 = digests()
+    assert d2["table"] != d1["table"] and d2["fig"] == d1["fig"] and d2["other"] == d1["other"]
+    (pkg / "helpers.py").write_text("def labels():\n    return 2\n\ndef unused():\n    return 5\n")
+    d3 = digests()
+    assert d3["other"] != d2["other"] and d3["fig"] == d2["fig"]
+
+
+def test_editing_step_labels_or_a_renderer_changes_the_digest_of_the_items_that_use_them(tmp_path):
+    # A copy of the package, so that the real files are not edited.
+    import shutil
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "calm", tmp_path / "calm", ignore=shutil.ignore_patterns("__pycache__"))
+    figures_py, tables_py = tmp_path / "calm/paper/figures.py", tmp_path / "calm/paper/tables.py"
+
+    def digest(module, builder, writer):
+        return registry.source_digest(module, [builder, writer])
+
+    fig7 = digest(figures_py, "layer_heatmap", "save_figure")
+    fig6 = digest(figures_py, "sequential_count", "save_figure")
+    table3 = digest(tables_py, "strategies", "write_table")
+    text = tables_py.read_text()
+    tables_py.write_text(text.replace("def step_labels(frame: pd.DataFrame) -> dict[tuple, str]:\n",
+                                      "def step_labels(frame: pd.DataFrame) -> dict[tuple, str]:\n    frame = frame.copy()\n"))
+    assert digest(figures_py, "layer_heatmap", "save_figure") != fig7
+    assert digest(figures_py, "sequential_count", "save_figure") == fig6  # does not use step_labels
+    renderers = tmp_path / "calm/tables.py"
+    renderers.write_text(renderers.read_text().replace("def to_markdown(", "def to_markdown(*_unused, "))
+    assert digest(tables_py, "strategies", "write_table") != table3
 
 
 def test_every_item_has_a_digest_and_a_caption_that_renders_cleanly():

@@ -120,39 +120,118 @@ def make(name: str, inputs: list[str], out_prefix: str | Path, options: dict | N
 
 # --- code digest -----------------------------------------------------------------------------
 
-def _top_level(tree: ast.Module) -> dict[str, ast.AST]:
-    names: dict[str, ast.AST] = {}
+def _package_root(path: Path) -> Path:
+    """The folder that holds the file's top-level package (the first folder without __init__.py)."""
+    root = path.parent
+    while (root / "__init__.py").exists():
+        root = root.parent
+    return root
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _module_file(name: str, root: Path) -> Path | None:
+    base = root.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+@dataclass
+class _Module:
+    """What the digest needs of one source file: its top-level definitions, and the names it
+    imports from its own project (name -> (module, attribute), attribute None for a module)."""
+
+    defs: dict[str, ast.AST]
+    imports: dict[str, tuple[str, str | None]]
+
+
+def _read_module(path: Path, root: Path) -> _Module:
+    tree = ast.parse(path.read_text())
+    own = _module_name(path, root)
+    package = own if path.name == "__init__.py" else own.rpartition(".")[0]
+    top = own.split(".")[0]
+    defs: dict[str, ast.AST] = {}
+    imports: dict[str, tuple[str, str | None]] = {}
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names[node.name] = node
+            defs[node.name] = node
         elif isinstance(node, (ast.Assign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             for t in targets:
                 if isinstance(t, ast.Name):
-                    names[t.id] = node
-    return names
+                    defs[t.id] = node
+        elif isinstance(node, ast.ImportFrom):
+            parts = package.split(".")
+            base = parts[: len(parts) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            if module.split(".")[0] != top:
+                continue  # third-party code is pinned by requirements.txt, not digested
+            for alias in node.names:
+                sub = f"{module}.{alias.name}"
+                as_module = _module_file(sub, root) is not None
+                imports[alias.asname or alias.name] = (sub, None) if as_module else (module, alias.name)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == top and alias.asname:
+                    imports[alias.asname] = (alias.name, None)
+    return _Module(defs, imports)
 
 
 def source_digest(path: str | Path, names: list[str]) -> str:
     """sha256 (12 hex digits) of the source of `names` in the module file at `path` and of
-    every top-level name of that module they use, directly or through each other."""
-    text = Path(path).read_text()
-    defs = _top_level(ast.parse(text))
-    missing = [n for n in names if n not in defs]
+    every top-level name they use, directly or through each other: names of the same module,
+    and names imported from the same project (`from pkg.m import f`, or `from pkg import m`
+    then `m.f`), followed into their modules. So editing a helper in another module of the
+    project changes the digest of exactly the items that call it."""
+    path = Path(path).resolve()
+    root = _package_root(path)
+    modules: dict[Path, _Module] = {}
+
+    def module(file: Path) -> _Module:
+        if file not in modules:
+            modules[file] = _read_module(file, root)
+        return modules[file]
+
+    missing = [n for n in names if n not in module(path).defs]
     if missing:
         raise ValueError(f"{path}: no top-level {missing}")
-    seen: list[str] = []
-    todo = list(names)
+    seen: list[tuple[Path, str]] = []
+    todo = [(path, n) for n in names]
+
+    def follow(file: Path, name: str, attr: str | None = None) -> None:
+        """Queue the definition that `name` (or `name.attr`, for a module) in `file` refers to."""
+        mod = module(file)
+        if name in mod.defs:
+            todo.append((file, name))
+        elif name in mod.imports:
+            target, imported = mod.imports[name]
+            target_file = _module_file(target, root)
+            if target_file is not None and (imported or attr):
+                follow(target_file, imported or attr)
+
     while todo:
-        n = todo.pop(0)
-        if n in seen:
+        file, n = todo.pop(0)
+        if (file, n) in seen:
             continue
-        seen.append(n)
-        used = {x.id for x in ast.walk(defs[n]) if isinstance(x, ast.Name)}
-        todo += sorted(u for u in used if u in defs and u not in seen)
+        seen.append((file, n))
+        for x in ast.walk(module(file).defs[n]):
+            if isinstance(x, ast.Attribute) and isinstance(x.value, ast.Name):
+                follow(file, x.value.id, x.attr)
+            elif isinstance(x, ast.Name):
+                follow(file, x.id)
     digest = hashlib.sha256()
-    for node in sorted({id(defs[n]): defs[n] for n in seen}.values(), key=lambda d: d.lineno):
-        digest.update(ast.dump(node, include_attributes=False).encode())
+    # The item's own module first, hashed as before other modules were followed.
+    for file in sorted({f for f, _ in seen}, key=lambda f: (f != path, str(f))):
+        if file != path:
+            digest.update(_module_name(file, root).encode())
+        nodes = {id(module(file).defs[n]): module(file).defs[n] for f, n in seen if f == file}
+        for node in sorted(nodes.values(), key=lambda d: d.lineno):
+            digest.update(ast.dump(node, include_attributes=False).encode())
     return digest.hexdigest()[:12]
 
 
