@@ -13,6 +13,7 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ class Item:
     builder: str
     columns: tuple[str, ...]  # what every input file must hold
     label: str | None = None  # None: one input file; else LABEL=PATH inputs stacked under this column
+    title: str | None = None  # its label in the report; None: the paper's number, from its name
 
     @property
     def kind(self) -> str:
@@ -37,7 +39,8 @@ ITEMS: dict[str, Item] = {
     "table3_strategy": Item("tables", "strategies", ("strategy", "task", "accuracy")),
     "table4_lr": Item("tables", "lr_sweep", ("lr", "task", "accuracy")),
     "table5_alpha": Item("tables", "alpha_sweep", ("alpha", "task", "accuracy")),
-    "table_switches": Item("tables", "switches", ("grad_reduction", "regulariser", "task", "accuracy")),
+    "table_switches": Item("tables", "switches", ("grad_reduction", "regulariser", "task", "accuracy"),
+                           title="Update switches"),
     "table7_topk": Item("tables", "magnitude_ranks", ("step", "task", "top_percent", "share")),
     "table8_runtime": Item("tables", "run_times", ("s",), label="method"),
     "fig3_normalised": Item("figures", "normalised_accuracy", ("method", "Avg")),
@@ -53,6 +56,14 @@ ITEMS: dict[str, Item] = {
 }
 TABLES = [name for name, item in ITEMS.items() if item.kind == "table"]
 FIGURES = [name for name, item in ITEMS.items() if item.kind == "figure"]
+
+
+def report_label(name: str) -> str:
+    """The item's label in the Snakemake report: the paper's numbering ("Table 1", "Fig. 3")."""
+    if _item(name).title:
+        return _item(name).title
+    number = re.fullmatch(r"(table|fig)(\d+)_\w+", name)
+    return f"{'Table' if number.group(1) == 'table' else 'Fig.'} {number.group(2)}"
 
 
 def _item(name: str) -> Item:

@@ -10,6 +10,7 @@ from calm.ablations import MASK_ROWS
 from calm.cli import interpreter_first_on_path, render_flags
 from calm.config import Config
 from calm.merging import METHODS
+from calm.paper.registry import ITEMS, item_digest, options_json, report_label
 
 # The typed config re-checks what the JSON schema cannot (cross-key rules such as
 # calm.sequential ⊆ data.tasks) before any job starts.
@@ -363,3 +364,76 @@ def paths(points):
 
 def quoted(points):
     return shlex.quote(json.dumps(points, ensure_ascii=False))
+
+
+# --- paper items (workflow/rules/paper.smk) -------------------------------------------
+
+
+# Items that read one ablation sweep's tidy table.
+SWEEP_TABLE = {
+    "table2_mask_analysis": "mask_analysis",
+    "table3_strategy": "strategy",
+    "table4_lr": "lr",
+    "table5_alpha": "alpha",
+    "table_switches": "switches",
+    "table7_topk": "topk",
+    "fig4_ratio": "samplers",
+    "fig5_samplers": "samplers",
+    "fig6_n_seq": "n_seq",
+    "fig7_layers": "layers",
+    "fig8_pseudo_labels": "pseudo_labels",
+    "fig11_trace_accuracy": "trace_accuracy",
+}
+
+
+def paper_sources(name):
+    """(input files, LABEL=PATH pairs or None, options or None) of one item."""
+    if name in SWEEP_TABLE:
+        return [f"results/ablations/{SWEEP_TABLE[name]}.csv"], None, None
+    if name in ("table1_main", "fig3_normalised"):
+        return [rules.table.output.csv], None, None
+    if name == "table8_runtime":
+        rows = runtime_rows()
+        pairs = [(row, f) for row, (files, _) in rows.items() for f in files]
+        options = {"iterations": {row: it for row, (_, it) in rows.items()}, "runs": runtime_runs()}
+        return [f for _, f in pairs], pairs, options
+    if name == "fig9_entropy":
+        pairs = [(t, f"results/scores/{t}.parquet") for t in TASKS]
+    elif name == "fig12_active_fraction":
+        pairs = list(calm_traces().items())
+    else:
+        raise ValueError(f"paper item '{name}' has no inputs in workflow/rules/paper.smk")
+    return [f for _, f in pairs], pairs, None
+
+
+def paper_outputs(name):
+    """A table as HTML (in the report), CSV, Markdown and LaTeX; a figure as PNG (in the report) and PDF."""
+    kind = ITEMS[name].kind
+    folder = f"results/paper/{kind}s/{name}"
+    shown, *others = ("html", "csv", "md", "tex") if kind == "table" else ("png", "pdf")
+    category = "Paper tables" if kind == "table" else "Paper figures"
+    outputs = {shown: report(f"{folder}.{shown}", caption=f"../report/paper/{name}.rst", category=category,
+                             labels={"item": report_label(name)})}
+    return outputs | {ext: f"{folder}.{ext}" for ext in others}
+
+
+def paper_params(name):
+    """The rule's params; --inputs and --options only for the items that need them, so that the
+    others' params are the plain ones."""
+    _, pairs, options = paper_sources(name)
+    shown = "html" if ITEMS[name].kind == "table" else "png"
+    params = {"code": item_digest(name)}
+    if pairs is not None:
+        params["inputs"] = labelled(pairs)
+    if options is not None:
+        params["options"] = shlex.quote(options_json(options))
+    params["prefix"] = lambda w, output, shown=shown: getattr(output, shown).rsplit(".", 1)[0]
+    return params
+
+
+def paper_shell(name):
+    _, pairs, options = paper_sources(name)
+    inputs = "{input}" if pairs is None else "{params.inputs}"
+    options = "" if options is None else " --options {params.options}"
+    return (f"python -m calm paper-{ITEMS[name].kind} {name} --inputs {inputs}{options} "
+            "--out-prefix {params.prefix} > {log} 2>&1")
