@@ -1,4 +1,4 @@
-"""The baselines' maths against values worked out by hand on tiny tensors (DESIGN.md §3)."""
+"""The baselines' maths against values worked out by hand on tiny tensors (docs/design.md §3)."""
 from __future__ import annotations
 
 import typing

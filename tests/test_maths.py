@@ -1,4 +1,4 @@
-"""The merging maths against values worked out by hand (DESIGN.md §2)."""
+"""The merging maths against values worked out by hand (docs/design.md §1–§2)."""
 from __future__ import annotations
 
 import math

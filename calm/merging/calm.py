@@ -1,4 +1,4 @@
-"""CALM: efficient-aware split plus consensus-aware mask optimisation (DESIGN.md §2).
+"""CALM: efficient-aware split plus consensus-aware mask optimisation (docs/design.md §1–§2).
 
 The loop never rebuilds a module: each iteration forms θ = θ0 + mix(τ_prev, τ_j, σ(R)) as
 plain tensors, runs each batch through the family's functional forward, and lets the

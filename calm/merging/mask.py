@@ -1,7 +1,8 @@
 """CALM's mask maths as pure functions over name -> tensor dicts.
 
 R are real-valued mask logits with the shape of the model; the soft mask is σ(R) and the
-binary mask round(σ(R)) = (R > 0). See DESIGN.md §2 for what the official code does.
+binary mask round(σ(R)) = (R > 0). docs/design.md §2 says where the authors' code departs
+from the paper, and which switch gives which.
 """
 from __future__ import annotations
 
