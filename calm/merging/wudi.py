@@ -8,23 +8,27 @@ layer saw while fine-tuning on task t, so they stand in for that data: the merge
     L(τ_m) = Σ_t ‖(τ_m − τ_t) τ_tᵀ‖²_F / ‖τ_t‖²_F.
 
 With w_t = 1 / ‖τ_t‖²_F and G_t = τ_tᵀ τ_t (in × in),
-L = Σ_t w_t tr((τ_m − τ_t) G_t (τ_m − τ_t)ᵀ), a convex quadratic with gradient 2 (τ_m A − B), A = Σ_t w_t G_t, B = Σ_t w_t τ_t G_t. The
-gradient is computed in that form (one out × in × in product per step, instead of the
-authors' T products of out × in × out plus autograd), which is the same gradient.
+L = Σ_t w_t tr((τ_m − τ_t) G_t (τ_m − τ_t)ᵀ), a convex quadratic with gradient 2 (τ_m A − B),
+A = Σ_t w_t G_t, B = Σ_t w_t τ_t G_t. The gradient is computed in that form (one
+out × in × in product per step, instead of the authors' T products of out × in × out plus
+autograd), which is the same gradient.
 
 solver="adam" (the authors' code, nathanielyvo/WUDI-Merging, vit/wudi_main.py): τ_m starts
-at Σ_t τ_t and takes `steps` Adam steps (lr, no weight decay). Adam moves each entry by
-at most about lr per step, so τ_m stays within steps · lr of the task-arithmetic sum (λ = 1)
-in every entry (3·10⁻³ at the defaults); whether it gets to the minimum depends on the task
-vectors' scale, so lr and steps are part of the method, not just of its solver. solver="closed_form": the minimiser itself, τ_m = B A⁺ (the normal equations
-τ_m A = B; A⁺ its pseudo-inverse; the rows of every τ_t lie in A's range, so this is also
-where gradient descent from Σ_t τ_t ends up). It is not in the authors' code.
+at Σ_t τ_t and takes `steps` Adam steps (lr, no weight decay). Adam moves each entry by at
+most about lr per step, so τ_m stays within steps · lr of the task-arithmetic sum (λ = 1) in
+every entry (3·10⁻³ at the defaults); whether it gets to the minimum depends on the task
+vectors' scale, so lr and steps are part of the method, not just of its solver.
+solver="closed_form": the minimiser itself, τ_m = B A⁺ (the normal equations τ_m A = B; A⁺
+its pseudo-inverse; the rows of every τ_t lie in A's range, so this is also where plain
+gradient descent from Σ_t τ_t ends up). It is not in the authors' code.
 
 Which tensors: the authors' ViT code optimises only the transformer blocks' linear weights
 and leaves every other tensor at its pre-trained value (others="zero"); FusionBench's port
 optimises every 2-D tensor and averages the rest (others="mean", exclude=()). Here a linear
 weight is a 2-D tensor whose name contains none of `exclude`; the default excludes
-embeddings, which are 2-D but whose rows are tokens or positions, not inputs. A task whose
+embeddings, which are 2-D but whose rows are tokens or positions, not inputs (a final 2-D
+projection such as open_clip's visual.proj does count, where the authors' code leaves it
+out; add it to `exclude` to match). A task whose
 τ_t is zero on a layer has no term there (its 0/0 weight is taken as 0). No α: the method
 has no scaling coefficient.
 
