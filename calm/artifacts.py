@@ -10,9 +10,9 @@ from safetensors import SafetensorError, safe_open
 
 from calm.checkpoints import read_safetensors
 from calm.io import read_json, write_tensors
+from calm.vectors import StateDict
 
 SPLITS = ("train", "pool", "test")
-StateDict = dict[str, torch.Tensor]
 
 
 def task_meta(data_dir: str | Path) -> dict:

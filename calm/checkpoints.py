@@ -23,11 +23,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from calm.vectors import check_compatible
+from calm.vectors import StateDict, check_compatible
 
 log = logging.getLogger("calm")
 
-StateDict = dict[str, torch.Tensor]
 TORCH_SUFFIXES = (".bin", ".pt", ".pth")
 
 

@@ -14,8 +14,8 @@ if TYPE_CHECKING:
 
 from calm.checkpoints import check_state, read_checkpoint_dir
 from calm.io import atomic_dir
+from calm.vectors import StateDict
 
-StateDict = dict[str, torch.Tensor]
 Batch = dict[str, torch.Tensor]
 # A task head: one tensor (class embeddings of the prompt-head families) or named tensors (a
 # classifier taken from a fine-tuned checkpoint, e.g. RoBERTa's dense + out_proj).

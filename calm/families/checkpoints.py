@@ -17,12 +17,10 @@ import torch
 from calm.checkpoints import check_finite
 from calm.checkpoints import read_checkpoint_dir as read_tensors
 from calm.io import atomic_dir, write_tensors
-from calm.vectors import check_compatible
+from calm.vectors import StateDict, check_compatible
 
 
 __all__ = ["read_tensors", "pick", "selected", "fetch_checkpoint", "check_finite"]
-
-StateDict = dict[str, torch.Tensor]
 
 
 def selected(names: Iterable[str], prefixes: Sequence[str]) -> list[str]:

@@ -16,8 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from calm.merging.calm import LossTerm
+from calm.vectors import StateDict
 
-StateDict = dict[str, torch.Tensor]
 Granularity = Literal["task", "layer"]
 
 

@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 from calm.config import CalmConfig
 from calm.merging.mask import (active_fraction, binarise, commit, dmix_dm, init_mask_logits, mix,
                                update_logits)
+from calm.vectors import StateDict
 
-StateDict = dict[str, torch.Tensor]
 # One term of the objective: a named batch loss as a function of the merged parameters.
 LossTerm = tuple[str, Callable[[StateDict], torch.Tensor]]
 CHUNK = 1 << 20

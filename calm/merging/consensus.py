@@ -12,9 +12,7 @@ from typing import Literal, Mapping, Sequence
 import torch
 
 from calm.merging.ties import ties_vector
-from calm.vectors import weighted_sum
-
-StateDict = dict[str, torch.Tensor]
+from calm.vectors import StateDict, weighted_sum
 
 
 def tall_masks(vectors: Sequence[Mapping[str, torch.Tensor]], merged: Mapping[str, torch.Tensor],

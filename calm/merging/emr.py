@@ -30,7 +30,7 @@ from typing import Literal, Mapping, Sequence
 
 import torch
 
-StateDict = dict[str, torch.Tensor]
+from calm.vectors import StateDict
 
 
 @dataclass(frozen=True)

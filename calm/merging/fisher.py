@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-StateDict = dict[str, torch.Tensor]
+from calm.vectors import StateDict
 
 
 def diagonal_fisher(params: Mapping[str, torch.Tensor], example_losses: Iterable[Callable[[StateDict], torch.Tensor]],

@@ -14,9 +14,7 @@ import torch
 
 from calm.config import CalmConfig
 from calm.merging.calm import LossTerm, MaskResult, optimise_mask
-from calm.vectors import zeros_like
-
-StateDict = dict[str, torch.Tensor]
+from calm.vectors import StateDict, zeros_like
 
 
 def localize(theta0: Mapping[str, torch.Tensor], tau: Mapping[str, torch.Tensor],

@@ -11,7 +11,8 @@ from typing import Literal, Mapping
 import numpy as np
 import torch
 
-StateDict = dict[str, torch.Tensor]
+from calm.vectors import StateDict
+
 Strategy = Literal["both", "only_m", "only_1m"]
 
 

@@ -13,8 +13,7 @@ from typing import Mapping, Sequence
 import torch
 
 from calm.merging.weight_averaging import weight_averaging
-
-StateDict = dict[str, torch.Tensor]
+from calm.vectors import StateDict
 
 
 def reduce_off_diagonal(gram: torch.Tensor, alpha: float) -> torch.Tensor:

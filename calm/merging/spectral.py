@@ -11,9 +11,7 @@ from typing import Callable, Literal, Mapping, Sequence
 import torch
 
 from calm.merging.weight_averaging import weight_averaging
-from calm.vectors import zeros_like
-
-StateDict = dict[str, torch.Tensor]
+from calm.vectors import StateDict, zeros_like
 
 
 def is_matrix(name: str, tensor: torch.Tensor, exclude: Sequence[str] = ()) -> bool:

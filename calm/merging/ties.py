@@ -10,7 +10,7 @@ from typing import Literal, Mapping, Sequence
 
 import torch
 
-StateDict = dict[str, torch.Tensor]
+from calm.vectors import StateDict
 
 
 def trim(tau: Mapping[str, torch.Tensor], k: float) -> StateDict:

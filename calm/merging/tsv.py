@@ -31,8 +31,7 @@ from typing import Mapping, Sequence
 import torch
 
 from calm.merging.spectral import merge_matrices, polar, working
-
-StateDict = dict[str, torch.Tensor]
+from calm.vectors import StateDict
 
 
 def tsv_matrix(matrices: Sequence[torch.Tensor]) -> torch.Tensor:

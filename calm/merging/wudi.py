@@ -42,8 +42,7 @@ from typing import Literal, Mapping, Sequence
 import torch
 
 from calm.merging.spectral import merge_matrices
-
-StateDict = dict[str, torch.Tensor]
+from calm.vectors import StateDict
 
 
 def interference_terms(matrices: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
