@@ -11,7 +11,7 @@ from typing import Mapping
 import pandas as pd
 import torch
 
-from calm.evaluate import accuracy, normalised
+from calm.metrics import accuracy, normalised
 
 # Paper Table 2: the six models of the mask analysis, named after their parameters.
 MASK_ROWS = {

@@ -253,7 +253,7 @@ def cmd_apply(a):
 
 
 def cmd_evaluate(a):
-    from calm.evaluate import accuracy
+    from calm.metrics import accuracy
     from calm.stages import evaluate
     frame = evaluate(_family(a), _pairs(a.models, "--models"), _pairs(a.inputs, "--inputs"),
                      _pairs(a.heads, "--heads"), a.batch_size, a.out)
@@ -261,7 +261,7 @@ def cmd_evaluate(a):
 
 
 def cmd_evaluate_task_arithmetic(a):
-    from calm.evaluate import accuracy, average
+    from calm.metrics import accuracy, average
     from calm.stages import evaluate_task_arithmetic
     frames = evaluate_task_arithmetic(_family(a), a.models, _pairs(a.outs, "--outs"), _pairs(a.inputs, "--inputs"),
                                       _pairs(a.heads, "--heads"), a.batch_size)
@@ -272,7 +272,7 @@ def cmd_evaluate_task_arithmetic(a):
 def cmd_table(a):
     import pandas as pd
 
-    from calm.tables import write_results
+    from calm.results_table import write_results
 
     rows = {name: pd.read_parquet(path) for name, path in _pairs(a.eval, "--eval").items()}
     print(write_results(rows, a.out_prefix, sweep_prefix=a.sweep_prefix, insert_best_after=a.insert_best_after,

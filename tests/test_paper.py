@@ -11,7 +11,7 @@ from matplotlib.collections import PathCollection
 
 from calm.paper import figures, registry
 from calm.paper import tables as pt
-from calm.tables import to_latex, to_markdown
+from calm.render import to_latex, to_markdown
 
 
 def sweep_frame(key: str, values: dict, with_average: bool = True) -> pd.DataFrame:
@@ -315,7 +315,7 @@ def test_editing_step_labels_or_a_renderer_changes_the_digest_of_the_items_that_
                                       "def step_labels(frame: pd.DataFrame) -> dict[tuple, str]:\n    frame = frame.copy()\n"))
     assert digest(figures_py, "layer_heatmap", "save_figure") != fig7
     assert digest(figures_py, "sequential_count", "save_figure") == fig6  # does not use step_labels
-    renderers = tmp_path / "calm/tables.py"
+    renderers = tmp_path / "calm/render.py"
     renderers.write_text(renderers.read_text().replace("def to_markdown(", "def to_markdown(*_unused, "))
     assert digest(tables_py, "strategies", "write_table") != table3
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from calm.io import atomic_path, write_text
-from calm.tables import to_html, to_latex, to_markdown
+from calm.render import to_html, to_latex, to_markdown
 
 AVERAGE = "average"
 REFERENCES = ("Pretrained", "Individual")  # never marked best: lower and upper references

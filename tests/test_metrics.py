@@ -4,8 +4,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from calm.evaluate import accuracy, normalised, paired_bootstrap
-from calm.tables import best_of, results_table, to_markdown
+from calm.metrics import accuracy, normalised, paired_bootstrap
+from calm.render import to_markdown
+from calm.results_table import best_of, results_table
 
 
 def preds(task_correct: dict[str, list[int]]) -> pd.DataFrame:
@@ -37,6 +38,22 @@ def test_bootstrap_when_one_method_is_always_better():
     assert ci["low"] == pytest.approx(0.5) and ci["high"] == pytest.approx(0.5)
 
 
+def test_bootstrap_pairs_examples_by_id_not_by_row_position():
+    # The same predictions, b's rows in another order: each example is still paired with itself.
+    a = pd.DataFrame({"task": ["t"] * 4, "idx": [0, 1, 2, 3], "label": [1] * 4, "pred": [1, 0, 1, 0]})
+    ci = paired_bootstrap(a, a.iloc[[3, 1, 0, 2]], n=100)
+    assert ci["difference"] == 0 and ci["low"] == 0 and ci["high"] == 0
+
+
+def test_bootstrap_refuses_files_whose_examples_differ():
+    a = pd.DataFrame({"task": ["t"] * 3, "idx": [0, 1, 2], "label": [1] * 3, "pred": [1, 1, 1]})
+    b = a.assign(idx=[0, 1, 7])
+    with pytest.raises(ValueError, match=r"task t: the two predictions files hold different examples .*id \[2, 7\]"):
+        paired_bootstrap(a, b, n=10)
+    with pytest.raises(ValueError, match="appears twice"):
+        paired_bootstrap(a, a.assign(idx=[0, 1, 1]), n=10)
+
+
 def test_table_rows_averages_and_best_marks():
     rows = {
         "Individual": preds({"a": [1, 1, 1, 1], "b": [1, 1, 1, 0]}),
@@ -56,7 +73,7 @@ def test_table_rows_averages_and_best_marks():
 
 
 def test_a_sweep_collapses_to_its_best_row_after_the_named_one():
-    from calm.tables import collapse_sweep
+    from calm.results_table import collapse_sweep
     rows = {
         "A": preds({"a": [1, 0]}),
         "TA (λ=0.3)": preds({"a": [1, 0]}),
@@ -73,7 +90,7 @@ def test_table_one_rounds_like_the_results_table(tmp_path):
     """246 of 399 correct is 61.654 %: 61.7 in both, where rounding the CSV to 61.65 first gave
     61.6 in Table 1."""
     from calm.paper.tables import main_results
-    from calm.tables import write_results
+    from calm.results_table import write_results
 
     rows = {"Individual": preds({"a": [1] * 399}), "CALM": preds({"a": [1] * 246 + [0] * 153})}
     text = write_results(rows, tmp_path / "main", sweep_prefix="TA λ=", insert_best_after="TA (λ=0.3)",

@@ -28,19 +28,25 @@ def paired_bootstrap(a: pd.DataFrame, b: pd.DataFrame, n: int = 2000, seed: int 
                      level: float = 0.95) -> dict[str, float]:
     """Average-accuracy difference a − b with a percentile interval.
 
-    Test examples are resampled within each task, the same draw for both methods (paired),
-    and the statistic is the mean over tasks of the per-task accuracy, as in the tables.
+    Test examples are resampled within each task, the same draw for both methods (paired by
+    (task, example id); files that hold different examples are refused), and the statistic is
+    the mean over tasks of the per-task accuracy, as in the tables.
     """
     rng = np.random.default_rng(seed)
     diffs = np.zeros(n)
     observed = []
     for task, ga in a.groupby("task", sort=False):
         gb = b[b["task"] == task]
-        ca = (ga.sort_values("idx")["label"] == ga.sort_values("idx")["pred"]).to_numpy(float)
-        cb = (gb.sort_values("idx")["label"] == gb.sort_values("idx")["pred"]).to_numpy(float)
-        if len(ca) != len(cb):
-            raise ValueError(f"task {task}: {len(ca)} vs {len(cb)} predictions, not paired")
-        delta = ca - cb
+        ids_a, ids_b = set(ga["idx"]), set(gb["idx"])
+        if len(ids_a) != len(ga) or len(ids_b) != len(gb):
+            raise ValueError(f"task {task}: an example id appears twice in one predictions file, not paired")
+        if ids_a != ids_b:
+            only = sorted(ids_a ^ ids_b)[:3]
+            raise ValueError(f"task {task}: the two predictions files hold different examples "
+                             f"({len(ids_a)} vs {len(ids_b)}; e.g. id {only} in one only), not paired")
+        # Row i of both is the same example: the pairing is by id, whatever order the files are in.
+        ga, gb = ga.sort_values("idx"), gb.sort_values("idx")
+        delta = (ga["label"] == ga["pred"]).to_numpy(float) - (gb["label"] == gb["pred"]).to_numpy(float)
         observed.append(delta.mean())
         draws = rng.integers(0, len(delta), size=(n, len(delta)))
         diffs += delta[draws].mean(axis=1)
