@@ -13,15 +13,6 @@ import torch
 
 from calm.metrics import accuracy, normalised
 
-# Paper Table 2: the six models of the mask analysis, named after their parameters.
-MASK_ROWS = {
-    "theta0": "θ0",
-    "tau1": "θ0+τ1",
-    "not_m_tau1": "θ0+(1−M)τ1",
-    "tau2": "θ0+τ2",
-    "m_tau2": "θ0+Mτ2",
-    "merged": "θ0+(1−M)τ1+Mτ2",
-}
 _LAYER = re.compile(r"(?:^|\.)(?:layers?|resblocks|blocks)\.(\d+)\.")
 
 

@@ -26,6 +26,18 @@ AXES: dict[str, list[str]] = {
     "switches": ["grad_reduction", "regulariser"],
     "strategy": ["strategy"],
 }
+# Paper Table 2, the six models of the mask analysis: the checkpoint `python -m calm mask-parts`
+# writes -> (row label in results/ablations/mask_analysis.csv, display name, LaTeX), in the
+# paper's order.
+MASK_ROWS: dict[str, tuple[str, str, str]] = {
+    "theta0": ("θ0", "θ₀", r"$\theta_0$"),
+    "tau1": ("θ0+τ1", "θ₀ + τ₁", r"$\theta_0 + \tau_1$"),
+    "not_m_tau1": ("θ0+(1−M)τ1", "θ₀ + (1 − M) ⊙ τ₁", r"$\theta_0 + (1 - M) \odot \tau_1$"),
+    "tau2": ("θ0+τ2", "θ₀ + τ₂", r"$\theta_0 + \tau_2$"),
+    "m_tau2": ("θ0+Mτ2", "θ₀ + M ⊙ τ₂", r"$\theta_0 + M \odot \tau_2$"),
+    "merged": ("θ0+(1−M)τ1+Mτ2", "θ₀ + (1 − M) ⊙ τ₁ + M ⊙ τ₂",
+               r"$\theta_0 + (1 - M) \odot \tau_1 + M \odot \tau_2$"),
+}
 # At ratio 1 every pseudo-label sampler keeps the whole pool with its pseudo-labels.
 _WHOLE_POOL = ("cb_ems", "ems", "random")
 

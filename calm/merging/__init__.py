@@ -6,7 +6,8 @@ from the files named by `needs`; nothing here imports a model family or a data s
 CALM itself, with its own stages, lives in `calm.merging.calm`.
 
 The functions are imported on first use, so that the workflow, which reads this registry
-for its wildcards, inputs and table rows, parses without importing torch.
+for its wildcards, inputs and table rows, parses without importing torch
+(tests/test_house_plan.py checks it).
 """
 from __future__ import annotations
 

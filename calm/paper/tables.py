@@ -15,6 +15,7 @@ import pandas as pd
 
 from calm.io import atomic_path, write_text
 from calm.render import to_html, to_latex, to_markdown
+from calm.sweeps import MASK_ROWS
 
 AVERAGE = "average"
 REFERENCES = ("Pretrained", "Individual")  # never marked best: lower and upper references
@@ -89,25 +90,18 @@ def main_results(main: pd.DataFrame) -> PaperTable:
 
 # --- Table 2 ---------------------------------------------------------------------------------
 
-# The mask-analysis rows in the paper's order: display name and LaTeX.
-MASK_ROWS = {
-    "θ0": ("θ₀", r"$\theta_0$"),
-    "θ0+τ1": ("θ₀ + τ₁", r"$\theta_0 + \tau_1$"),
-    "θ0+(1−M)τ1": ("θ₀ + (1 − M) ⊙ τ₁", r"$\theta_0 + (1 - M) \odot \tau_1$"),
-    "θ0+τ2": ("θ₀ + τ₂", r"$\theta_0 + \tau_2$"),
-    "θ0+Mτ2": ("θ₀ + M ⊙ τ₂", r"$\theta_0 + M \odot \tau_2$"),
-    "θ0+(1−M)τ1+Mτ2": ("θ₀ + (1 − M) ⊙ τ₁ + M ⊙ τ₂", r"$\theta_0 + (1 - M) \odot \tau_1 + M \odot \tau_2$"),
-}
+# The mask-analysis rows in the paper's order: row label -> (display name, LaTeX).
+_MASK_LABELS = {label: (display, latex) for label, display, latex in MASK_ROWS.values()}
 
 
 def mask_analysis(frame: pd.DataFrame) -> PaperTable:
     """Table 2: accuracy of θ0 plus masked parts of τ1 (the tasks merged before) and τ2 (the
     sequential task), one row per combination. No best marks: θ0 + τ2 is a reference."""
     table = task_table(frame, ["row"])
-    known = [r for r in MASK_ROWS if r in table.index]
-    table = table.reindex(known + [r for r in table.index if r not in MASK_ROWS])
-    table.index = pd.Index([MASK_ROWS.get(r, (r,))[0] for r in table.index], name="Model parameters")
-    labels = {display: latex for display, latex in MASK_ROWS.values()}
+    known = [r for r in _MASK_LABELS if r in table.index]
+    table = table.reindex(known + [r for r in table.index if r not in _MASK_LABELS])
+    table.index = pd.Index([_MASK_LABELS.get(r, (r,))[0] for r in table.index], name="Model parameters")
+    labels = {display: latex for display, latex in _MASK_LABELS.values()}
     return PaperTable(table, bold_best=False, latex_labels=labels)
 
 

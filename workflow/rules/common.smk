@@ -6,7 +6,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from calm import sweeps
-from calm.ablations import MASK_ROWS
+from calm.sweeps import MASK_ROWS
 from calm.cli import interpreter_first_on_path, render_flags
 from calm.config import Config
 from calm.merging import METHODS
@@ -339,7 +339,7 @@ def mask_points():
         **{part: f"results/eval/calm/{v}/{part}.parquet" for part in ANALYSIS_PARTS + ["tau2"]},
         "merged": variant_eval(v),
     }
-    return [{"row": label, "path": files[key]} for key, label in MASK_ROWS.items()]
+    return [{"row": label, "path": files[key]} for key, (label, *_) in MASK_ROWS.items()]
 
 
 def step_points(variant, name="task"):
