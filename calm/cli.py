@@ -138,9 +138,8 @@ def cmd_fetch_data(a):
         from calm.data.hf import prepare_hf_task
         prepare_hf_task(a.task, json.loads(a.hf), a.out, seed=a.seed, cache_dir=a.cache)
         return
-    spec = json.loads(a.custom) if a.custom else a.task
-    prepare_task(spec if not isinstance(spec, dict) else {**spec, "name": a.task}, a.out, a.wheels,
-                 a.n_train, a.n_pool, a.n_test, a.seed)
+    prepare_task(json.loads(a.custom) if a.custom else a.task, a.out, a.wheels, a.n_train, a.n_pool, a.n_test,
+                 a.seed, name=a.task)
 
 
 def cmd_prepare(a):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 
@@ -59,6 +59,23 @@ class LocalTask(Section):
     label_column: str = "label"
     classes: list[str] = Field(min_length=2, description="Class names, in label order; used in the prompts.")
     prompt: str = Field("{}", description="Prompt template; '{}' is replaced by the class name.")
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct(cls, classes: list[str]) -> list[str]:
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"classes must be distinct names, got {classes}")
+        return classes
+
+    @field_validator("prompt")
+    @classmethod
+    def _slot(cls, prompt: str) -> str:
+        if "{}" not in prompt:
+            raise ValueError(f"prompt {prompt!r} needs a '{{}}' where the class name goes")
+        return prompt
+
+    def prompts(self) -> list[str]:
+        return [self.prompt.format(c) for c in self.classes]
 
 
 class HFTask(Section):

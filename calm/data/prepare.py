@@ -12,53 +12,59 @@ import numpy as np
 import pandas as pd
 
 from calm.data.splits import SPLITS, split_with_notes
-from calm.data.tasks import (TaskSpec, LocalTask, clean_frame, get_task, wheel_source,
-                             check_labels)
+from calm.config import LocalTask
+from calm.data.tasks import (TaskSpec, check_labels, clean_frame, get_task, load_local_task, local_source,
+                             wheel_source)
 from calm.data.wheels import fetch_wheel
 from calm.io import write_json, write_parquet
 
 __all__ = ["prepare_task", "resolve_task", "class_counts"]
 
+# A built-in task by name or spec, or a user's file (config data.custom.<name>, or its dict).
 TaskLike = Union[str, TaskSpec, LocalTask, Mapping[str, Any]]
 
 
-def resolve_task(name_or_spec: TaskLike) -> TaskSpec | LocalTask:
-    if isinstance(name_or_spec, (TaskSpec, LocalTask)):
-        return name_or_spec
-    if isinstance(name_or_spec, str):
-        return get_task(name_or_spec)
-    if isinstance(name_or_spec, Mapping):
-        return LocalTask.from_dict(name_or_spec)
-    raise TypeError(f"expected a task name, TaskSpec, LocalTask or dict, got {type(name_or_spec).__name__}")
+def resolve_task(task: TaskLike) -> TaskSpec | LocalTask:
+    if isinstance(task, (TaskSpec, LocalTask)):
+        return task
+    if isinstance(task, str):
+        return get_task(task)
+    if isinstance(task, Mapping):
+        return LocalTask.model_validate(task)
+    raise TypeError(f"expected a task name, TaskSpec, LocalTask or dict, got {type(task).__name__}")
 
 
 def class_counts(df: pd.DataFrame, n_classes: int) -> list[int]:
     return np.bincount(df["label"].to_numpy(dtype=np.int64), minlength=n_classes).tolist()
 
 
-def prepare_task(name_or_spec: TaskLike, out_dir: Path, wheel_dir: Path, n_train: int, n_pool: int,
-                 n_test: int, seed: int) -> dict[str, Any]:
+def prepare_task(task: TaskLike, out_dir: Path, wheel_dir: Path, n_train: int, n_pool: int,
+                 n_test: int, seed: int, name: str = "") -> dict[str, Any]:
     """Load, clean and split a task; write train/pool/test.parquet (idx, text, label) and
-    task.json into `out_dir`. A built-in task is given by name (or TaskSpec); a local one by
-    a dict {"path", "classes", "prompt", optional "text_column", "label_column", "name"}.
+    task.json into `out_dir`. A built-in task is given by name (or TaskSpec); a user's file by
+    its config section (LocalTask, or the same as a dict) and `name` (default: the file's stem).
     Returns the task.json content."""
-    task = resolve_task(name_or_spec)
+    task = resolve_task(task)
     out_dir = Path(out_dir)
     if isinstance(task, LocalTask):
-        df = task.load()
-        source = task.source()
+        path = Path(task.path)
+        name, description = name or path.stem, ""
+        df = load_local_task(path, task.text_column, task.label_column, task.classes)
+        source = local_source(path, task.text_column, task.label_column)
     else:
+        name, description = task.name, task.description
         df = clean_frame(task.loader(fetch_wheel(task.wheel, Path(wheel_dir))))
         source = wheel_source(task)
-    check_labels(df, task.n_classes, f"task {task.name}")
+    n_classes = len(task.classes)
+    check_labels(df, n_classes, f"task {name}")
 
-    splits, notes = split_with_notes(df, n_train, n_pool, n_test, seed, task.n_classes)
+    splits, notes = split_with_notes(df, n_train, n_pool, n_test, seed, n_classes)
     for split in SPLITS:
         write_parquet(splits[split][["idx", "text", "label"]], out_dir / f"{split}.parquet")
 
     info = {
-        "name": task.name,
-        "description": task.description,
+        "name": name,
+        "description": description,
         "classes": list(task.classes),
         "prompt": task.prompt,
         "prompts": task.prompts(),
@@ -66,8 +72,8 @@ def prepare_task(name_or_spec: TaskLike, out_dir: Path, wheel_dir: Path, n_train
         "sizes": {split: len(splits[split]) for split in SPLITS},
         "requested": {"train": n_train, "pool": n_pool, "test": n_test},
         "rows_after_cleaning": len(df),
-        "class_counts": {split: class_counts(splits[split], task.n_classes) for split in SPLITS},
-        "class_counts_all": class_counts(df, task.n_classes),
+        "class_counts": {split: class_counts(splits[split], n_classes) for split in SPLITS},
+        "class_counts_all": class_counts(df, n_classes),
         "notes": notes,
         "source": source,
     }

