@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import typing
 from pathlib import Path
@@ -43,7 +44,7 @@ def add_section(parser: argparse.ArgumentParser, section: type[BaseModel], prefi
             item = typing.get_args(ann)[0]
             kwargs.update(type=lambda s, item=item: [item(x) for x in s.split(",") if x], metavar="A,B,...")
         elif ann is bool:
-            kwargs.update(type=lambda s: s.lower() in ("1", "true", "yes"))
+            kwargs.update(type=parse_bool, metavar="true|false")
         elif ann in (int, float, str):
             kwargs.update(type=ann)
         else:
@@ -60,6 +61,16 @@ def section_from(args: argparse.Namespace, section: type[BaseModel], prefix: str
     return section(**{n: getattr(args, prefix + n) for n in section.model_fields})
 
 
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def parse_bool(text: str) -> bool:
+    """true/false (also 1/0, yes/no, any case); anything else is an error, not False."""
+    if text.lower() not in _BOOLS:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return _BOOLS[text.lower()]
+
+
 def render_flags(section: BaseModel, prefix: str = "", exclude: tuple[str, ...] = ()) -> str:
     """The flags that reproduce `section` on the command line (used by the Snakemake rules)."""
     parts = []
@@ -71,8 +82,7 @@ def render_flags(section: BaseModel, prefix: str = "", exclude: tuple[str, ...] 
             continue
         if isinstance(value, list):
             value = ",".join(str(v) for v in value)
-        text = str(value)
-        parts.append(f"{_flag(prefix, name)} {json.dumps(text) if ' ' in text or not text else text}")
+        parts.append(f"{_flag(prefix, name)} {shlex.quote(str(value))}")
     return " ".join(parts)
 
 
