@@ -11,7 +11,7 @@ from calm import sampling, scoring, vectors
 from calm.config import CalmConfig
 import calm.merging.calm as calm_loop
 from calm.merging.calm import optimise_mask
-from calm.merging.mask import binarise, commit, init_mask_logits, mask_update, pack, unpack
+from calm.merging.mask import binarise, commit, init_mask_logits, pack, unpack, update_logits
 from calm.merging.task_arithmetic import task_arithmetic
 
 
@@ -121,7 +121,7 @@ def test_mask_update_by_hand(regulariser):
     R = {"w": torch.tensor([2.0, -1.0, 0.0], dtype=torch.float64)}
     g = {"w": torch.tensor([0.5, -2.0, 4.0], dtype=torch.float64)}
     lr, alpha = 0.1, 0.3
-    out = mask_update(R, g, lr, alpha, regulariser)["w"].tolist()
+    out = update_logits(R["w"], g["w"], lr, alpha, regulariser).tolist()
     signs = [1.0, -1.0, 0.0]
     for r, gi, s, o in zip([2.0, -1.0, 0.0], [0.5, -2.0, 4.0], signs, out):
         reg = alpha * s * dsig(r) if regulariser == "polarise" else -alpha * dsig(r)

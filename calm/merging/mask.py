@@ -50,20 +50,15 @@ def dmix_dm(tau_prev: torch.Tensor, tau_new: torch.Tensor, strategy: Strategy) -
     raise ValueError(f"unknown merging strategy '{strategy}'")
 
 
-def mask_update(R: Mapping[str, torch.Tensor], grad_m: Mapping[str, torch.Tensor], lr: float,
-                alpha: float, regulariser: Literal["polarise", "l1"]) -> StateDict:
-    """One plain-SGD step on R given g = ∂L/∂σ(R).
+def update_logits(r: torch.Tensor, g: torch.Tensor, lr: float, alpha: float,
+                  regulariser: Literal["polarise", "l1"]) -> torch.Tensor:
+    """One plain-SGD step on the mask logits R given g = ∂L/∂σ(R), for one tensor or any slice of
+    one (the step is element-wise):
 
     polarise (official code): R − lr·g·σ'(R) + α·sign(R)·σ'(R)  — pushes R away from 0;
     l1 (paper, α‖σ(R)‖₁):      R − lr·g·σ'(R) − α·σ'(R).
     The regulariser is not scaled by lr, as in the official code.
     """
-    return {n: update_logits(r, grad_m[n], lr, alpha, regulariser) for n, r in R.items()}
-
-
-def update_logits(r: torch.Tensor, g: torch.Tensor, lr: float, alpha: float,
-                  regulariser: Literal["polarise", "l1"]) -> torch.Tensor:
-    """mask_update of one tensor (or of any slice of one: the step is element-wise)."""
     s = torch.sigmoid(r)
     ds = s * (1 - s)
     if regulariser == "polarise":
