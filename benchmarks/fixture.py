@@ -1,8 +1,8 @@
 """The files a mask step reads, built once per model and cached under benchmarks/results/cache.
 
 Text models (pico BERT, MiniLM) use the embedded default's real tasks: the raw splits the
-workflow's fetch_data rule writes (resources/data/<task>), tokenised with calm.stages.preprocess,
-heads from calm.stages.build_head. The ViT-B/32-shaped tower uses synthetic PNG images.
+workflow's fetch_data rule writes (resources/data/<task>), tokenised with calm.stages.data.preprocess,
+heads from calm.stages.data.build_head. The ViT-B/32-shaped tower uses synthetic PNG images.
 
 Task vectors are synthetic unless --task-vectors names a folder of fine-tuned checkpoints
 (e.g. results/models/finetuned): a mask step costs the same whatever the values of τ, and
@@ -27,7 +27,7 @@ from calm import artifacts, sampling
 from calm.config import CalmConfig, Config, ModelConfig
 from calm.families.base import Family, use_bf16
 from calm.io import write_json, write_parquet
-from calm.stages import pypi_model_dir
+from calm.stages.data import pypi_model_dir
 from calm.testing import EMBEDDED_MODEL, make_pico_bert
 
 from .common import ModelPlan
@@ -81,7 +81,7 @@ class Setup:
             family = VisionTower(self.model_dir, device=device, logit_scale=self.logit_scale)
             family.bf16 = use_bf16(precision, family.device)
             return family
-        from calm.stages import open_family
+        from calm.stages.family import open_family
 
         return open_family(ModelConfig(max_length=self.max_length, logit_scale=self.logit_scale),
                            self.model_dir, device=device, precision=precision)
@@ -190,7 +190,8 @@ def ensure_text_data(cfg: Config, tasks: list[str], data_root: Path, wheels: Pat
 
 def _build_text(plan: ModelPlan, cfg: Config, root: Path, tasks: list[str], data_root: Path, wheels: Path,
                 task_vectors: Path | None, log: Callable[[str], None]) -> int:
-    from calm.stages import build_head, open_family, preprocess
+    from calm.stages.data import build_head, preprocess
+    from calm.stages.family import open_family
 
     ensure_text_data(cfg, tasks, data_root, wheels, log)
     model_dir = minilm_dir() if plan.model == "minilm" else make_pico_bert(root / "pretrained")

@@ -1,179 +1,71 @@
-"""`python -m calm <stage>`: argument parsing only; every stage is a function in calm.stages.
+"""`python -m calm <stage>`: one command per pipeline stage, argument parsing only.
 
-Hyper-parameter flags are generated from the typed config sections, so the CLI, the config
-file and the Snakemake rules (which render a section back into flags with `render_flags`)
-cannot drift apart.
+Every stage is a function of calm.stages with the same name as its command and its Snakemake rule.
+
+Hyper-parameter flags are generated from the typed config sections (calm/flags.py), so the
+CLI, the config file and the Snakemake rules cannot drift apart.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import shlex
 import sys
 import typing
 from pathlib import Path
-from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel
 
 from calm import config as cfgmod
-
-# --- flags from typed sections -------------------------------------------------------------
-
-
-def _flag(prefix: str, name: str) -> str:
-    return "--" + (prefix + name).replace("_", "-")
-
-
-def add_section(parser: argparse.ArgumentParser, section: type[BaseModel], prefix: str = "",
-                exclude: tuple[str, ...] = ()) -> None:
-    group = parser.add_argument_group(f"{section.__name__} ({prefix.rstrip('_') or 'settings'})")
-    for name, field in section.model_fields.items():
-        if name in exclude:
-            continue
-        ann = field.annotation
-        origin = typing.get_origin(ann)
-        kwargs: dict[str, Any] = {"dest": prefix + name, "help": field.description or ""}
-        required = field.is_required()
-        default = None if required else field.get_default(call_default_factory=True)
-        if origin is Literal:
-            kwargs.update(choices=list(typing.get_args(ann)), type=str)
-        elif origin is list:
-            item = typing.get_args(ann)[0]
-            kwargs.update(type=lambda s, item=item: [item(x) for x in s.split(",") if x], metavar="A,B,...")
-        elif ann is bool:
-            kwargs.update(type=parse_bool, metavar="true|false")
-        elif ann in (int, float, str):
-            kwargs.update(type=ann)
-        else:
-            continue  # nested sections are not flags
-        if required:
-            kwargs["required"] = True
-        else:
-            kwargs["default"] = default
-            kwargs["help"] += f" (default: {default})"
-        group.add_argument(_flag(prefix, name), **kwargs)
-
-
-def section_from(args: argparse.Namespace, section: type[BaseModel], prefix: str = "") -> Any:
-    return section(**{n: getattr(args, prefix + n) for n in section.model_fields})
-
-
-_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-
-
-def parse_bool(text: str) -> bool:
-    """true/false (also 1/0, yes/no, any case); anything else is an error, not False."""
-    if text.lower() not in _BOOLS:
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return _BOOLS[text.lower()]
-
-
-def render_flags(section: BaseModel, prefix: str = "", exclude: tuple[str, ...] = ()) -> str:
-    """The flags that reproduce `section` on the command line (used by the Snakemake rules)."""
-    parts = []
-    for name in type(section).model_fields:
-        if name in exclude:
-            continue
-        value = getattr(section, name)
-        if isinstance(value, BaseModel) or isinstance(value, dict):
-            continue
-        if isinstance(value, list):
-            value = ",".join(str(v) for v in value)
-        parts.append(f"{_flag(prefix, name)} {shlex.quote(str(value))}")
-    return " ".join(parts)
-
-
-def interpreter_first_on_path() -> None:
-    """Make `python` in job shells the interpreter running this process (for Snakemake)."""
-    import os
-
-    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-
-
-# --- shared argument groups -----------------------------------------------------------------
-
-def _runtime(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="matmul precision (config key `precision`; the workflow passes it)")
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default: 2)")
-
-
-def _model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pretrained", required=True, type=Path, help="pretrained checkpoint folder")
-    add_section(p, cfgmod.ModelConfig, prefix="model_", exclude=("source",))
-    _runtime(p)
-
-
-def _pairs(values: list[str], what: str) -> dict[str, str]:
-    out = {}
-    for v in values:
-        key, sep, val = v.rpartition("=")  # row names may hold "=" (λ=0.3), paths do not
-        if not sep:
-            raise SystemExit(f"{what}: expected TASK=PATH, got '{v}'")
-        out[key] = val
-    return out
+from calm.flags import add_model, add_section, model_section, pairs, records, section_from
 
 
 def _family(args: argparse.Namespace):
-    from calm.stages import open_family
+    from calm.stages.family import open_family
 
-    return open_family(_model_section(args), args.pretrained, device=args.device, precision=args.precision)
-
-
-def _model_section(args: argparse.Namespace) -> cfgmod.ModelConfig:
-    """The model settings given as flags (the dict-valued keys are not flags)."""
-    return cfgmod.ModelConfig(**{n: getattr(args, "model_" + n) for n in cfgmod.ModelConfig.model_fields
-                                 if hasattr(args, "model_" + n)})
+    return open_family(model_section(args), args.pretrained, device=args.device, precision=args.precision)
 
 
 # --- commands ---------------------------------------------------------------------------------
 
 def cmd_fetch_model(a):
-    from calm.stages import fetch_model
-    fetch_model(a.source, a.out, _model_section(a))
+    from calm.stages.data import fetch_model
+    fetch_model(a.source, a.out, model_section(a))
 
 
 def cmd_fetch_finetuned(a):
-    from calm.stages import fetch_finetuned
-    fetch_finetuned(a.source, a.out, _model_section(a), head=a.head or None)
+    from calm.stages.data import fetch_finetuned
+    fetch_finetuned(a.source, a.out, model_section(a), head=a.head or None)
 
 
 def cmd_fetch_data(a):
-    from calm.data.prepare import prepare_task
-    if a.hf:
-        from calm.data.hf import prepare_hf_task
-        prepare_hf_task(a.task, json.loads(a.hf), a.out, seed=a.seed, cache_dir=a.cache)
-        return
-    prepare_task(json.loads(a.custom) if a.custom else a.task, a.out, a.wheels, a.n_train, a.n_pool, a.n_test,
-                 a.seed, name=a.task)
+    from calm.stages.data import fetch_data
+    fetch_data(a.task, a.out, a.wheels, a.n_train, a.n_pool, a.n_test, a.seed,
+               custom=cfgmod.LocalTask.model_validate_json(a.custom) if a.custom else None,
+               hf=cfgmod.HFTask.model_validate_json(a.hf) if a.hf else None, cache=a.cache)
 
 
 def cmd_prepare(a):
-    from calm.stages import build_head, preprocess
-    family = _family(a)
-    preprocess(family, a.data, a.inputs)
-    build_head(family, a.data, a.head, model_dir=a.finetuned)
+    from calm.stages.data import prepare
+    prepare(_family(a), a.data, a.inputs, a.head, model_dir=a.finetuned)
 
 
 def cmd_finetune(a):
-    from calm.stages import finetune
+    from calm.stages.finetune import finetune
     info = finetune(_family(a), a.inputs, a.head, section_from(a, cfgmod.FinetuneConfig), a.out)
     logging.info("fine-tuned: %s", info)
 
 
 def cmd_score(a):
-    from calm.stages import score
+    from calm.stages.selection import score
     frame = score(_family(a), a.model, a.inputs, a.head, a.batch_size, a.out)
     logging.info("scored %d samples, mean entropy %.3f, pseudo-label accuracy %.3f", len(frame),
                  frame["entropy"].mean(), (frame["label"] == frame["pseudo_label"]).mean())
 
 
 def cmd_select(a):
-    from calm.stages import select
+    from calm.stages.selection import select
     chosen = select(a.scores, a.sampler, a.ratio, a.seed, a.out)
     logging.info("selected %d samples; target accuracy vs true labels %.3f", len(chosen),
                  (chosen["target"] == chosen["label"]).mean())
@@ -185,43 +77,31 @@ def _baseline_sections() -> dict[str, type[BaseModel]]:
             if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)}
 
 
-def cmd_merge(a):
-    from calm.stages import merge
+def cmd_merge_baseline(a):
+    from calm.stages.baselines import merge_baseline
     cfg = cfgmod.BaselinesConfig(task_arithmetic_lambda=a.lam, **{
         name: section_from(a, cls, prefix=f"{name}_") for name, cls in _baseline_sections().items()})
     tasks = None
     if a.inputs or a.heads or a.scores:
-        inputs, heads, scores = (_pairs(v or [], flag) for v, flag in
+        inputs, heads, scores = (pairs(v or [], flag) for v, flag in
                                  ((a.inputs, "--inputs"), (a.heads, "--heads"), (a.scores, "--scores")))
         tasks = [{"task": t, "inputs": path, "head": heads.get(t), "scores": scores.get(t)}
                  for t, path in inputs.items()]
-    summary = merge(_family(a), a.method, a.models, a.out, cfg, tasks, a.summary)
+    summary = merge_baseline(_family(a), a.method, a.models, a.out, cfg, tasks, a.summary)
     logging.info("%s merged %d models in %.1f s", summary["label"], len(a.models), summary["seconds"])
 
 
 def cmd_calm_base(a):
-    from calm.stages import calm_base
+    from calm.stages.merge_calm import calm_base
     calm_base(_family(a), a.models, a.lam, a.out)
 
 
 def cmd_calm_step(a):
-    from calm.stages import calm_step
-    visible = []
-    for v in a.visible:
-        task, _, rest = v.partition("=")
-        parts = rest.split(",")
-        if len(parts) != 3:
-            raise SystemExit(f"--visible: expected TASK=INPUTS,HEAD,CREDIBLE, got '{v}'")
-        visible.append({"task": task, "inputs": parts[0], "head": parts[1], "credible": parts[2]})
+    from calm.stages.merge_calm import calm_step
+    visible = records(a.visible, "--visible", "task", ("inputs", "head", "credible"))
     cfg = cfgmod.CalmConfig(sequential=[visible[-1]["task"]], **{
         n: getattr(a, n) for n in cfgmod.CalmConfig.model_fields if n not in ("sequential", "efficient_lambda")})
-    trace_tasks = []
-    for v in a.trace_eval:
-        task, _, rest = v.partition("=")
-        parts = rest.split(",")
-        if len(parts) != 2:
-            raise SystemExit(f"--trace-eval: expected TASK=INPUTS,HEAD, got '{v}'")
-        trace_tasks.append({"task": task, "inputs": parts[0], "head": parts[1]})
+    trace_tasks = records(a.trace_eval, "--trace-eval", "task", ("inputs", "head"))
     summary = calm_step(_family(a), a.tau_prev, a.model, visible, cfg, a.step, a.out, trace_tasks=trace_tasks)
     logging.info("step %d (%s): %d → %.3e active after %d iterations, %.1f s", a.step, summary["task"],
                  summary["initial_active"], summary["final_active_fraction"], summary["iterations"],
@@ -229,25 +109,18 @@ def cmd_calm_step(a):
 
 
 def cmd_mask_parts(a):
-    from calm.stages import mask_parts
+    from calm.stages.ablations import mask_parts
     mask_parts(_family(a), a.tau_prev, a.model, a.mask, a.out)
 
 
-def cmd_mask_topk(a):
-    from calm.stages import mask_topk
-    steps = []
-    for v in a.steps:
-        key, _, rest = v.partition("=")
-        step, _, task = key.partition(":")
-        parts = rest.split(",")
-        if len(parts) != 2 or not step.isdigit() or not task:
-            raise SystemExit(f"--steps: expected K:TASK=MASK,CHECKPOINT, got '{v}'")
-        steps.append({"step": int(step), "task": task, "mask": parts[0], "model": parts[1]})
-    mask_topk(_family(a), steps, a.top_percent, a.out)
+def cmd_ablation_topk(a):
+    from calm.stages.ablations import ablation_topk
+    steps = records(a.steps, "--steps", "step:task", ("mask", "model"))
+    ablation_topk(_family(a), steps, a.top_percent, a.out)
 
 
 def cmd_ablation_table(a):
-    from calm.stages import ablation_table
+    from calm.stages.ablations import ablation_table
     try:
         points = json.loads(a.points)
     except json.JSONDecodeError as exc:
@@ -256,36 +129,33 @@ def cmd_ablation_table(a):
     logging.info("%s: %d rows", a.out, len(frame))
 
 
-def cmd_apply(a):
-    from calm.stages import apply_vector
-    apply_vector(_family(a), a.tau, a.out)
+def cmd_calm_model(a):
+    from calm.stages.merge_calm import calm_model
+    calm_model(_family(a), a.tau, a.out)
 
 
 def cmd_evaluate(a):
     from calm.metrics import accuracy
-    from calm.stages import evaluate
-    frame = evaluate(_family(a), _pairs(a.models, "--models"), _pairs(a.inputs, "--inputs"),
-                     _pairs(a.heads, "--heads"), a.batch_size, a.out)
+    from calm.stages.evaluation import evaluate
+    frame = evaluate(_family(a), pairs(a.models, "--models"), pairs(a.inputs, "--inputs"),
+                     pairs(a.heads, "--heads"), a.batch_size, a.out)
     logging.info("accuracy: %s", {k: round(v, 4) for k, v in accuracy(frame).items()})
 
 
 def cmd_evaluate_task_arithmetic(a):
     from calm.metrics import accuracy, average
-    from calm.stages import evaluate_task_arithmetic
-    frames = evaluate_task_arithmetic(_family(a), a.models, _pairs(a.outs, "--outs"), _pairs(a.inputs, "--inputs"),
-                                      _pairs(a.heads, "--heads"), a.batch_size)
+    from calm.stages.evaluation import evaluate_task_arithmetic
+    frames = evaluate_task_arithmetic(_family(a), a.models, pairs(a.outs, "--outs"), pairs(a.inputs, "--inputs"),
+                                      pairs(a.heads, "--heads"), a.batch_size)
     for lam, frame in frames.items():
         logging.info("λ=%s: average accuracy %.4f", lam, average(accuracy(frame)))
 
 
 def cmd_table(a):
-    import pandas as pd
-
-    from calm.results_table import write_results
-
-    rows = {name: pd.read_parquet(path) for name, path in _pairs(a.eval, "--eval").items()}
-    print(write_results(rows, a.out_prefix, sweep_prefix=a.sweep_prefix, insert_best_after=a.insert_best_after,
-                        individual=a.individual, target=a.target, bootstrap=a.bootstrap, seed=a.seed))
+    from calm.stages.evaluation import table
+    print(table(pairs(a.eval, "--eval"), a.out_prefix, sweep_prefix=a.sweep_prefix,
+                insert_best_after=a.insert_best_after, individual=a.individual, target=a.target,
+                bootstrap=a.bootstrap, seed=a.seed))
 
 
 def cmd_paper(a):
@@ -348,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("prepare", cmd_prepare,
                 "Tokenise every split of a task once, and build its frozen class-prompt head.")
-    _model(p)
+    add_model(p)
     p.add_argument("--data", required=True, type=Path, help="the task's data folder")
     p.add_argument("--inputs", required=True, type=Path, help="output: preprocessed splits (safetensors)")
     p.add_argument("--head", required=True, type=Path, help="output: the head (safetensors)")
@@ -356,14 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the task's fine-tuned checkpoint, for families whose heads come from it")
 
     p = command("finetune", cmd_finetune, "Fine-tune the encoder on a task's train split.")
-    _model(p)
+    add_model(p)
     p.add_argument("--inputs", required=True, type=Path)
     p.add_argument("--head", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
     add_section(p, cfgmod.FinetuneConfig)
 
     p = command("score", cmd_score, "Entropy, pseudo-label and logits of a fine-tuned model over its task's pool.")
-    _model(p)
+    add_model(p)
     p.add_argument("--model", required=True, type=Path, help="the task's fine-tuned checkpoint folder")
     p.add_argument("--inputs", required=True, type=Path)
     p.add_argument("--head", required=True, type=Path)
@@ -375,8 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path)
     add_section(p, cfgmod.SelectConfig)
 
-    p = command("merge", cmd_merge, "Merge fine-tuned models with a registry method (a baseline).")
-    _model(p)
+    p = command("merge-baseline", cmd_merge_baseline, "Merge fine-tuned models with a registry method (a baseline).")
+    add_model(p)
     p.add_argument("--method", required=True, choices=list(typing.get_args(cfgmod.BaselineName)))
     p.add_argument("--models", required=True, nargs="+", type=Path, help="fine-tuned checkpoint folders")
     p.add_argument("--inputs", nargs="+", help="TASK=INPUTS for each model, in --models order (data-driven methods)")
@@ -390,13 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
         add_section(p, cls, prefix=f"{name}_")
 
     p = command("calm-base", cmd_calm_base, "CALM's efficient part: τ = λ Σ τ_t over the tasks of S.")
-    _model(p)
+    add_model(p)
     p.add_argument("--models", required=True, nargs="+", type=Path)
     p.add_argument("--lam", type=float, default=0.3)
     p.add_argument("--out", required=True, type=Path)
 
     p = command("calm-step", cmd_calm_step, "Merge one sequential task with a consensus-aware mask.")
-    _model(p)
+    add_model(p)
     p.add_argument("--tau-prev", required=True, type=Path, help="merged task vector so far (safetensors)")
     p.add_argument("--model", required=True, type=Path, help="the new task's fine-tuned checkpoint")
     p.add_argument("--visible", required=True, nargs="+",
@@ -409,15 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("mask-parts", cmd_mask_parts,
                 "Checkpoints θ0+τ1, θ0+(1−M)τ1 and θ0+Mτ2 of a CALM step's mask analysis.")
-    _model(p)
+    add_model(p)
     p.add_argument("--tau-prev", required=True, type=Path, help="τ1: the merged task vector before the step")
     p.add_argument("--model", required=True, type=Path, help="the step's new task's fine-tuned checkpoint (τ2)")
     p.add_argument("--mask", required=True, type=Path, help="the step's mask.safetensors (M)")
     p.add_argument("--out", required=True, type=Path, help="writes OUT/tau1, OUT/not_m_tau1, OUT/m_tau2")
 
-    p = command("mask-topk", cmd_mask_topk,
+    p = command("ablation-topk", cmd_ablation_topk,
                 "Share of each step's active mask entries within the top k % of its task's |τ|.")
-    _model(p)
+    add_model(p)
     p.add_argument("--steps", required=True, nargs="+", help="K:TASK=MASK,CHECKPOINT for every step")
     p.add_argument("--top-percent", type=lambda s: [float(x) for x in s.split(",") if x],
                    default=[1.0, 5.0, 10.0, 20.0, 50.0], metavar="A,B,...", help="k values (default: 1,5,10,20,50)")
@@ -430,13 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--individual", type=Path, help="individual models' predictions (adds 'normalised')")
     p.add_argument("--out", required=True, type=Path)
 
-    p = command("apply", cmd_apply, "Write θ0 + τ as a checkpoint folder.")
-    _model(p)
+    p = command("calm-model", cmd_calm_model, "Write θ0 + τ as a checkpoint folder (CALM's merged model).")
+    add_model(p)
     p.add_argument("--tau", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
 
     p = command("evaluate", cmd_evaluate, "Per-example test predictions of each task.")
-    _model(p)
+    add_model(p)
     p.add_argument("--models", required=True, nargs="+", help="TASK=CHECKPOINT for every task")
     p.add_argument("--inputs", required=True, nargs="+", help="TASK=INPUTS")
     p.add_argument("--heads", required=True, nargs="+", help="TASK=HEAD")
@@ -445,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("evaluate-task-arithmetic", cmd_evaluate_task_arithmetic,
                 "Test predictions of task arithmetic at each λ of a sweep, one process for all.")
-    _model(p)
+    add_model(p)
     p.add_argument("--models", required=True, nargs="+", type=Path, help="fine-tuned checkpoint folders")
     p.add_argument("--outs", required=True, nargs="+", help="LAMBDA=PREDICTIONS for each λ")
     p.add_argument("--inputs", required=True, nargs="+", help="TASK=INPUTS")

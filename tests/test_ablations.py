@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from calm import ablations, sweeps
+from calm import sweeps
+from calm.stages import ablations
 from calm.config import CalmConfig, Config
 from calm.merging.calm import optimise_mask
 from calm.merging.mask import commit, dmix_dm, mix
@@ -286,7 +287,7 @@ def test_config_rejects_an_n_seq_that_leaves_s_empty():
 # --- the tables' columns (the paper's tables and figures read these) ---------------------------
 
 def test_ablation_tables_have_the_contract_columns(tmp_path):
-    from calm.stages import ablation_table
+    from calm.stages.ablations import ablation_table
 
     merged, individual = tmp_path / "m.parquet", tmp_path / "i.parquet"
     predictions({"a": (3, 4), "b": (1, 2)}).to_parquet(merged)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from calm.config import BaselineName, json_schema
-from calm.merging import METHODS
+from calm.methods import METHODS
 from calm.merging.adamerging import adamerging
 from calm.merging.consensus import consensus_mask, consensus_ta, consensus_ties, tall_masks
 from calm.merging.fisher import diagonal_fisher, fisher_merge
@@ -206,7 +206,7 @@ def test_regmean_closed_form_on_a_two_input_linear_layer(alpha, expected):
 
 def test_linear_grams_of_the_text_family_are_the_real_tokens_inputs(pico_model):
     from calm.config import ModelConfig
-    from calm.stages import open_family
+    from calm.stages.family import open_family
 
     family = open_family(ModelConfig(max_length=16), pico_model, device="cpu")
     batch = family.batch(family.preprocess(["red blue green", "sky"]), torch.tensor([0, 1]))
@@ -229,22 +229,32 @@ def test_registry_config_schema_and_cli_agree_on_the_method_names():
     assert list(METHODS) == names
     enum = json_schema()["$defs"]["BaselinesConfig"]["properties"]["methods"]["items"]["enum"]
     assert enum == names
-    merge = build_parser()._subparsers._group_actions[0].choices["merge"]
+    merge = build_parser()._subparsers._group_actions[0].choices["merge-baseline"]
     method = next(a for a in merge._actions if a.dest == "method")
     assert list(method.choices) == names
     assert all(set(spec.needs) <= {"inputs", "head", "scores"} for spec in METHODS.values())
     assert all(callable(spec.fn) for spec in METHODS.values())
 
 
+def test_each_data_driven_method_names_its_adapter_and_only_those_do():
+    from calm.stages import baselines
+
+    for name, spec in METHODS.items():
+        assert bool(spec.needs) == bool(spec.adapter), name
+        if spec.adapter:
+            assert callable(getattr(baselines, spec.adapter)), name
+
+
 def test_a_data_driven_method_without_its_files_names_what_is_missing(pico_model, tmp_path):
     from calm.config import ModelConfig
-    from calm.stages import merge, open_family
+    from calm.stages.baselines import merge_baseline
+    from calm.stages.family import open_family
 
     family = open_family(ModelConfig(max_length=16), pico_model, device="cpu")
     with pytest.raises(ValueError, match="method 'adamerging_task' needs per-task inputs, head"):
-        merge(family, "adamerging_task", [pico_model, pico_model], tmp_path / "out")
+        merge_baseline(family, "adamerging_task", [pico_model, pico_model], tmp_path / "out")
     with pytest.raises(ValueError, match="task b: no head file given"):
-        merge(family, "localize_stitch", [pico_model, pico_model], tmp_path / "out",
+        merge_baseline(family, "localize_stitch", [pico_model, pico_model], tmp_path / "out",
               tasks=[{"task": "a", "inputs": "x", "head": "y"}, {"task": "b", "inputs": "x"}])
     with pytest.raises(ValueError, match="unknown merging method 'dare'"):
-        merge(family, "dare", [pico_model], tmp_path / "out")
+        merge_baseline(family, "dare", [pico_model], tmp_path / "out")

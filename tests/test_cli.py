@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from calm.cli import add_section, parse_bool, render_flags, section_from
+from calm.flags import add_section, parse_bool, render_flags, section_from
 from calm.config import Section
 
 

@@ -13,11 +13,17 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from calm import artifacts, resume, stages
+from calm import artifacts, resume
 from calm.checkpoints import load_torch_file, read_checkpoint_dir, read_tensors
 from calm.config import (CalmConfig, Config, ConfigError, FinetuneConfig, ModelConfig, SelectConfig,
                          check_config, load_config, validate_sweep_table)
 from calm.io import write_json, write_parquet
+from calm.stages.data import build_head, preprocess
+from calm.stages.evaluation import evaluate
+from calm.stages.family import open_family
+from calm.stages.finetune import finetune
+from calm.stages.merge_calm import calm_step
+from calm.stages.selection import select
 from conftest import same_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,7 +167,7 @@ def test_sweep_table_rows_are_checked_against_the_config_section(tmp_path):
 
 @pytest.fixture(scope="module")
 def family(pico_model):
-    return stages.open_family(ModelConfig(max_length=16, logit_scale=10.0), pico_model, device="cpu")
+    return open_family(ModelConfig(max_length=16, logit_scale=10.0), pico_model, device="cpu")
 
 
 def altered_checkpoint(pico_model: Path, folder: Path, change) -> Path:
@@ -265,7 +271,7 @@ def test_pickle_that_runs_code_is_refused_unless_trusted(tmp_path, caplog):
 
 
 def test_trust_pickle_reaches_the_family_from_the_config(pico_model, tmp_path):
-    trusting = stages.open_family(ModelConfig(max_length=16, trust_pickle=True), pico_model, device="cpu")
+    trusting = open_family(ModelConfig(max_length=16, trust_pickle=True), pico_model, device="cpu")
     assert trusting.trust_pickle is True
     torch.save({"state_dict": {"w": torch.ones(2)}, "note": _Note()}, tmp_path / "ckpt.pt")
     with pytest.raises(ValueError, match=r"ckpt.pt: holds the Python object [\w.]*_Note, which weights-only"):
@@ -287,8 +293,8 @@ def toy(tmp_path_factory, family):
     for split, rows in {"train": frame.iloc[:12], "pool": frame.iloc[12:18], "test": frame.iloc[18:]}.items():
         write_parquet(rows, data / f"{split}.parquet")
     write_json({"name": "toy", "classes": ["good", "bad"], "prompt": "something {}"}, data / "task.json")
-    stages.preprocess(family, data, folder / "inputs.safetensors")
-    stages.build_head(family, data, folder / "head.safetensors")
+    preprocess(family, data, folder / "inputs.safetensors")
+    build_head(family, data, folder / "head.safetensors")
     theta0 = family.pretrained_state()
     gen = torch.Generator().manual_seed(0)
     family.save({n: t + 0.05 * torch.randn(t.shape, generator=gen) for n, t in theta0.items()}, folder / "ft")
@@ -307,7 +313,7 @@ def run_step(family, toy, cred, out, **calm):
     cfg = CalmConfig(sequential=["toy"], iterations=4, batch_size=4, lr=1e6, init_fraction=0.01, **calm)
     visible = [{"task": "toy", "inputs": toy / "inputs.safetensors", "head": toy / "head.safetensors",
                 "credible": cred}]
-    return stages.calm_step(family, toy / "prev.safetensors", toy / "ft", visible, cfg, 1, out)
+    return calm_step(family, toy / "prev.safetensors", toy / "ft", visible, cfg, 1, out)
 
 
 def test_empty_split_is_named(family, toy, tmp_path):
@@ -318,7 +324,7 @@ def test_empty_split_is_named(family, toy, tmp_path):
     write_json({"name": "toy", "classes": ["good", "bad"], "prompt": "{}", "rows_after_cleaning": 18},
                data / "task.json")
     with pytest.raises(ValueError) as info:
-        stages.preprocess(family, data, tmp_path / "inputs.safetensors")
+        preprocess(family, data, tmp_path / "inputs.safetensors")
     assert str(info.value) == (f"{data}/pool.parquet is empty: task 'toy' has 18 usable rows, too few for "
                                f"its pool split (see the notes in {data}/task.json)")
     assert not (tmp_path / "inputs.safetensors").exists()
@@ -349,7 +355,7 @@ def test_sampler_that_keeps_nothing_stops_naming_the_scores(tmp_path):
                                 "entropy": [0.1, 0.2], "logits": [[1.0, 0.0], [0.0, 1.0]]}), scores)
     with pytest.raises(ValueError, match=r"scores.parquet: the cb_ems sampler at ratio 0.5 selected no sample "
                                          r"from a pool of 2"):
-        stages.select(scores, "cb_ems", 0.5, 0, tmp_path / "credible.parquet")
+        select(scores, "cb_ems", 0.5, 0, tmp_path / "credible.parquet")
     assert not (tmp_path / "credible.parquet").exists()
 
 
@@ -445,8 +451,8 @@ def test_stale_resume_file_is_ignored_and_removed_after_success(family, toy, tmp
 def test_same_seed_gives_bitwise_identical_finetune_mask_and_predictions_on_cpu(family, toy, tmp_path):
     cfg = FinetuneConfig(lr=1e-3, epochs=1, batch_size=4, seed=3)
     for run in ("a", "b"):
-        stages.finetune(family, toy / "inputs.safetensors", toy / "head.safetensors", cfg, tmp_path / run / "ft")
-        stages.evaluate(family, {"toy": tmp_path / run / "ft"}, {"toy": toy / "inputs.safetensors"},
+        finetune(family, toy / "inputs.safetensors", toy / "head.safetensors", cfg, tmp_path / run / "ft")
+        evaluate(family, {"toy": tmp_path / run / "ft"}, {"toy": toy / "inputs.safetensors"},
                         {"toy": toy / "head.safetensors"}, 4, tmp_path / run / "eval.parquet")
     assert (tmp_path / "a/ft/model.safetensors").read_bytes() == (tmp_path / "b/ft/model.safetensors").read_bytes()
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a/eval.parquet"),

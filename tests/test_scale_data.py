@@ -10,10 +10,12 @@ import torch
 
 pytest.importorskip("datasets", reason="HF datasets is not installed; pip install -r requirements.txt installs it")
 
-from calm import artifacts, stages  # noqa: E402
+from calm import artifacts  # noqa: E402
 from calm.config import ModelConfig  # noqa: E402
 from calm.data.hf import prepare_hf_task  # noqa: E402
 from calm.data.vision_tasks import VISION_TASKS  # noqa: E402
+from calm.stages.data import build_head, preprocess  # noqa: E402
+from calm.stages.family import open_family  # noqa: E402
 
 from picos import COLOURS, make_clip, png, save_images_parquet, save_images_to_disk  # noqa: E402
 
@@ -78,10 +80,10 @@ def test_text_pairs_and_unlabelled_rows_are_handled(tmp_path):
 
 def test_prepare_caches_uint8_pixels_once_and_the_pool_reads_the_test_rows(sources, tmp_path):
     prepare_hf_task("colours", {"source": str(sources["disk"])}, tmp_path / "task", cache_dir=tmp_path / "c")
-    family = stages.open_family(ModelConfig(family="clip_hf", logit_scale=100.0),
+    family = open_family(ModelConfig(family="clip_hf", logit_scale=100.0),
                                 make_clip(tmp_path / "clip"), device="cpu")
-    stages.preprocess(family, tmp_path / "task", tmp_path / "inputs.safetensors")
-    stages.build_head(family, tmp_path / "task", tmp_path / "head.safetensors")
+    preprocess(family, tmp_path / "task", tmp_path / "inputs.safetensors")
+    build_head(family, tmp_path / "task", tmp_path / "head.safetensors")
     test = artifacts.read_inputs(tmp_path / "inputs.safetensors", "test")
     pool = artifacts.read_inputs(tmp_path / "inputs.safetensors", "pool")
     assert test["pixels"].dtype == torch.uint8 and test["pixels"].shape == (12, 3, 32, 32)

@@ -7,9 +7,11 @@ import math
 import pytest
 import torch
 
-from calm import artifacts, stages, vectors
+from calm import artifacts, vectors
 from calm.config import Config, ModelConfig
 from calm.data.images import decode_images, resize_center_crop
+from calm.stages.data import build_head, preprocess
+from calm.stages.family import open_family
 
 from picos import make_clip, make_clip_finetuned, make_roberta, png
 
@@ -21,7 +23,7 @@ def clip_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clip_family(clip_dir):
-    return stages.open_family(ModelConfig(family="clip_hf", logit_scale=100.0), clip_dir, device="cpu")
+    return open_family(ModelConfig(family="clip_hf", logit_scale=100.0), clip_dir, device="cpu")
 
 
 # --- images ----------------------------------------------------------------------------------
@@ -108,7 +110,7 @@ def test_clip_saved_model_is_a_vision_tower_transformers_loads(clip_family, clip
 
 
 def test_merge_prefixes_restrict_the_merged_tensors(clip_dir):
-    family = stages.open_family(ModelConfig(family="clip_hf", merge_prefixes=["encoder.layers.1."]), clip_dir,
+    family = open_family(ModelConfig(family="clip_hf", merge_prefixes=["encoder.layers.1."]), clip_dir,
                                 device="cpu")
     names = set(family.pretrained_state())
     assert names and all(n.startswith("encoder.layers.1.") for n in names)
@@ -135,7 +137,7 @@ def roberta_dirs(tmp_path_factory):
 
 def test_roberta_masks_only_encoder_layers_and_keeps_its_own_head(roberta_dirs):
     pretrained, finetuned = roberta_dirs
-    family = stages.open_family(ModelConfig(family="roberta", merge_prefixes=["encoder.layer."], max_length=16),
+    family = open_family(ModelConfig(family="roberta", merge_prefixes=["encoder.layer."], max_length=16),
                                 pretrained, device="cpu")
     theta0 = family.pretrained_state()
     assert theta0 and all(n.startswith("encoder.layer.") for n in theta0)
@@ -151,7 +153,7 @@ def test_roberta_logits_match_the_sequence_classifier(roberta_dirs, tmp_path):
     from transformers import RobertaForSequenceClassification
 
     pretrained, finetuned = roberta_dirs
-    family = stages.open_family(ModelConfig(family="roberta", max_length=16), pretrained, device="cpu")
+    family = open_family(ModelConfig(family="roberta", max_length=16), pretrained, device="cpu")
     artifacts.write_head(family.checkpoint_head(finetuned), ["neg", "pos"], tmp_path / "head.safetensors")
     head = artifacts.read_head(tmp_path / "head.safetensors")
     cache = family.preprocess([("good film", "yes"), ("bad", "no at all")])
@@ -191,17 +193,17 @@ def test_prepare_takes_a_checkpoint_family_head_from_the_fine_tuned_model(robert
     from calm.io import write_json, write_parquet
 
     pretrained, finetuned = roberta_dirs
-    family = stages.open_family(ModelConfig(family="roberta", max_length=16), pretrained, device="cpu")
+    family = open_family(ModelConfig(family="roberta", max_length=16), pretrained, device="cpu")
     frame = pd.DataFrame({"idx": [0, 1, 2], "text": ["a", "b", "c"], "text_pair": ["x", "y", "z"], "label": [0, 1, 0]})
     for split in ("pool", "test"):
         write_parquet(frame, tmp_path / f"{split}.parquet")
     write_json({"name": "pairs", "classes": ["no", "yes"], "prompt": "{}", "splits": ["pool", "test"]},
                tmp_path / "task.json")
     with pytest.raises(ValueError, match="--finetuned"):
-        stages.build_head(family, tmp_path, tmp_path / "head.safetensors")
-    stages.build_head(family, tmp_path, tmp_path / "head.safetensors", model_dir=finetuned)
+        build_head(family, tmp_path, tmp_path / "head.safetensors")
+    build_head(family, tmp_path, tmp_path / "head.safetensors", model_dir=finetuned)
     assert artifacts.read_head(tmp_path / "head.safetensors")["out_proj.bias"].tolist() == [0.5, -0.5]
-    stages.preprocess(family, tmp_path, tmp_path / "inputs.safetensors")
+    preprocess(family, tmp_path, tmp_path / "inputs.safetensors")
     pool = artifacts.read_inputs(tmp_path / "inputs.safetensors", "pool")
     # pairs are encoded as <s> a </s></s> x </s>: 6 tokens with the byte-level vocabulary
     assert pool["attention_mask"].sum(dim=1).tolist() == [6, 6, 6]

@@ -8,9 +8,11 @@ import torch
 pytest.importorskip("open_clip", reason="open-clip-torch (and torchvision) are not installed; "
                     "pip install -r requirements.txt installs them")
 
-from calm import stages, vectors  # noqa: E402
+from calm import vectors  # noqa: E402
 from calm.config import ModelConfig  # noqa: E402
 from calm.families.openclip import load_release_file  # noqa: E402
+from calm.stages.data import fetch_finetuned, fetch_model  # noqa: E402
+from calm.stages.family import open_family  # noqa: E402
 
 from picos import make_release, open_clip_arch, png  # noqa: E402
 
@@ -29,7 +31,7 @@ def _model(release, trust=True) -> ModelConfig:
 
 def test_a_pickled_module_is_refused_without_trust_pickle(release, tmp_path):
     with pytest.raises(ValueError, match="set model.trust_pickle: true"):
-        stages.fetch_model(str(release["dir"] / "zeroshot.pt"), tmp_path / "pretrained", _model(release, trust=False))
+        fetch_model(str(release["dir"] / "zeroshot.pt"), tmp_path / "pretrained", _model(release, trust=False))
     assert not (tmp_path / "pretrained").exists()
 
 
@@ -44,8 +46,8 @@ def test_a_plain_state_dict_loads_without_trust(release, tmp_path):
 def converted(release, tmp_path_factory):
     out = tmp_path_factory.mktemp("converted")
     model = _model(release)
-    stages.fetch_model(str(release["dir"] / "zeroshot.pt"), out / "pretrained", model)
-    stages.fetch_finetuned(str(release["dir"] / "Alpha" / "finetuned.pt"), out / "Alpha", model,
+    fetch_model(str(release["dir"] / "zeroshot.pt"), out / "pretrained", model)
+    fetch_finetuned(str(release["dir"] / "Alpha" / "finetuned.pt"), out / "Alpha", model,
                            head=str(release["dir"] / "head_Alpha.pt"))
     return out
 
@@ -62,7 +64,7 @@ def test_conversion_writes_safetensors_only_and_keeps_every_tower_tensor(release
 
 
 def test_logits_equal_the_release_classifier_on_the_same_images(release, converted):
-    family = stages.open_family(_model(release), converted / "pretrained", device="cpu")
+    family = open_family(_model(release), converted / "pretrained", device="cpu")
     assert family.config["quick_gelu"] is True
     head = family.checkpoint_head(converted / "Alpha")
     cache = family.preprocess([png((200, 10, 10)), png((10, 10, 200), size=(60, 40))])
@@ -75,7 +77,7 @@ def test_logits_equal_the_release_classifier_on_the_same_images(release, convert
 
 
 def test_task_vector_is_the_difference_of_the_release_towers(release, converted):
-    family = stages.open_family(_model(release), converted / "pretrained", device="cpu")
+    family = open_family(_model(release), converted / "pretrained", device="cpu")
     tau = vectors.task_vector(family.load_state(converted / "Alpha"), family.pretrained_state())
     before = release["modules"]["zeroshot"].model.visual.state_dict()
     after = release["modules"]["Alpha"][0].model.visual.state_dict()

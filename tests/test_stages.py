@@ -7,14 +7,18 @@ import pandas as pd
 import pytest
 import torch
 
-from calm import artifacts, stages
+from calm import artifacts
 from calm.config import FinetuneConfig, ModelConfig
 from calm.io import write_json, write_parquet
+from calm.stages.data import build_head, preprocess
+from calm.stages.family import open_family
+from calm.stages.finetune import finetune
+from calm.stages.selection import score
 
 
 @pytest.fixture(scope="module")
 def family(pico_model):
-    return stages.open_family(ModelConfig(max_length=16, logit_scale=10.0), pico_model, device="cpu")
+    return open_family(ModelConfig(max_length=16, logit_scale=10.0), pico_model, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +42,17 @@ def test_dynamic_padding_cuts_a_batch_to_its_longest_text(family):
 
 
 def test_head_rows_are_unit_prompt_embeddings(family, task_dir, tmp_path):
-    stages.build_head(family, task_dir, tmp_path / "head.safetensors")
+    build_head(family, task_dir, tmp_path / "head.safetensors")
     head = artifacts.read_head(tmp_path / "head.safetensors")
     assert head.shape == (2, 16)
     assert torch.allclose(head.norm(dim=1), torch.ones(2), atol=1e-5)
 
 
 def test_finetuned_checkpoint_reloads_identically(family, task_dir, tmp_path):
-    stages.preprocess(family, task_dir, tmp_path / "inputs.safetensors")
-    stages.build_head(family, task_dir, tmp_path / "head.safetensors")
+    preprocess(family, task_dir, tmp_path / "inputs.safetensors")
+    build_head(family, task_dir, tmp_path / "head.safetensors")
     cfg = FinetuneConfig(lr=1e-3, epochs=1, batch_size=4)
-    stages.finetune(family, tmp_path / "inputs.safetensors", tmp_path / "head.safetensors", cfg, tmp_path / "ft")
+    finetune(family, tmp_path / "inputs.safetensors", tmp_path / "head.safetensors", cfg, tmp_path / "ft")
     reloaded = family.load_state(tmp_path / "ft")
     theta0 = family.pretrained_state()
     assert set(reloaded) == set(theta0)
@@ -66,9 +70,9 @@ def test_finetuned_checkpoint_reloads_identically(family, task_dir, tmp_path):
 
 
 def test_score_writes_entropy_and_pseudo_labels_of_the_logits(family, task_dir, tmp_path, pico_model):
-    stages.preprocess(family, task_dir, tmp_path / "inputs.safetensors")
-    stages.build_head(family, task_dir, tmp_path / "head.safetensors")
-    frame = stages.score(family, pico_model, tmp_path / "inputs.safetensors", tmp_path / "head.safetensors",
+    preprocess(family, task_dir, tmp_path / "inputs.safetensors")
+    build_head(family, task_dir, tmp_path / "head.safetensors")
+    frame = score(family, pico_model, tmp_path / "inputs.safetensors", tmp_path / "head.safetensors",
                          4, tmp_path / "scores.parquet")
     assert frame["idx"].tolist() == list(range(12, 18))
     logits = torch.tensor(np.stack(frame["logits"].to_numpy()))
@@ -87,7 +91,7 @@ def test_preprocess_rejects_a_label_outside_the_head(family, task_dir, tmp_path)
         write_parquet(frame, bad / f"{split}.parquet")
     (bad / "task.json").write_text((task_dir / "task.json").read_text())
     with pytest.raises(ValueError, match="label 5 is outside the 2 classes"):
-        stages.preprocess(family, bad, tmp_path / "x.safetensors")
+        preprocess(family, bad, tmp_path / "x.safetensors")
 
 
 def test_checkpoint_with_a_wrong_shape_names_the_tensor(family, tmp_path, pico_model):

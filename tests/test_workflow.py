@@ -251,7 +251,7 @@ def test_appending_a_task_merges_only_it_and_equals_a_fresh_merge(pico_run, tmp_
     and what `python -m calm calm-step` gives by hand."""
     from safetensors.torch import load_file
 
-    from calm.cli import render_flags
+    from calm.flags import render_flags
     from calm.config import CalmConfig
 
     work = tmp_path / "work"
@@ -320,7 +320,7 @@ def test_default_config_dry_run_plans_the_whole_pipeline(tmp_path):
 
 
 def test_the_baseline_wildcard_accepts_exactly_the_registry_names(tmp_path):
-    from calm.merging import METHODS
+    from calm.methods import METHODS
 
     def dry_run(*targets):
         return subprocess.run(SNAKEMAKE + [*targets, "-n", "--directory", str(tmp_path), "-s", str(ROOT / "Snakefile"),

@@ -102,7 +102,7 @@ rule ablation_topk:
     conda:
         "../../environment.yml"
     shell:
-        "python -m calm mask-topk {params.model} --threads {threads} --steps {params.steps} "
+        "python -m calm ablation-topk {params.model} --threads {threads} --steps {params.steps} "
         "--top-percent {params.percents} --out {output} 2> {log}"
 
 

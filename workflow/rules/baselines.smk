@@ -29,7 +29,7 @@ rule merge_baseline:
     conda:
         "../../environment.yml"
     shell:
-        "python -m calm merge {params.model} --threads {threads} --method {wildcards.method} "
+        "python -m calm merge-baseline {params.model} --threads {threads} --method {wildcards.method} "
         "--models {input.finetuned} {params.data} --out {output.model} --summary {output.summary} "
         "{params.settings} 2> {log}"
 

@@ -7,9 +7,9 @@ from pydantic import BaseModel
 
 from calm import sweeps
 from calm.sweeps import MASK_ROWS
-from calm.cli import interpreter_first_on_path, render_flags
+from calm.flags import interpreter_first_on_path, render_flags
 from calm.config import Config
-from calm.merging import METHODS
+from calm.methods import METHODS
 from calm.paper.registry import ITEMS, item_digest, options_json, report_label
 
 # The typed config re-checks what the JSON schema cannot (cross-key rules such as

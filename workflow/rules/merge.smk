@@ -93,4 +93,4 @@ rule calm_model:
     conda:
         "../../environment.yml"
     shell:
-        "python -m calm apply {params.model} --threads {threads} --tau {input.tau} --out {output} 2> {log}"
+        "python -m calm calm-model {params.model} --threads {threads} --tau {input.tau} --out {output} 2> {log}"

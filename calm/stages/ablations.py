@@ -1,17 +1,85 @@
-"""The ablations' tidy tables, from the files the merges and evaluations wrote.
+"""The ablations' stages and their tidy tables, from the files the merges and evaluations wrote.
 
 Every table is long-format: the point's settings first, then one row per task, with a
 row task="average" per point where the table has accuracies. Accuracies are in percent.
+The sweep points themselves (which CALM variant each reads) are planned in calm/sweeps.py.
 """
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Mapping
 
 import pandas as pd
 import torch
 
+from calm import artifacts, vectors
+from calm.families.base import Family
+from calm.io import atomic_path
 from calm.metrics import accuracy, normalised
+
+
+def mask_parts(family: Family, tau_prev: str | Path, model_dir: str | Path, mask: str | Path,
+               out_dir: str | Path) -> None:
+    """Checkpoints θ0+τ1, θ0+(1−M)τ1 and θ0+Mτ2 of the mask analysis (paper Table 2), with τ1
+    the merge before a step, τ2 its new task's vector and M its mask, in out_dir/<part>."""
+    theta0 = family.pretrained_state()
+    prev = artifacts.read_vector(tau_prev, family.device)
+    tau_new = vectors.task_vector(family.load_state(Path(model_dir)), theta0)
+    for part, tau in analysis_vectors(prev, tau_new, artifacts.read_mask(mask)).items():
+        family.save(vectors.add(theta0, tau), Path(out_dir) / part)
+
+
+def ablation_topk(family: Family, steps: list[dict], percents: list[float], out: str | Path) -> pd.DataFrame:
+    """Per step (keys step, task, mask, model): the share of active mask entries within the top
+    k % of the new task's |τ| (paper Table 7)."""
+    theta0 = family.pretrained_state()
+    frames = []
+    for s in steps:
+        tau = vectors.task_vector(family.load_state(Path(s["model"])), theta0)
+        shares = topk_shares(artifacts.read_mask(s["mask"]), tau, percents)
+        frames.append(with_settings({"step": s["step"], "task": s["task"]}, shares))
+    frame = pd.concat(frames, ignore_index=True)
+    _write_csv(frame, out)
+    return frame
+
+
+def ablation_table(kind: str, points: list[dict], out: str | Path, individual: str | Path | None = None
+                   ) -> pd.DataFrame:
+    """A tidy ablation table: each point's settings, then the rows its file gives.
+
+    kind accuracy: path = predictions (normalised against `individual` when given);
+    pseudo_labels: path = a credible set; layers: path = a step's layers.csv;
+    trace: path = a traced step's trace.csv.
+    """
+    readers = {
+        "accuracy": lambda path: accuracy_rows(
+            pd.read_parquet(path), None if individual is None else pd.read_parquet(individual)),
+        "pseudo_labels": lambda path: pd.DataFrame([pseudo_label_row(artifacts.read_credible(path))]),
+        "layers": lambda path: layer_rows(pd.read_csv(path)),
+        "trace": lambda path: trace_rows(pd.read_csv(path)),
+    }
+    if kind not in readers:
+        raise ValueError(f"unknown ablation table kind '{kind}'; known: {sorted(readers)}")
+    if not points:
+        raise ValueError(f"the {kind} table has no points")
+    frames = []
+    for p in points:
+        settings = {k: v for k, v in p.items() if k != "path"}
+        frames.append(with_settings(settings, readers[kind](p["path"])))
+    frame = pd.concat(frames, ignore_index=True)
+    if kind == "pseudo_labels":
+        frame = pseudo_label_averages(frame)
+    _write_csv(frame, out)
+    return frame
+
+
+def _write_csv(frame: pd.DataFrame, out: str | Path) -> None:
+    with atomic_path(out) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+# --- rows of the tidy tables ------------------------------------------------------------------
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers?|resblocks|blocks)\.(\d+)\.")
 

@@ -1,0 +1,69 @@
+"""The merging methods: one registry, name -> `Method`.
+
+An entry says everything the workflow and the stages need of a method: its pure function in
+calm.merging (over task vectors), its row in the results table, the config sections it reads
+(so that changing one reruns only the methods that read it), and, for a data-driven method, the
+per-task files it reads and the adapter in calm.stages.baselines that turns them into what its
+function takes. CALM, with its own stages, is not in it.
+
+The functions are imported on first use, so that the workflow, which reads this registry for
+its wildcards, inputs and table rows, parses without importing torch
+(tests/test_house_plan.py checks it).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable
+
+from calm.config import BaselinesConfig
+
+# Per-task files a data-driven method reads: preprocessed splits, frozen head, pool scores.
+NEEDS = ("inputs", "head", "scores")
+
+
+@dataclass(frozen=True)
+class Method:
+    target: str  # "module:function" within calm.merging
+    label: str  # its row in the results table
+    sections: tuple[str, ...] = ()  # the BaselinesConfig keys it reads
+    needs: tuple[str, ...] = ()  # per-task files (of NEEDS); empty: data-free
+    options: Callable[[BaselinesConfig], dict[str, Any]] = lambda cfg: {}
+    bound: dict[str, Any] = field(default_factory=dict)  # arguments fixed by the registry entry
+    # Data-driven methods: the function of calm.stages.baselines that reads the `needs` files and
+    # calls `fn` with what it computes from them. Data-free ones are called fn(τs, **options(cfg)).
+    adapter: str = ""
+
+    @property
+    def fn(self) -> Callable:
+        module, _, name = self.target.partition(":")
+        f = getattr(importlib.import_module(f"calm.merging.{module}"), name)
+        return partial(f, **self.bound) if self.bound else f
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+
+def _section(name: str, drop: tuple[str, ...] = ("seed",)):
+    return lambda cfg: getattr(cfg, name).model_dump(exclude=set(drop))
+
+
+METHODS: dict[str, Method] = {
+    "weight_averaging": Method("weight_averaging:weight_averaging", "Weight averaging"),
+    "task_arithmetic": Method("task_arithmetic:task_arithmetic", "Task arithmetic", ("task_arithmetic_lambda",),
+                              options=lambda cfg: {"lam": cfg.task_arithmetic_lambda}),
+    "ties": Method("ties:ties", "TIES", ("ties",), options=_section("ties")),
+    "consensus_ta": Method("consensus:consensus_ta", "Consensus TA", ("consensus",), options=_section("consensus")),
+    "consensus_ties": Method("consensus:consensus_ties", "Consensus TIES", ("consensus", "ties"),
+                             options=lambda cfg: {**cfg.consensus.model_dump(), "k": cfg.ties.k,
+                                                  "merge": cfg.ties.merge}),
+    "localize_stitch": Method("localize_stitch:stitch", "Localize-and-Stitch", ("localize_stitch",),
+                              ("inputs", "head"), adapter="localize_stitch"),
+    "adamerging_task": Method("adamerging:adamerging", "AdaMerging (task-wise)", ("adamerging",),
+                              ("inputs", "head"), bound={"granularity": "task"}, adapter="adamerging"),
+    "adamerging_layer": Method("adamerging:adamerging", "AdaMerging (layer-wise)", ("adamerging",),
+                               ("inputs", "head"), bound={"granularity": "layer"}, adapter="adamerging"),
+    "fisher": Method("fisher:fisher_merge", "Fisher", ("fisher",), ("inputs", "head", "scores"), adapter="fisher"),
+    "regmean": Method("regmean:regmean", "RegMean", ("regmean",), ("inputs",), adapter="regmean"),
+}

@@ -1,0 +1,43 @@
+"""What the stages share: the model family opened from the flags, the fine-tuned models read as
+task vectors, and one task's test predictions under a set of parameters."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import pandas as pd
+import torch
+
+from calm import artifacts, vectors
+from calm.config import ModelConfig
+from calm.families import get_family
+from calm.families.base import Family, use_bf16
+from calm.inference import predict_logits
+
+log = logging.getLogger("calm")
+
+
+def open_family(model: ModelConfig, pretrained_dir: str | Path, device: str = "auto",
+                precision: str = "auto") -> Family:
+    family = get_family(model.family).from_config(pretrained_dir, model, device=device)
+    family.bf16 = use_bf16(precision, family.device)
+    family.trust_pickle = model.trust_pickle
+    log.info("device %s, %s matmuls", family.device, "bf16" if family.bf16 else "fp32")
+    return family
+
+
+def task_vectors(family: Family, theta0: Mapping[str, torch.Tensor],
+                 model_dirs: list[str | Path]) -> Iterator[dict[str, torch.Tensor]]:
+    """τ_t = θ_t − θ0 of each fine-tuned model folder, read one at a time."""
+    for d in model_dirs:
+        yield vectors.task_vector(family.load_state(Path(d)), theta0)
+
+
+def predictions(family: Family, params: Mapping[str, torch.Tensor], task: str, inputs: str | Path,
+                head: str | Path, batch_size: int, desc: str | None = None) -> pd.DataFrame:
+    cache = artifacts.read_inputs(inputs, "test")
+    logits = predict_logits(family, params, cache, artifacts.read_head(head), batch_size,
+                            desc=desc or f"evaluate {task}")
+    return pd.DataFrame({"task": task, "idx": cache["idx"].numpy(), "label": cache["label"].numpy(),
+                         "pred": logits.argmax(dim=-1).numpy()})

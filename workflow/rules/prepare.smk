@@ -1,0 +1,26 @@
+# Each task's splits encoded once (tokenised texts or decoded images) and its frozen head: every
+# later stage reads these, never the raw data.
+
+
+rule prepare:
+    input:
+        unpack(checkpoint_head_input),
+        model=PRETRAINED,
+        data="resources/data/{task}",
+    output:
+        inputs="results/inputs/{task}.safetensors",
+        head="results/heads/{task}.safetensors",
+    params:
+        model=MODEL_FLAGS,
+        finetuned=lambda w, input: f"--finetuned {input.finetuned}" if "finetuned" in input.keys() else "",
+    threads: CFG.threads
+    resources:
+        mem_mb=scaled(4000),
+        runtime=scaled(20),
+    log:
+        "logs/prepare/{task}.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m calm prepare {params.model} --threads {threads} --data {input.data} "
+        "--inputs {output.inputs} --head {output.head} {params.finetuned} 2> {log}"
