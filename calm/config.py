@@ -168,10 +168,11 @@ class CalmConfig(Section):
         "and add acc/<task> to trace.csv (0: off).")
 
 
-# The names of calm.merging.METHODS (a test keeps the two equal; the schema's enum and the
+# The names of calm.methods.METHODS (a test keeps the two equal; the schema's enum and the
 # workflow's wildcard constraint come from here and from the registry).
 BaselineName = Literal["weight_averaging", "task_arithmetic", "ties", "consensus_ta", "consensus_ties",
-                       "localize_stitch", "adamerging_task", "adamerging_layer", "fisher", "regmean"]
+                       "localize_stitch", "adamerging_task", "adamerging_layer", "fisher", "regmean",
+                       "tsv", "iso_c", "iso_cts", "wudi", "emr"]
 
 
 class TiesConfig(Section):
@@ -222,6 +223,39 @@ class RegMeanConfig(Section):
     seed: int = 0
 
 
+class TsvConfig(Section):
+    alpha: float = Field(1.0, gt=0, description="α scaling the merged vector (the paper's 1.0).")
+    exclude: list[str] = Field(default_factory=list, description="Tensors whose names contain one of these are "
+                               "averaged instead of merged as matrices.")
+
+
+class IsoCConfig(Section):
+    alpha: float = Field(1.0, gt=0, description="α scaling the merged vector (FusionBench's 1.0; the authors "
+                         "tune it on validation data).")
+    exclude: list[str] = Field(default_factory=list, description="As tsv.exclude.")
+
+
+class IsoCTSConfig(IsoCConfig):
+    common_space_fraction: float = Field(0.8, ge=0, le=1, description="Share of each matrix's rank given to the "
+                                         "summed update's top singular directions; the rest is split between tasks.")
+
+
+class WudiConfig(Section):
+    solver: Literal["adam", "closed_form"] = Field("adam", description="adam: the authors' code (Adam from Σ τ_t); "
+                                                   "closed_form: the minimiser itself (not in their code).")
+    steps: int = Field(300, gt=0, description="Adam steps per linear layer.")
+    lr: float = Field(1e-5, gt=0, description="Adam learning rate.")
+    others: Literal["zero", "mean"] = Field("zero", description="Tensors that are not linear weights: zero (the "
+                                            "authors' code keeps them pre-trained) or the tasks' mean (FusionBench).")
+    exclude: list[str] = Field(default_factory=lambda: ["embed"], description="2-D tensors whose names contain one "
+                               "of these are not linear weights (embeddings).")
+
+
+class EmrConfig(Section):
+    rescale: Literal["tensor_mean", "sum"] = Field("tensor_mean", description="Per-task rescaler: tensor_mean (the "
+                                                   "authors' code: per-tensor means added up) or sum (the paper).")
+
+
 class BaselinesConfig(Section):
     task_arithmetic_lambda: float = Field(0.3, gt=0)
     lambda_grid: list[float] = Field(
@@ -236,6 +270,11 @@ class BaselinesConfig(Section):
     adamerging: AdaMergingConfig = AdaMergingConfig()
     fisher: FisherConfig = FisherConfig()
     regmean: RegMeanConfig = RegMeanConfig()
+    tsv: TsvConfig = TsvConfig()
+    iso_c: IsoCConfig = IsoCConfig()
+    iso_cts: IsoCTSConfig = IsoCTSConfig()
+    wudi: WudiConfig = WudiConfig()
+    emr: EmrConfig = EmrConfig()
 
     @model_validator(mode="after")
     def _distinct_methods(self) -> "BaselinesConfig":

@@ -34,6 +34,9 @@ class Method:
     # Data-driven methods: the function of calm.stages.baselines that reads the `needs` files and
     # calls `fn` with what it computes from them. Data-free ones are called fn(τs, **options(cfg)).
     adapter: str = ""
+    # Not one model: fn returns an EMR-style result from which each task's own vector is built
+    # (calm.merging.emr.emr_task_vector); each task is evaluated with its own checkpoint.
+    per_task: bool = False
 
     @property
     def fn(self) -> Callable:
@@ -66,4 +69,10 @@ METHODS: dict[str, Method] = {
                                ("inputs", "head"), bound={"granularity": "layer"}, adapter="adamerging"),
     "fisher": Method("fisher:fisher_merge", "Fisher", ("fisher",), ("inputs", "head", "scores"), adapter="fisher"),
     "regmean": Method("regmean:regmean", "RegMean", ("regmean",), ("inputs",), adapter="regmean"),
+    "tsv": Method("tsv:tsv_merge", "TSV-Merge", ("tsv",), options=_section("tsv")),
+    "iso_c": Method("iso:iso_c", "Iso-C", ("iso_c",), options=_section("iso_c")),
+    "iso_cts": Method("iso:iso_cts", "Iso-CTS", ("iso_cts",), options=_section("iso_cts")),
+    "wudi": Method("wudi:wudi", "WUDI-Merging", ("wudi",), options=_section("wudi")),
+    "emr": Method("emr:emr_merge", "EMR-Merging (a model per task)", ("emr",), options=_section("emr"),
+                  per_task=True),
 }

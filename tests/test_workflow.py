@@ -58,7 +58,8 @@ def pico_config(model: Path, folder: Path, **calm) -> dict:
         "baselines": {"task_arithmetic_lambda": 0.3, "lambda_grid": [0.3, 0.6],
                       "localize_stitch": {"n_shot": 8, "epochs": 2, "batch_size": 4, "lr": 1e6},
                       "adamerging": {"steps": 2, "batch_size": 4, "batches_per_task": 1},
-                      "fisher": {"n_examples": 4}, "regmean": {"n_examples": 8, "batch_size": 4}},
+                      "fisher": {"n_examples": 4}, "regmean": {"n_examples": 8, "batch_size": 4},
+                      "wudi": {"steps": 3}},
         "evaluate": {"batch_size": 16, "bootstrap": 200},
     }
 
@@ -98,7 +99,8 @@ def pico_run(tmp_path_factory, pico_model):
 
 MAIN_TABLE_ROWS = ["Pretrained", "Individual", "Weight averaging", "Task arithmetic (λ=0.3)", "best λ", "TIES",
                    "Consensus TA", "Consensus TIES", "Localize-and-Stitch", "AdaMerging (task-wise)",
-                   "AdaMerging (layer-wise)", "Fisher", "RegMean", "CALM"]
+                   "AdaMerging (layer-wise)", "Fisher", "RegMean", "TSV-Merge", "Iso-C", "Iso-CTS", "WUDI-Merging",
+                   "EMR-Merging (a model per task)", "CALM"]
 
 
 def test_end_to_end_writes_every_artefact(pico_run):
@@ -131,7 +133,7 @@ def test_every_baseline_writes_a_model_and_what_it_learned(pico_run):
 
     base = pico_run / "results/merge/baselines"
     for method in ("weight_averaging", "task_arithmetic", "ties", "consensus_ta", "consensus_ties", "localize_stitch",
-                   "adamerging_task", "adamerging_layer", "fisher", "regmean"):
+                   "adamerging_task", "adamerging_layer", "fisher", "regmean", "tsv", "iso_c", "iso_cts", "wudi"):
         AutoModel.from_pretrained(base / method / "model")
         summary = json.loads((base / method / "summary.json").read_text())
         assert summary["method"] == method
@@ -144,6 +146,30 @@ def test_every_baseline_writes_a_model_and_what_it_learned(pico_run):
     assert json.loads((base / "fisher/summary.json").read_text())["examples"] == {t: 4 for t in WORDS}
     regmean = json.loads((base / "regmean/summary.json").read_text())
     assert "encoder.layer.0.attention.self.query.weight" in regmean["closed_form_tensors"]
+
+
+def test_emr_writes_a_checkpoint_per_task_that_each_task_is_evaluated_with(pico_run):
+    """EMR is not one model: task t's checkpoint is θ0 + λ_t M_t ⊙ τ_uni, with τ_uni the elected
+    vector (the sign of Σ τ, the largest agreeing |τ|) and M_t where τ_t agrees with it."""
+    from calm.checkpoints import read_checkpoint_dir
+
+    base, work = pico_run / "results/merge/baselines/emr", pico_run
+    summary = json.loads((base / "summary.json").read_text())
+    assert summary["extra_bits_per_parameter"] == pytest.approx(3, abs=1e-3)  # one mask bit per task
+    theta0 = read_checkpoint_dir(work / "resources/models/pretrained")
+    taus = {t: {n: w - theta0[n] for n, w in read_checkpoint_dir(work / f"results/models/finetuned/{t}").items()}
+            for t in WORDS}
+    name = "encoder.layer.0.attention.self.query.weight"
+    stack = torch.stack([taus[t][name] for t in WORDS])
+    sign = torch.where(stack.sum(0) > 0, 1.0, -1.0)
+    unified = sign * torch.where(stack * sign > 0, stack.abs(), torch.zeros_like(stack)).amax(0)
+    for i, t in enumerate(WORDS):
+        mask = stack[i] * unified > 0
+        expected = theta0[name] + summary["rescalers"][t] * mask * unified
+        got = read_checkpoint_dir(base / "model" / t)[name]
+        assert torch.allclose(got, expected, atol=1e-6)
+    preds = pd.read_parquet(work / "results/eval/baseline_emr.parquet")
+    assert list(preds["task"].unique()) == list(WORDS)
 
 
 def test_the_lambda_sweep_predicts_what_the_merged_task_arithmetic_model_predicts(pico_run, tmp_path):

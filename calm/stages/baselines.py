@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 from calm import artifacts, scoring, vectors
 from calm.config import BaselinesConfig
 from calm.families.base import Family
-from calm.io import write_json
+from calm.io import atomic_dir, write_json
+from calm.merging.emr import emr_storage_bits, emr_task_vector
 from calm.merging.fisher import diagonal_fisher
 from calm.merging.localize_stitch import localize
 from calm.methods import METHODS
@@ -25,12 +26,13 @@ log = logging.getLogger("calm")
 
 
 def merge_baseline(family: Family, method: str, model_dirs: list[str | Path], out_dir: str | Path,
-          cfg: BaselinesConfig = BaselinesConfig(), tasks: list[dict] | None = None,
-          summary_out: str | Path | None = None) -> dict:
+                   cfg: BaselinesConfig = BaselinesConfig(), tasks: list[dict] | None = None,
+                   summary_out: str | Path | None = None) -> dict:
     """θ = θ0 + τ of a registry method over the fine-tuned models, written as a checkpoint.
 
     Data-driven methods also need `tasks`: one dict per model, in the same order, with key
-    `task` and the files the method's `needs` names (inputs, head, scores).
+    `task` and the files the method's `needs` names (inputs, head, scores). A per-task method
+    (EMR) writes one checkpoint per model instead, out_dir/<the model folder's name>.
     """
     if method not in METHODS:
         raise ValueError(f"unknown merging method '{method}'; known: {sorted(METHODS)}")
@@ -47,16 +49,44 @@ def merge_baseline(family: Family, method: str, model_dirs: list[str | Path], ou
     taus = list(task_vectors(family, theta0, model_dirs))
     family.train_mode(False)
     start = time.perf_counter()
+    if spec.per_task:
+        return _merge_per_task(family, spec, theta0, taus, model_dirs, out_dir, cfg, summary_out)
     if spec.adapter:
         tau, info = globals()[spec.adapter](spec.fn, family, theta0, taus, tasks, cfg)
     else:
         tau, info = spec(taus, **spec.options(cfg)), {}
-    summary = {"method": method, "label": spec.label, "seconds": time.perf_counter() - start,
-               "models": [str(d) for d in model_dirs],
-               "settings": {s: (v.model_dump() if hasattr(v, "model_dump") else v)
-                            for s in spec.sections for v in [getattr(cfg, s)]},
-               **info}
+    summary = _summary(spec, method, start, model_dirs, cfg) | info
     family.save(vectors.add(theta0, tau), Path(out_dir))
+    if summary_out is not None:
+        write_json(summary, summary_out)
+    return summary
+
+
+def _summary(spec, method: str, start: float, model_dirs: list[str | Path], cfg: BaselinesConfig) -> dict:
+    return {"method": method, "label": spec.label, "seconds": time.perf_counter() - start,
+            "models": [str(d) for d in model_dirs],
+            "settings": {s: (v.model_dump() if hasattr(v, "model_dump") else v)
+                         for s in spec.sections for v in [getattr(cfg, s)]}}
+
+
+def _merge_per_task(family: Family, spec, theta0, taus, model_dirs: list[str | Path], out_dir: str | Path,
+                    cfg: BaselinesConfig, summary_out: str | Path | None) -> dict:
+    """EMR-Merging: one unified vector, and per task a sign mask and a rescaler. Task t is
+    evaluated with θ0 + λ_t M_t ⊙ τ_uni, so it has a checkpoint of its own; what the method
+    stores beyond one model is one mask bit per task and parameter, plus the rescalers."""
+    names = [Path(d).name for d in model_dirs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{spec.label}: each model folder's name names its task's checkpoint; got {names}")
+    start = time.perf_counter()
+    emr = spec(taus, **spec.options(cfg))
+    summary = _summary(spec, "emr", start, model_dirs, cfg) | {
+        "rescalers": dict(zip(names, emr.rescalers)),
+        "extra_bits_per_parameter": emr_storage_bits(len(taus), vectors.numel(theta0)),
+        "active_fraction": {n: sum(int(m.sum()) for m in mask.values()) / vectors.numel(theta0)
+                            for n, mask in zip(names, emr.masks)}}
+    with atomic_dir(out_dir) as tmp:
+        for i, name in enumerate(names):
+            family.save(vectors.add(theta0, emr_task_vector(emr, i)), tmp / name)
     if summary_out is not None:
         write_json(summary, summary_out)
     return summary

@@ -1,4 +1,4 @@
-# Every baseline of the registry (calm.merging.METHODS) is one job: the data-free ones read
+# Every baseline of the registry (calm.methods.METHODS) is one job: the data-free ones read
 # the fine-tuned models only; the data-driven ones also the per-task files their registry
 # entry names (preprocessed splits, heads, pool scores).
 

@@ -177,9 +177,19 @@ def eval_models(method):
         return {t: variant_model("default") for t in TASKS}
     if method.startswith("calm/"):
         return variant_eval_models(method)
-    if method.startswith("baseline_") and method[len("baseline_"):] in METHODS:
-        return {t: f"{baseline_dir(method[len('baseline_'):])}/model" for t in TASKS}
+    name = method.removeprefix("baseline_")
+    if method.startswith("baseline_") and name in METHODS:
+        # A per-task method (EMR) writes one checkpoint per task inside its model folder.
+        return {t: f"{baseline_dir(name)}/model" + (f"/{t}" if METHODS[name].per_task else "") for t in TASKS}
     raise ValueError(f"unknown evaluation target '{method}'")
+
+
+def eval_checkpoints(method):
+    """The folders a method's evaluation reads: the job outputs that hold its checkpoints."""
+    name = method.removeprefix("baseline_")
+    if method.startswith("baseline_") and name in METHODS and METHODS[name].per_task:
+        return [f"{baseline_dir(name)}/model"]
+    return sorted(set(eval_models(method).values()))
 
 
 def table_rows():

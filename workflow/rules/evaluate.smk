@@ -1,7 +1,7 @@
 rule evaluate:
     input:
         model=PRETRAINED,
-        checkpoints=lambda w: sorted(set(eval_models(w.method).values())),
+        checkpoints=lambda w: eval_checkpoints(w.method),
         inputs=[f"results/inputs/{t}.safetensors" for t in TASKS],
         heads=[f"results/heads/{t}.safetensors" for t in TASKS],
     output:
