@@ -4,11 +4,12 @@
 - `.pt` / `.bin` / `.pth` files are pickles: `load_torch_file` opens them with
   `torch.load(weights_only=True)`, which refuses anything but tensors and plain containers.
   Full unpickling can run code hidden in the file, so it happens only with an explicit
-  `model.trust_pickle: true`, and says so in the log. Every torch-format load in calm goes
-  through `load_torch_file`.
-- `check_state` compares a checkpoint's tensors with the pretrained model's (names, shapes,
-  dtypes, in the pretrained order, so the first mismatching tensor is named) and rejects
-  NaN or Inf.
+  `model.trust_pickle: true`, only for a file that needs it, and says so in the log. Every
+  torch.load in calm is in `load_torch_file` (the open_clip release's unpickler passes
+  through it too).
+- `check_finite` names the first tensor holding NaN or Inf. A family's `checked_state`
+  (calm/families/base.py) adds the comparison with the pretrained model's tensors (names,
+  shapes, dtypes, in the pretrained order, so the first mismatching tensor is named).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from calm.vectors import StateDict, check_compatible
+from calm.vectors import StateDict
 
 log = logging.getLogger("calm")
 
@@ -43,30 +44,37 @@ def read_safetensors(path: str | Path) -> StateDict:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as exc:
+        # No advice to remake it: the workflow writes every file atomically and checks every
+        # checkpoint it fetches, so a broken one is a source's, which only its owner can mend.
         raise ValueError(f"{path}: not a readable safetensors file, truncated or corrupt "
-                         f"({_first_line(exc)}); delete it and make it again") from None
+                         f"({_first_line(exc)})") from None
 
 
-def load_torch_file(path: str | Path, trust_pickle: bool) -> Any:
-    """`torch.load` of a .pt/.bin file onto the CPU, with weights_only=True unless trusted."""
+def load_torch_file(path: str | Path, trust_pickle: bool, pickle_module: Any = pickle) -> Any:
+    """`torch.load` of a .pt/.bin file onto the CPU with weights_only=True; a file that holds
+    more than tensors and plain containers is refused, or, when trusted, fully unpickled with
+    `pickle_module` (the open_clip release's stands in for its missing classes)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    if trust_pickle:
-        log.warning("%s: fully unpickling (model.trust_pickle: true); this runs any code the file "
-                    "holds, so use it only for files from a source you trust", path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if trust_pickle:
-            raise ValueError(f"{path}: cannot be unpickled ({_first_line(exc)})") from None
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-        what = f"the Python object {found.group(1)}" if found else "Python objects other than tensors"
-        raise ValueError(f"{path}: holds {what}, which weights-only loading refuses; if you trust "
-                         "the file, set model.trust_pickle: true") from None
+        if not trust_pickle:
+            # torch's two wordings: a global not on its allow-list, one of a blocked module (os, posix, …)
+            found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(exc))
+            what = f"the Python object {found.group(1)}" if found else "Python objects other than tensors"
+            raise ValueError(f"{path}: holds {what}, which weights-only loading refuses; if you trust "
+                             "the file, set model.trust_pickle: true") from None
     except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile, OSError) as exc:
         raise ValueError(f"{path}: not a readable PyTorch file, truncated or corrupt "
                          f"({_first_line(exc)[:200]})") from None
+    log.warning("%s: fully unpickling (model.trust_pickle: true); this runs any code the file holds, "
+                "so use it only for files from a source you trust", path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=pickle_module)
+    except Exception as exc:  # unpickling runs the file's code: any error can come out of it
+        raise ValueError(f"{path}: cannot be unpickled ({type(exc).__name__}: {_first_line(exc)[:200]})") from None
 
 
 def read_tensors(path: str | Path, trust_pickle: bool = False) -> StateDict:
@@ -112,8 +120,3 @@ def check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
             nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
             raise ValueError(f"tensor '{name}' of the {what} holds {nan} NaN and {inf} Inf values")
 
-
-def check_state(reference: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], what: str) -> None:
-    """The checks a fine-tuned checkpoint must pass before it becomes a task vector."""
-    check_compatible(reference, state, what=what)
-    check_finite(state, what)

@@ -36,7 +36,7 @@ def cmd_fetch_model(a):
 
 def cmd_fetch_finetuned(a):
     from calm.stages.data import fetch_finetuned
-    fetch_finetuned(a.source, a.out, model_section(a), head=a.head or None)
+    fetch_finetuned(a.source, a.out, model_section(a), a.pretrained, head=a.head or None)
 
 
 def cmd_fetch_data(a):
@@ -178,8 +178,9 @@ def cmd_schema(a):
 
 
 def cmd_validate(a):
-    c = cfgmod.load_config(a.config)
-    print(f"{a.config}: valid; tasks {c.data.tasks}, S = {c.efficient_tasks}, S̄ = {c.calm.sequential}")
+    c = cfgmod.load_config(*a.config)
+    print(f"{' + '.join(map(str, a.config))}: valid; tasks {c.data.tasks}, S = {c.efficient_tasks}, "
+          f"S̄ = {c.calm.sequential}")
 
 
 # --- parser -----------------------------------------------------------------------------------
@@ -204,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "Copy (or, for open_clip, convert) one task's fine-tuned checkpoint into a local folder.")
     p.add_argument("--source", required=True, help="hf:<repo id> or a local folder (open_clip: <Task>/finetuned.pt)")
     p.add_argument("--head", default="", help="open_clip: the task's head_<Task>.pt")
+    p.add_argument("--pretrained", required=True, type=Path,
+                   help="the fetched pretrained model, which the checkpoint is checked against")
     p.add_argument("--out", required=True, type=Path)
     add_section(p, cfgmod.ModelConfig, prefix="model_", exclude=("source",))
 
@@ -346,7 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path)
 
     p = command("validate", cmd_validate, "Check a config file and print what it will run.")
-    p.add_argument("--config", required=True, type=Path)
+    p.add_argument("--config", required=True, type=Path, nargs="+",
+                   help="a config file; several are laid over one another in order, as the workflow lays "
+                   "--configfile over config/config.yaml")
     return parser
 
 

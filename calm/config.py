@@ -408,7 +408,9 @@ class ConfigError(ValueError):
     """A bad config value, as one line naming the file and the key."""
 
 
-def load_config(path: str | Path) -> Config:
+def read_config_file(path: str | Path) -> dict:
+    """The keys of one config file; a missing, empty or non-YAML file, or one that is not a
+    mapping, is one ConfigError line naming it (and the line of a YAML error)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
@@ -419,7 +421,28 @@ def load_config(path: str | Path) -> Config:
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}:{where} not valid YAML: {problem}") from None
-    return check_config(data, str(path))
+    if data is None:
+        raise ConfigError(f"{path}: the config is empty")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def load_config(*paths: str | Path) -> Config:
+    """The config of one or more files, each file's keys over the earlier files' (sections
+    merged key by key), as Snakemake lays a --configfile over config/config.yaml."""
+    merged: dict = {}
+    for path in paths:
+        _lay_over(merged, read_config_file(path))
+    return check_config(merged, " + ".join(map(str, paths)))
+
+
+def _lay_over(base: dict, top: dict) -> None:
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _lay_over(base[key], value)
+        else:
+            base[key] = value
 
 
 def check_config(data: Any, source: str = "config") -> Config:

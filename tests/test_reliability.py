@@ -281,6 +281,18 @@ def test_trust_pickle_reaches_the_family_from_the_config(pico_model, tmp_path):
     assert list(read_checkpoint_dir(tmp_path / "d", trust_pickle=True)) == ["w"]
 
 
+def test_every_torch_load_in_calm_is_in_load_torch_file():
+    import ast
+
+    calls = set()
+    for path in (ROOT / "calm").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for func in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
+            calls |= {(path.relative_to(ROOT).as_posix(), func.name) for n in ast.walk(func)
+                      if isinstance(n, ast.Call) and ast.unparse(n.func) == "torch.load"}
+    assert calls == {("calm/checkpoints.py", "load_torch_file")}
+
+
 # --- data -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ conventions), the open_clip release's pickles, RoBERTa classifiers; and image pr
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch
 from calm import artifacts, vectors
 from calm.config import Config, ModelConfig
 from calm.data.images import decode_images, resize_center_crop
-from calm.stages.data import build_head, preprocess
+from calm.stages.data import build_head, fetch_finetuned, preprocess
 from calm.stages.family import open_family
 
 from picos import make_clip, make_clip_finetuned, make_roberta, png
@@ -163,6 +164,55 @@ def test_roberta_logits_match_the_sequence_classifier(roberta_dirs, tmp_path):
     with torch.no_grad():
         reference = model(**batch).logits
     assert torch.allclose(ours, reference, atol=1e-5)
+
+
+# --- .bin checkpoints and model.trust_pickle ----------------------------------------------------
+
+class _Note:
+    """A harmless object of a class torch.load(weights_only=True) does not know."""
+
+
+def as_bin(folder: Path, out: Path, wrap: bool = False) -> Path:
+    """`folder`'s tensors as a pytorch_model.bin that also pickles a _Note (or, `wrap`, only the
+    tensors, under `state_dict` as training checkpoints keep them)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(folder / "model.safetensors"))
+    out.mkdir()
+    torch.save({"state_dict": tensors} if wrap else {**tensors, "note": _Note()}, out / "pytorch_model.bin")
+    return out
+
+
+def test_trust_pickle_reaches_every_read_of_a_fine_tuned_checkpoint(clip_dir, roberta_dirs, tmp_path):
+    """A family opened with model.trust_pickle: true loads a .bin that holds a Python object;
+    without it the file is refused, naming the object."""
+    clip_ft = make_clip_finetuned(clip_dir, tmp_path / "clip-ft", {"post_layernorm.bias": 0.1}, "v5")
+    cases = [(ModelConfig(family="clip_hf"), clip_dir, clip_ft),
+             (ModelConfig(family="roberta", max_length=16), *roberta_dirs)]
+    for model, pretrained, finetuned in cases:
+        pickled = as_bin(finetuned, tmp_path / f"{model.family}-bin")
+        refusing = open_family(model, pretrained, device="cpu")
+        with pytest.raises(ValueError, match=r"pytorch_model.bin: holds the Python object [\w.]*_Note, which"):
+            refusing.load_state(pickled)
+        trusting = open_family(model.model_copy(update={"trust_pickle": True}), pretrained, device="cpu")
+        expected = refusing.load_state(finetuned)
+        loaded = trusting.load_state(pickled)
+        assert set(loaded) == set(expected) and all(torch.equal(loaded[n], expected[n]) for n in expected)
+        if model.family == "roberta":
+            with pytest.raises(ValueError, match="holds the Python object"):
+                refusing.checkpoint_head(pickled)
+            assert trusting.checkpoint_head(pickled)["out_proj.bias"].tolist() == [0.5, -0.5]
+
+
+def test_a_fetched_bin_checkpoint_is_unwrapped_from_its_state_dict_and_converted(clip_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    served = make_clip_finetuned(clip_dir, tmp_path / "served", {"post_layernorm.bias": 0.1}, "v5")
+    wrapped = as_bin(served, tmp_path / "wrapped", wrap=True)
+    fetch_finetuned(str(wrapped), tmp_path / "fetched", ModelConfig(family="clip_hf"), clip_dir)
+    assert sorted(p.name for p in (tmp_path / "fetched").iterdir()) == ["model.safetensors"]
+    ours, original = (load_file(str(d / "model.safetensors")) for d in (tmp_path / "fetched", served))
+    assert set(ours) == set(original) and all(torch.equal(ours[k], original[k]) for k in original)
 
 
 # --- config rules ------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def converted(release, tmp_path_factory):
     out = tmp_path_factory.mktemp("converted")
     model = _model(release)
     fetch_model(str(release["dir"] / "zeroshot.pt"), out / "pretrained", model)
-    fetch_finetuned(str(release["dir"] / "Alpha" / "finetuned.pt"), out / "Alpha", model,
+    fetch_finetuned(str(release["dir"] / "Alpha" / "finetuned.pt"), out / "Alpha", model, out / "pretrained",
                            head=str(release["dir"] / "head_Alpha.pt"))
     return out
 
@@ -114,3 +114,23 @@ def test_a_class_the_installed_packages_lack_unpickles_as_a_placeholder_keeping_
     loaded = load_release_file(tmp_path / "block.pt", trust_pickle=True)
     assert type(loaded).__name__ == "Block" and type(loaded.act).__name__ == "QuickGELU"
     assert torch.equal(loaded.state_dict()["fc.weight"], block.fc.weight)
+
+
+
+class _Note:
+    """A harmless object of a class torch.load(weights_only=True) does not know."""
+
+
+def test_trust_pickle_reaches_the_open_clip_load_state(release, converted, tmp_path):
+    """A converted tower re-saved as a .bin beside a pickled object: refused, unless trusted."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(converted / "Alpha" / "model.safetensors"))
+    (tmp_path / "bin").mkdir()
+    torch.save({**tensors, "note": _Note()}, tmp_path / "bin" / "finetuned.bin")
+    refusing = open_family(_model(release, trust=False), converted / "pretrained", device="cpu")
+    with pytest.raises(ValueError, match=r"finetuned.bin: holds the Python object [\w.]*_Note, which"):
+        refusing.load_state(tmp_path / "bin")
+    expected = refusing.load_state(converted / "Alpha")
+    loaded = open_family(_model(release), converted / "pretrained", device="cpu").load_state(tmp_path / "bin")
+    assert set(loaded) == set(expected) and all(torch.equal(loaded[n], expected[n]) for n in expected)

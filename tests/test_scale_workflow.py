@@ -59,38 +59,50 @@ def test_slurm_profile_puts_gpu_jobs_on_the_gpu_partition(tmp_path):
 
 # --- end to end on pico CLIP checkpoints and pico datasets -------------------------------------
 
-
-
-@pytest.fixture(scope="module")
-def clip_run(tmp_path_factory):
-    pytest.importorskip("datasets", reason="HF datasets is not installed (pip install -r requirements.txt)")
-    from picos import make_clip, make_clip_finetuned, save_images_parquet, save_images_to_disk
-
-    work = tmp_path_factory.mktemp("clip-e2e")
-    pretrained = make_clip(work / "src" / "pretrained")
-    config = {
+def clip_config(src: Path) -> dict:
+    """A paper-scale (CLIP HF) config as a user writes one, over the pico sources in `src`."""
+    return {
         "device": "cpu", "threads": 1,
-        "model": {"family": "clip_hf", "source": str(pretrained), "logit_scale": 100.0, "finetuned": {
-            # one served as transformers 4.x wrote it (vision_model. keys), one as 5 writes it
-            "colours": str(make_clip_finetuned(pretrained, work / "src" / "ft-colours",
-                                               {"post_layernorm.bias": 0.1}, "v4")),
-            "hues": str(make_clip_finetuned(pretrained, work / "src" / "ft-hues",
-                                            {"encoder.layers.0.mlp.fc2.bias": -0.2}, "v5"))}},
+        "model": {"family": "clip_hf", "source": str(src / "pretrained"), "logit_scale": 100.0, "finetuned": {
+            "colours": str(src / "ft-colours"), "hues": str(src / "ft-hues")}},
         "data": {"tasks": ["colours", "hues"], "hf": {
-            "colours": {"source": str(save_images_to_disk(work / "src" / "colours", ["red", "blue"])),
-                        "templates": ["a {} photo.", "a photo of something {}."]},
-            "hues": {"source": str(save_images_parquet(work / "src" / "hues", ["red", "blue", "green"])),
-                     "pool_split": "train"}}},
+            "colours": {"source": str(src / "colours"), "templates": ["a {} photo.", "a photo of something {}."]},
+            "hues": {"source": str(src / "hues"), "pool_split": "train"}}},
         "score": {"batch_size": 8},
         "select": {"sampler": "cb_ems", "ratio": 0.9},
         "calm": {"sequential": ["hues"], "iterations": 2, "batch_size": 4, "batches_per_task": 1, "lr": 1e6},
         "baselines": {"task_arithmetic_lambda": 0.3, "lambda_grid": [0.3]},
         "evaluate": {"batch_size": 8, "bootstrap": 50},
     }
+
+
+@pytest.fixture(scope="module")
+def clip_sources(tmp_path_factory) -> Path:
+    """The pico CLIP, its two fine-tuned towers and the two image datasets, as served."""
+    pytest.importorskip("datasets", reason="HF datasets is not installed (pip install -r requirements.txt)")
+    from picos import make_clip, make_clip_finetuned, save_images_parquet, save_images_to_disk
+
+    src = tmp_path_factory.mktemp("clip-src")
+    pretrained = make_clip(src / "pretrained")
+    # one served as transformers 4.x wrote it (vision_model. keys), one as 5 writes it
+    make_clip_finetuned(pretrained, src / "ft-colours", {"post_layernorm.bias": 0.1}, "v4")
+    make_clip_finetuned(pretrained, src / "ft-hues", {"encoder.layers.0.mlp.fc2.bias": -0.2}, "v5")
+    save_images_to_disk(src / "colours", ["red", "blue"])
+    save_images_parquet(src / "hues", ["red", "blue", "green"])
+    return src
+
+
+def snakemake_in(work: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
     (work / "config.yaml").write_text(yaml.safe_dump(config))
-    proc = subprocess.run(SNAKEMAKE + ["-s", str(ROOT / "Snakefile"), "--directory", str(work),
-                                       "--configfile", str(work / "config.yaml"), "--cores", "2"],
+    return subprocess.run(SNAKEMAKE + ["-s", str(ROOT / "Snakefile"), "--directory", str(work),
+                                       "--configfile", str(work / "config.yaml"), *args],
                           capture_output=True, text=True, cwd=work, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+@pytest.fixture(scope="module")
+def clip_run(tmp_path_factory, clip_sources):
+    work = tmp_path_factory.mktemp("clip-e2e")
+    proc = snakemake_in(work, clip_config(clip_sources), "--cores", "2")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return work
 
@@ -117,3 +129,107 @@ def test_clip_pipeline_end_to_end_from_a_config_file(clip_run):
     CLIPVisionModel.from_pretrained(work / "results/merge/calm/default/model")
     preds = pd.read_parquet(work / "results/eval/calm.parquet")
     assert preds.groupby("task").size().to_dict() == {"colours": 12, "hues": 12}
+
+
+# --- a broken fine-tuned checkpoint stops the run at its fetch ---------------------------------
+
+def faulty_checkpoint(clip_sources: Path, folder: Path, fault: str) -> Path:
+    """The pretrained vision tower as transformers 5 saves it, broken as `fault` says."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from picos import make_clip_finetuned
+
+    make_clip_finetuned(clip_sources / "pretrained", folder, {}, "v5")
+    weights = folder / "model.safetensors"
+    tensors = load_file(str(weights))
+    if fault == "truncated":
+        data = weights.read_bytes()
+        weights.write_bytes(data[: len(data) // 2])
+    elif fault == "nan":
+        tensors["encoder.layers.1.mlp.fc1.weight"][0, :3] = float("nan")
+        save_file(tensors, str(weights))
+    elif fault == "shape":
+        tensors["encoder.layers.0.self_attn.q_proj.weight"] = torch.zeros(8, 16)
+        save_file(tensors, str(weights))
+    elif fault == "pickle":  # a pytorch_model.bin that also pickles a reference to os.system
+        weights.unlink()
+        torch.save({**tensors, "hook": os.system}, folder / "pytorch_model.bin")
+    return folder
+
+
+def started_jobs(output: str) -> set[str]:
+    import re
+
+    return set(re.findall(r"^(?:local)?rule (\w+):", output, re.MULTILINE))
+
+
+@pytest.fixture
+def fetched(clip_run, tmp_path) -> Path:
+    """A folder where the pretrained model and the datasets are fetched, the checkpoints not."""
+    import shutil
+
+    for part in ("resources/models/pretrained", "resources/data"):
+        shutil.copytree(clip_run / part, tmp_path / part)
+    return tmp_path
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("truncated", "{ft}/model.safetensors: not a readable safetensors file, truncated or corrupt "
+                  "(Error while deserializing header: incomplete metadata, file not fully covered)"),
+    ("nan", "tensor 'encoder.layers.1.mlp.fc1.weight' of the checkpoint {ft} holds 3 NaN and 0 Inf values"),
+    ("shape", "tensor 'encoder.layers.0.self_attn.q_proj.weight' of the checkpoint {ft} is (8, 16) torch.float32, "
+              "expected (16, 16) torch.float32"),
+    ("pickle", "{ft}/pytorch_model.bin: holds the Python object posix.system, which weights-only loading refuses; "
+               "if you trust the file, set model.trust_pickle: true"),
+])
+def test_a_broken_checkpoint_stops_the_run_at_its_fetch_naming_the_users_file(clip_sources, fetched, fault,
+                                                                                message):
+    """The whole workflow, as a user runs it: only the checkpoint fetches run; the broken one's
+    log ends with one line naming the user's file and tensor; resources/ holds no copy of it."""
+    ft = faulty_checkpoint(clip_sources, fetched / "user" / f"ft-{fault}", fault)
+    config = clip_config(clip_sources)
+    config["model"]["finetuned"]["colours"] = str(ft)
+    # one core: the order is the scheduler's alone (with two, a good checkpoint's fetch may end
+    # and free a core for a prepare job while the broken one is still being read)
+    proc = snakemake_in(fetched, config, "--cores", "1")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert started_jobs(output) == {"fetch_finetuned"}, output[-3000:]
+    expected = "error: " + message.format(ft=ft)
+    log = (fetched / "logs/fetch_finetuned/colours.log").read_text().strip().splitlines()
+    assert log[-1] == expected, log[-5:]
+    assert expected in output  # Snakemake shows the failed job's log
+    assert "Traceback" not in "\n".join(log)
+    copies = fetched / "resources/models/finetuned"
+    # the good checkpoint's fetch may have run first; no trace of the broken one, not even a temporary
+    assert (sorted(p.name for p in copies.iterdir()) if copies.exists() else []) in ([], ["hues"])
+
+
+def test_a_pickled_checkpoint_loads_when_trusted_with_the_warning(clip_sources, fetched):
+    from safetensors.torch import load_file
+
+    ft = faulty_checkpoint(clip_sources, fetched / "user" / "ft-pickle", "pickle")
+    config = clip_config(clip_sources)
+    config["model"]["finetuned"]["colours"] = str(ft)
+    config["model"]["trust_pickle"] = True
+    proc = snakemake_in(fetched, config, "--cores", "1", "resources/models/finetuned/colours")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = (fetched / "logs/fetch_finetuned/colours.log").read_text()
+    assert (f"WARNING {ft}/pytorch_model.bin: fully unpickling (model.trust_pickle: true); this runs any code "
+            "the file holds, so use it only for files from a source you trust") in log
+    import torch
+
+    fetched_tensors = load_file(str(fetched / "resources/models/finetuned/colours/model.safetensors"))
+    served = torch.load(ft / "pytorch_model.bin", weights_only=False)  # a reference to os.system runs nothing
+    assert served.pop("hook") is os.system
+    assert set(fetched_tensors) == set(served) and all(torch.equal(fetched_tensors[k], served[k]) for k in served)
+
+
+def test_turning_trust_pickle_on_reruns_nothing(clip_run):
+    """It decides whether a fetch may unpickle, not what the fetched safetensors hold."""
+    config = yaml.safe_load((clip_run / "config.yaml").read_text())
+    config["model"]["trust_pickle"] = True
+    (clip_run / "trusting.yaml").write_text(yaml.safe_dump(config))
+    out = dry_run(clip_run / "trusting.yaml", clip_run)
+    assert "Nothing to be done" in out, planned_jobs(out)

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, ClassVar, Iterator, Literal
 
 import torch
 
-if TYPE_CHECKING:
-    from calm.config import ModelConfig
-
-
-from calm.checkpoints import check_state, read_checkpoint_dir
+from calm.checkpoints import check_finite, read_checkpoint_dir
+from calm.families.checkpoints import pick
 from calm.io import atomic_dir
 from calm.vectors import StateDict
+
+if TYPE_CHECKING:
+    from calm.config import ModelConfig
 
 Batch = dict[str, torch.Tensor]
 # A task head: one tensor (class embeddings of the prompt-head families) or named tensors (a
@@ -27,7 +27,7 @@ class Family(ABC):
     # Matmuls under bf16 autocast (weights, gradients' accumulation and mask logits stay fp32);
     # set from the config's `precision` by whoever opens the family.
     bf16: bool = False
-    # model.trust_pickle, set by stages.open_family: may .pt/.bin files be fully unpickled?
+    # model.trust_pickle, set by open_family: may .pt/.bin files be fully unpickled?
     trust_pickle: bool = False
 
     def autocast(self) -> torch.autocast:
@@ -39,6 +39,9 @@ class Family(ABC):
     head_source: ClassVar[Literal["prompts", "checkpoint"]] = "prompts"
     # Which column of a task's parquet splits the family reads: "text" (plus "text_pair") or "image".
     modality: ClassVar[Literal["text", "image"]] = "text"
+    # Other spellings of the module's tensor names a checkpoint may use: the names under one
+    # of these prefixes (transformers 4.x's `vision_model.`, a classifier's `roberta.`).
+    key_prefixes: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def from_config(cls, model_dir: str | Path, model: "ModelConfig", device: str = "auto") -> "Family":
@@ -64,16 +67,24 @@ class Family(ABC):
         files only through calm.checkpoints (its .pt/.bin loading never unpickles untrusted code)."""
         return read_checkpoint_dir(model_dir, self.trust_pickle)
 
+    def checked_state(self, tensors: StateDict, where: str) -> StateDict:
+        """The pretrained model's tensors out of a checkpoint's `tensors`, after the checks every
+        family shares: each present with the pretrained shape and dtype (the first that is not
+        is named), no NaN or Inf. A checkpoint may carry buffers (position_ids) or tensors the
+        model lacks (an unused pooler); only the pretrained model's are task-vector material."""
+        picked = pick(tensors, self.pretrained_state(), self.key_prefixes, where)
+        check_finite(picked, where)
+        return picked
+
+    def check_finetuned(self, tensors: StateDict, where: str) -> None:
+        """Everything the stages will read from a fine-tuned checkpoint, checked when it is
+        fetched: the pretrained model's tensors (and a checkpoint-head family's head)."""
+        self.checked_state(tensors, where)
+
     def load_state(self, model_dir: Path) -> StateDict:
-        """The pretrained model's tensors from a fine-tuned checkpoint folder, on the compute
-        device, after the checks every family shares: each tensor present with the pretrained
-        shape and dtype (the first that is not is named), no NaN or Inf."""
-        reference = self.pretrained_state()
-        tensors = self.read_checkpoint(Path(model_dir))
-        # A checkpoint may carry buffers (position_ids) or tensors the model lacks (an unused
-        # pooler); only the pretrained model's tensors are task-vector material, all of them.
-        picked = {n: tensors[n] for n in reference if n in tensors}
-        check_state(reference, picked, what=f"checkpoint {model_dir}")
+        """The pretrained model's tensors from a fine-tuned checkpoint folder, checked
+        (`checked_state`), on the compute device."""
+        picked = self.checked_state(self.read_checkpoint(Path(model_dir)), f"checkpoint {model_dir}")
         return {n: t.to(self.device) for n, t in picked.items()}
 
     @abstractmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
 
@@ -18,6 +18,9 @@ from calm.checkpoints import check_finite
 from calm.checkpoints import read_checkpoint_dir as read_tensors
 from calm.io import atomic_dir, write_tensors
 from calm.vectors import StateDict, check_compatible
+
+if TYPE_CHECKING:
+    from .base import Family
 
 
 __all__ = ["read_tensors", "pick", "selected", "fetch_checkpoint", "check_finite"]
@@ -47,9 +50,12 @@ def pick(tensors: StateDict, reference: StateDict, prefixes: Sequence[str], wher
     return out
 
 
-def fetch_checkpoint(source: str, out_dir: str | Path) -> None:
+def fetch_checkpoint(source: str, out_dir: str | Path, family: "Family") -> None:
     """Copy a checkpoint's config and weights as served ('hf:<id>' or a local folder) into out_dir,
-    as safetensors; a pytorch_model.bin is read with weights_only=True and converted."""
+    as safetensors, once `family` (opened on the pretrained model) has checked every tensor the
+    stages will read from it: a broken checkpoint stops here, naming the source's file and
+    tensor, before anything is written. A pytorch_model.bin is converted (trusted or not, as
+    `family.trust_pickle` says)."""
     if source.startswith("hf:"):
         from huggingface_hub import snapshot_download
 
@@ -58,19 +64,13 @@ def fetch_checkpoint(source: str, out_dir: str | Path) -> None:
             folder = Path(snapshot_download(source[len("hf:"):], allow_patterns=["*.json", "*.bin"]))
     else:
         folder = Path(source)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"checkpoint {source}: no such folder")
-    weights = sorted(folder.glob("*.safetensors"))
-    bins = sorted(folder.glob("*.bin"))
-    if not weights and not bins:
-        raise FileNotFoundError(f"checkpoint {source}: no *.safetensors or *.bin file")
+    tensors = family.read_checkpoint(folder)
+    family.check_finetuned(tensors, f"checkpoint {folder}")
+    served = sorted(folder.glob("*.safetensors"))
     with atomic_dir(out_dir) as tmp:
         for f in folder.glob("*.json"):
             shutil.copyfile(f, tmp / f.name)
-        for f in weights:
+        for f in served:
             shutil.copyfile(f, tmp / f.name)
-        if not weights:
-            tensors: StateDict = {}
-            for f in bins:
-                tensors.update(torch.load(f, map_location="cpu", weights_only=True))
+        if not served:
             write_tensors(tensors, tmp / "model.safetensors", metadata={"format": "pt"})

@@ -21,13 +21,14 @@ from calm.data.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, decode_images, n
 from calm.io import atomic_dir
 
 from .base import Batch, Family, StateDict, attention_for, grams_of_linear_inputs, pick_device
-from .checkpoints import check_finite, pick, read_tensors, selected
+from .checkpoints import selected
 
 VISION_PREFIXES = ("vision_model.",)
 
 
 class ClipHF(Family):
     modality = "image"
+    key_prefixes = VISION_PREFIXES
 
     def __init__(self, model_dir: str | Path, logit_scale: float = 100.0, device: str = "auto",
                  merge_prefixes: tuple[str, ...] = ()):
@@ -59,13 +60,6 @@ class ClipHF(Family):
     def pretrained_state(self) -> StateDict:
         params = dict(self.vision.named_parameters())
         return {n: params[n].detach() for n in self._names}
-
-    def load_state(self, model_dir: Path) -> StateDict:
-        where = f"checkpoint {model_dir}"
-        picked = pick(read_tensors(model_dir), {n: t.cpu() for n, t in self.pretrained_state().items()},
-                      VISION_PREFIXES, where)
-        check_finite(picked, where)
-        return {n: t.to(self.device) for n, t in picked.items()}
 
     def save(self, params: StateDict, out_dir: Path) -> None:
         """A CLIPVisionModel folder (transformers' own format), the pretrained tensors where

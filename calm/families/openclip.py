@@ -24,9 +24,9 @@ from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch.func import functional_call
 
+from calm.checkpoints import load_torch_file, read_safetensors
 from calm.data.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, decode_images, normalise
 from calm.io import atomic_dir, write_json, write_tensors
 
@@ -65,19 +65,8 @@ _release_pickle = types.SimpleNamespace(
 
 
 def load_release_file(path: str | Path, trust_pickle: bool) -> Any:
-    """A tensor dict via torch.load(weights_only=True); a pickled module only with trust_pickle."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"open_clip checkpoint {path}: no such file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if not trust_pickle:
-            raise ValueError(
-                f"{path} is a pickled Python object, not a plain state dict, and unpickling it runs code "
-                "from the file; if you trust it (the task-vectors release), set model.trust_pickle: true") from exc
-    log.warning("unpickling %s because model.trust_pickle is true: this runs code from the file", path)
-    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_release_pickle)
+    """A tensor dict, or (with trust_pickle) a pickled module of the release."""
+    return load_torch_file(path, trust_pickle, pickle_module=_release_pickle)
 
 
 def _state(obj: Any, path: Path) -> StateDict:
@@ -187,12 +176,6 @@ class OpenClip(Family):
         params = dict(self.visual.named_parameters())
         return {n: params[n].detach() for n in self._names}
 
-    def load_state(self, model_dir: Path) -> StateDict:
-        where = f"checkpoint {model_dir}"
-        picked = pick(read_tensors(model_dir), {n: t.cpu() for n, t in self.pretrained_state().items()}, (), where)
-        check_finite(picked, where)
-        return {n: t.to(self.device) for n, t in picked.items()}
-
     def save(self, params: StateDict, out_dir: Path) -> None:
         state = {n: t.detach().cpu() for n, t in self.visual.state_dict().items()}
         state.update({n: t.detach().cpu() for n, t in params.items()})
@@ -204,7 +187,7 @@ class OpenClip(Family):
         path = Path(model_dir) / "head.safetensors"
         if not path.exists():
             raise FileNotFoundError(f"{path}: the fine-tuned checkpoint has no head (model.heads)")
-        return load_file(str(path))["head"]
+        return read_safetensors(path)["head"]
 
     # --- data ----------------------------------------------------------------------------
     def preprocess(self, images: list[bytes]) -> dict[str, torch.Tensor]:

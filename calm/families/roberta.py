@@ -17,8 +17,10 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 
+from calm.checkpoints import check_finite
+
 from .base import Batch, Family, StateDict, attention_for, grams_of_linear_inputs, pick_device, save_module_with
-from .checkpoints import check_finite, pick, read_tensors, selected
+from .checkpoints import selected
 from .text import by_length, padded_batch
 
 ENCODER_PREFIXES = ("roberta.",)
@@ -28,6 +30,7 @@ HEAD_TENSORS = {"dense.weight": "classifier.dense.weight", "dense.bias": "classi
 
 class Roberta(Family):
     head_source = "checkpoint"
+    key_prefixes = ENCODER_PREFIXES
 
     def __init__(self, model_dir: str | Path, max_length: int = 128, device: str = "auto",
                  merge_prefixes: tuple[str, ...] = ()):
@@ -52,20 +55,20 @@ class Roberta(Family):
         params = dict(self.module.named_parameters())
         return {n: params[n].detach() for n in self._names}
 
-    def load_state(self, model_dir: Path) -> StateDict:
-        where = f"checkpoint {model_dir}"
-        picked = pick(read_tensors(model_dir), {n: t.cpu() for n, t in self.pretrained_state().items()},
-                      ENCODER_PREFIXES, where)
-        check_finite(picked, where)
-        return {n: t.to(self.device) for n, t in picked.items()}
+    def check_finetuned(self, tensors: StateDict, where: str) -> None:
+        super().check_finetuned(tensors, where)
+        self._head(tensors, where)
 
     def checkpoint_head(self, model_dir: Path) -> dict[str, torch.Tensor]:
-        tensors = read_tensors(model_dir)
+        return self._head(self.read_checkpoint(Path(model_dir)), f"checkpoint {model_dir}")
+
+    @staticmethod
+    def _head(tensors: StateDict, where: str) -> dict[str, torch.Tensor]:
         missing = [k for k in HEAD_TENSORS.values() if k not in tensors]
         if missing:
-            raise ValueError(f"checkpoint {model_dir} has no '{missing[0]}': not a RobertaForSequenceClassification")
+            raise ValueError(f"{where} has no '{missing[0]}': not a RobertaForSequenceClassification")
         head = {name: tensors[key].float() for name, key in HEAD_TENSORS.items()}
-        check_finite(head, f"the head of checkpoint {model_dir}")
+        check_finite(head, f"head of the {where}")
         return head
 
     def save(self, params: StateDict, out_dir: Path) -> None:

@@ -17,6 +17,7 @@ from calm.config import HFTask, LocalTask, ModelConfig
 from calm.families import get_family
 from calm.families.base import Family
 from calm.io import atomic_dir
+from calm.stages.family import open_family
 
 
 def fetch_model(source: str, out_dir: str | Path, model: ModelConfig | None = None) -> None:
@@ -76,10 +77,12 @@ def _copy_image_processor(location: str | Path, out: Path) -> None:
         pass
 
 
-def fetch_finetuned(source: str, out_dir: str | Path, model: ModelConfig, head: str | None = None) -> None:
+def fetch_finetuned(source: str, out_dir: str | Path, model: ModelConfig, pretrained_dir: str | Path,
+                    head: str | None = None) -> None:
     """A task's fine-tuned checkpoint into a local folder: an HF checkpoint copied as served
-    ('hf:<id>' or a folder; the family reads either key convention), or an open_clip release
-    file converted to safetensors together with its head_<Task>.pt."""
+    ('hf:<id>' or a folder; the family reads either key convention) once it has passed the
+    checks against the pretrained model, or an open_clip release file converted to safetensors
+    together with its head_<Task>.pt (checked against its open_clip config)."""
     if model.family == "open_clip":
         get_family(model.family).convert(source, Path(out_dir), model, head=head)
         return
@@ -87,7 +90,8 @@ def fetch_finetuned(source: str, out_dir: str | Path, model: ModelConfig, head: 
         raise ValueError(f"model.heads is for the open_clip family, not {model.family}")
     from calm.families.checkpoints import fetch_checkpoint
 
-    fetch_checkpoint(source, out_dir)
+    # On the CPU: a fetch runs where the network is (a cluster's submitting node), and only reads.
+    fetch_checkpoint(source, out_dir, open_family(model, pretrained_dir, device="cpu"))
 
 
 def fetch_data(task: str, out: str | Path, wheels: str | Path, n_train: int, n_pool: int, n_test: int,

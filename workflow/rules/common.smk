@@ -22,14 +22,27 @@ TASKS = CFG.data.tasks
 SEQ = CFG.calm.sequential
 EFFICIENT = CFG.efficient_tasks
 PRETRAINED = "resources/models/pretrained"
-# trust_pickle is passed only when set: its default then changes no rule's params (no rerun).
-MODEL_FLAGS = " ".join(
-    [
-        f"--pretrained {PRETRAINED}",
-        render_flags(CFG.model, prefix="model_", exclude=("source",) + (() if CFG.model.trust_pickle else ("trust_pickle",))),
-        f"--device {CFG.device} --precision {CFG.precision}",
-    ]
-)
+
+
+class Untracked:
+    """A rule parameter that reaches the shell command (as its text) but not Snakemake's record
+    of params, which keeps only plain values (strings, numbers, containers) and skips other
+    objects: changing it reruns nothing. For a setting that no output depends on."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+# model.trust_pickle only says whether a fetch may unpickle a .pt/.bin source, never what the
+# fetched safetensors hold, and every job after the fetches reads only those: so no rule
+# tracks it (flipping it reruns nothing; a fetch it refused left no output and runs anyway),
+# and only the fetch rules pass it.
+MODEL_SECTION = render_flags(CFG.model, prefix="model_", exclude=("source", "trust_pickle"))
+TRUST_PICKLE = Untracked(f"--model-trust-pickle {CFG.model.trust_pickle}")
+MODEL_FLAGS = f"--pretrained {PRETRAINED} {MODEL_SECTION} --device {CFG.device} --precision {CFG.precision}"
 LAMBDAS = [f"{lam:g}" for lam in CFG.baselines.lambda_grid]
 TA_LAMBDA = f"{CFG.baselines.task_arithmetic_lambda:g}"
 # Every λ task arithmetic is evaluated at: the sweep's, and the table's own row.
@@ -180,7 +193,8 @@ def eval_models(method):
     name = method.removeprefix("baseline_")
     if method.startswith("baseline_") and name in METHODS:
         # A per-task method (EMR) writes one checkpoint per task inside its model folder.
-        return {t: f"{baseline_dir(name)}/model" + (f"/{t}" if METHODS[name].per_task else "") for t in TASKS}
+        model = f"{baseline_dir(name)}/model"
+        return {t: f"{model}/{t}" if METHODS[name].per_task else model for t in TASKS}
     raise ValueError(f"unknown evaluation target '{method}'")
 
 

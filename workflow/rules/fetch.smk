@@ -7,33 +7,40 @@ rule fetch_model:
         directory(PRETRAINED),
     params:
         source=CFG.model.source,
-        model=render_flags(CFG.model, prefix="model_", exclude=("source",)),
+        model=MODEL_SECTION,
+        trust=TRUST_PICKLE,
     log:
         "logs/fetch_model.log",
     localrule: True
     conda:
         "../../environment.yml"
     shell:
-        "python -m calm fetch-model --source {params.source:q} {params.model} --out {output} 2> {log}"
+        "python -m calm fetch-model --source {params.source:q} {params.model} {params.trust} --out {output} 2> {log}"
 
 
 # Paper-scale configs name each task's fine-tuned checkpoint (model.finetuned); the embedded
 # default fine-tunes its own instead (finetune.smk).
 rule fetch_finetuned:
+    input:
+        # each checkpoint is checked against the pretrained model before it is copied
+        pretrained=PRETRAINED,
     output:
         directory("resources/models/finetuned/{task}"),
     params:
         source=lambda w: CFG.model.finetuned[w.task],
         head=lambda w: f"--head {shlex.quote(CFG.model.heads[w.task])}" if w.task in CFG.model.heads else "",
-        model=render_flags(CFG.model, prefix="model_", exclude=("source",)),
+        model=MODEL_SECTION,
+        trust=TRUST_PICKLE,
+    # ahead of any job that computes: a checkpoint that fails its checks stops the run first
+    priority: 1
     log:
         "logs/fetch_finetuned/{task}.log",
     localrule: True
     conda:
         "../../environment.yml"
     shell:
-        "python -m calm fetch-finetuned --source {params.source:q} {params.head} {params.model} "
-        "--out {output} 2> {log}"
+        "python -m calm fetch-finetuned --source {params.source:q} {params.head} {params.model} {params.trust} "
+        "--pretrained {input.pretrained} --out {output} 2> {log}"
 
 
 rule fetch_data:
