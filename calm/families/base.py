@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, ClassVar, Iterator, Literal
 import torch
 
 from calm.checkpoints import check_finite, read_checkpoint_dir
-from calm.families.checkpoints import pick
+from calm.families.names import pick
 from calm.io import atomic_dir
 from calm.vectors import StateDict
 

@@ -21,7 +21,7 @@ from calm.data.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, decode_images, n
 from calm.io import atomic_dir
 
 from .base import Batch, Family, StateDict, attention_for, grams_of_linear_inputs, pick_device
-from .checkpoints import selected
+from calm.families.names import selected
 
 VISION_PREFIXES = ("vision_model.",)
 

@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from calm.checkpoints import load_torch_file, read_safetensors
+from calm.checkpoints import check_finite, load_torch_file, read_checkpoint_dir, read_safetensors
 from calm.data.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, decode_images, normalise
+from calm.families.names import pick, selected
 from calm.io import atomic_dir, write_json, write_tensors
 
 from .base import Batch, Family, StateDict, pick_device
-from .checkpoints import check_finite, pick, read_tensors, selected
 
 log = logging.getLogger("calm")
 
@@ -130,7 +130,7 @@ class OpenClip(Family):
         self.device = pick_device(device)
         self.config = json.loads((self.model_dir / "config.json").read_text())
         self.visual = build_tower(self.config)
-        self.visual.load_state_dict(read_tensors(self.model_dir), strict=True)
+        self.visual.load_state_dict(read_checkpoint_dir(self.model_dir), strict=True)
         self.visual.to(self.device).eval()
         for p in self.visual.parameters():
             p.requires_grad_(False)

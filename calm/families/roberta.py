@@ -20,7 +20,7 @@ from torch.func import functional_call
 from calm.checkpoints import check_finite
 
 from .base import Batch, Family, StateDict, attention_for, grams_of_linear_inputs, pick_device, save_module_with
-from .checkpoints import selected
+from calm.families.names import selected
 from .text import by_length, padded_batch
 
 ENCODER_PREFIXES = ("roberta.",)

@@ -2,7 +2,6 @@
 task's splits, and the model inputs and head every later stage reads."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from calm.checkpoints import check_finite
 from calm.config import HFTask, LocalTask, ModelConfig
 from calm.families import get_family
 from calm.families.base import Family
-from calm.io import atomic_dir
+from calm.io import atomic_dir, write_tensors
 from calm.stages.family import open_family
 
 
@@ -88,8 +87,6 @@ def fetch_finetuned(source: str, out_dir: str | Path, model: ModelConfig, pretra
         return
     if head:
         raise ValueError(f"model.heads is for the open_clip family, not {model.family}")
-    from calm.families.checkpoints import fetch_checkpoint
-
     # On the CPU: a fetch runs where the network is (a cluster's submitting node), and only reads.
     fetch_checkpoint(source, out_dir, open_family(model, pretrained_dir, device="cpu"))
 
@@ -162,3 +159,29 @@ def build_head(family: Family, data_dir: str | Path, out: str | Path, model_dir:
     else:
         head = family.build_head(meta["classes"], meta.get("templates") or meta["prompt"])
     artifacts.write_head(head, meta["classes"], out)
+
+
+def fetch_checkpoint(source: str, out_dir: str | Path, family: Family) -> None:
+    """Copy a checkpoint's config and weights as served ('hf:<id>' or a local folder) into out_dir,
+    as safetensors, once `family` (opened on the pretrained model) has checked every tensor the
+    stages will read from it: a broken checkpoint stops here, naming the source's file and
+    tensor, before anything is written. A pytorch_model.bin is converted (trusted or not, as
+    `family.trust_pickle` says)."""
+    if source.startswith("hf:"):
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(source[len("hf:"):], allow_patterns=["*.json", "*.safetensors"]))
+        if not any(folder.glob("*.safetensors")):
+            folder = Path(snapshot_download(source[len("hf:"):], allow_patterns=["*.json", "*.bin"]))
+    else:
+        folder = Path(source)
+    tensors = family.read_checkpoint(folder)
+    family.check_finetuned(tensors, f"checkpoint {folder}")
+    served = sorted(folder.glob("*.safetensors"))
+    with atomic_dir(out_dir) as tmp:
+        for f in folder.glob("*.json"):
+            shutil.copyfile(f, tmp / f.name)
+        for f in served:
+            shutil.copyfile(f, tmp / f.name)
+        if not served:
+            write_tensors(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
