@@ -31,7 +31,8 @@ log = logging.getLogger("calm")
 TORCH_SUFFIXES = (".bin", ".pt", ".pth")
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An error's first line (libraries' messages span lines and rarely name the file)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -47,7 +48,7 @@ def read_safetensors(path: str | Path) -> StateDict:
         # No advice to remake it: the workflow writes every file atomically and checks every
         # checkpoint it fetches, so a broken one is a source's, which only its owner can mend.
         raise ValueError(f"{path}: not a readable safetensors file, truncated or corrupt "
-                         f"({_first_line(exc)})") from None
+                         f"({first_line(exc)})") from None
 
 
 def load_torch_file(path: str | Path, trust_pickle: bool, pickle_module: Any = pickle) -> Any:
@@ -68,13 +69,13 @@ def load_torch_file(path: str | Path, trust_pickle: bool, pickle_module: Any = p
                              "the file, set model.trust_pickle: true") from None
     except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile, OSError) as exc:
         raise ValueError(f"{path}: not a readable PyTorch file, truncated or corrupt "
-                         f"({_first_line(exc)[:200]})") from None
+                         f"({first_line(exc)[:200]})") from None
     log.warning("%s: fully unpickling (model.trust_pickle: true); this runs any code the file holds, "
                 "so use it only for files from a source you trust", path)
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=pickle_module)
     except Exception as exc:  # unpickling runs the file's code: any error can come out of it
-        raise ValueError(f"{path}: cannot be unpickled ({type(exc).__name__}: {_first_line(exc)[:200]})") from None
+        raise ValueError(f"{path}: cannot be unpickled ({type(exc).__name__}: {first_line(exc)[:200]})") from None
 
 
 def read_tensors(path: str | Path, trust_pickle: bool = False) -> StateDict:

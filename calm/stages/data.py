@@ -11,7 +11,7 @@ import torch
 from safetensors import SafetensorError
 
 from calm import artifacts
-from calm.checkpoints import check_finite
+from calm.checkpoints import check_finite, first_line
 from calm.config import HFTask, LocalTask, ModelConfig
 from calm.families import get_family
 from calm.families.base import Family
@@ -39,9 +39,7 @@ def fetch_model(source: str, out_dir: str | Path, model: ModelConfig | None = No
         loaded = AutoModel.from_pretrained(location)
         tokenizer = AutoTokenizer.from_pretrained(location)
     except (OSError, ValueError, SafetensorError) as exc:
-        # transformers' and safetensors' messages span lines and rarely name the file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"model.source {source}: cannot load a model from {location}: {first}") from None
+        raise ValueError(f"model.source {source}: cannot load a model from {location}: {first_line(exc)}") from None
     check_finite(dict(loaded.named_parameters()), f"pretrained model {source}")
     with atomic_dir(out_dir) as tmp:
         loaded.save_pretrained(tmp, safe_serialization=True)
