@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from calm.testing import make_pico_bert
+from pico_workflow import MASK_ITERATIONS, pico_config, snakemake
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +24,14 @@ def same_tensors(a: Path, b: Path) -> bool:
     with safe_open(str(a), "pt") as fa, safe_open(str(b), "pt") as fb:
         return (fa.metadata() == fb.metadata() and sorted(fa.keys()) == sorted(fb.keys())
                 and all(torch.equal(fa.get_tensor(k), fb.get_tensor(k)) for k in fa.keys()))
+
+
+# One run of the pico workflow, shared by every test file that reads or extends it.
+@pytest.fixture(scope="session")
+def pico_run(tmp_path_factory, pico_model):
+    work = tmp_path_factory.mktemp("e2e")
+    # 30 mask iterations checkpointed every 5: the kill test stops the step in between.
+    (work / "config.yaml").write_text(yaml.safe_dump(pico_config(pico_model, work, iterations=MASK_ITERATIONS,
+                                                                 checkpoint_every=5)))
+    snakemake(work)
+    return work

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from test_workflow import ROOT, SNAKEMAKE, planned_jobs
+from pico_workflow import ROOT, SNAKEMAKE, planned_jobs
 
 PAPER_CONFIGS = {"clip-vit-b32": 8, "clip-vit-l14": 8, "clip-vit-b32-openclip": 8, "roberta-12": 12}
 
