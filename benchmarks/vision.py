@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from calm.families.base import Batch, Family, StateDict, attention_for, pick_device, save_module_with
+from calm.families.base import Batch, Family, StateDict, load_frozen, save_module_with
 
 # CLIP's preprocessing constants (open_clip / transformers CLIPImageProcessor).
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073])
@@ -74,12 +74,9 @@ class VisionTower(Family):
     def __init__(self, model_dir: str | Path, device: str = "auto", logit_scale: float = 100.0):
         from transformers import CLIPVisionModel
 
-        self.model_dir = Path(model_dir)
-        self.device = pick_device(device)
+        super().__init__(model_dir, device)
         self.logit_scale = logit_scale
-        self.module = CLIPVisionModel.from_pretrained(self.model_dir, attn_implementation=attention_for(self.device)).to(self.device).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
+        self.module = load_frozen(CLIPVisionModel, self.model_dir, self.device)
 
     def pretrained_state(self) -> StateDict:
         return {n: p.detach() for n, p in self.module.named_parameters()}

@@ -30,6 +30,10 @@ class Family(ABC):
     # model.trust_pickle, set by open_family: may .pt/.bin files be fully unpickled?
     trust_pickle: bool = False
 
+    def __init__(self, model_dir: str | Path, device: str = "auto"):
+        self.model_dir = Path(model_dir)
+        self.device = pick_device(device)
+
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
@@ -186,6 +190,16 @@ def attention_for(device: torch.device) -> str:
     is about 1.3x faster with the plain matmul form ("eager"), and forward alone is the same.
     On a GPU the fused kernels win."""
     return "eager" if device.type == "cpu" else "sdpa"
+
+
+def load_frozen(model_class, model_dir: Path, device: torch.device, **kwargs) -> torch.nn.Module:
+    """An HF model on `device`, in eval mode, its parameters frozen: the stages compute with
+    their own copies of the tensors (functional_call), never with the module's."""
+    module = model_class.from_pretrained(model_dir, attn_implementation=attention_for(device), **kwargs)
+    module = module.to(device).eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
 
 
 def use_bf16(choice: str, device: torch.device) -> bool:

@@ -20,7 +20,7 @@ from torch.func import functional_call
 from calm.data.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, decode_images, normalise
 from calm.io import atomic_dir
 
-from .base import Batch, Family, StateDict, attention_for, grams_of_linear_inputs, pick_device
+from .base import Batch, Family, StateDict, grams_of_linear_inputs, load_frozen
 from calm.families.names import selected
 
 VISION_PREFIXES = ("vision_model.",)
@@ -34,12 +34,9 @@ class ClipHF(Family):
                  merge_prefixes: tuple[str, ...] = ()):
         from transformers import AutoTokenizer, CLIPModel
 
-        self.model_dir = Path(model_dir)
-        self.device = pick_device(device)
+        super().__init__(model_dir, device)
         self.logit_scale = logit_scale
-        self.clip = CLIPModel.from_pretrained(self.model_dir, attn_implementation=attention_for(self.device)).to(self.device).eval()
-        for p in self.clip.parameters():
-            p.requires_grad_(False)
+        self.clip = load_frozen(CLIPModel, self.model_dir, self.device)
         self.vision = self.clip.vision_model
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self.image_size = int(self.clip.config.vision_config.image_size)

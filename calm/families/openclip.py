@@ -31,7 +31,7 @@ from calm.data.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, decode_images, n
 from calm.families.names import pick, selected
 from calm.io import atomic_dir, write_json, write_tensors
 
-from .base import Batch, Family, StateDict, pick_device
+from .base import Batch, Family, StateDict
 
 log = logging.getLogger("calm")
 
@@ -126,8 +126,7 @@ class OpenClip(Family):
     head_source = "checkpoint"
 
     def __init__(self, model_dir: str | Path, device: str = "auto", merge_prefixes: tuple[str, ...] = ()):
-        self.model_dir = Path(model_dir)
-        self.device = pick_device(device)
+        super().__init__(model_dir, device)
         self.config = json.loads((self.model_dir / "config.json").read_text())
         self.visual = build_tower(self.config)
         self.visual.load_state_dict(read_checkpoint_dir(self.model_dir), strict=True)

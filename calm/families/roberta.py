@@ -19,7 +19,7 @@ from torch.func import functional_call
 
 from calm.checkpoints import check_finite
 
-from .base import Batch, Family, StateDict, attention_for, grams_of_linear_inputs, pick_device, save_module_with
+from .base import Batch, Family, StateDict, grams_of_linear_inputs, load_frozen, save_module_with
 from calm.families.names import selected
 from .text import by_length, padded_batch
 
@@ -36,14 +36,10 @@ class Roberta(Family):
                  merge_prefixes: tuple[str, ...] = ()):
         from transformers import AutoTokenizer, RobertaModel
 
-        self.model_dir = Path(model_dir)
-        self.device = pick_device(device)
+        super().__init__(model_dir, device)
         self.max_length = max_length
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.module = RobertaModel.from_pretrained(self.model_dir, add_pooling_layer=False,
-                                                   attn_implementation=attention_for(self.device)).to(self.device).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
+        self.module = load_frozen(RobertaModel, self.model_dir, self.device, add_pooling_layer=False)
         self._names = selected([n for n, _ in self.module.named_parameters()], merge_prefixes)
 
     @classmethod

@@ -15,20 +15,18 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from transformers import AutoModel, AutoTokenizer
 
-from .base import Batch, Family, StateDict, attention_for, grams_of_linear_inputs, pick_device, save_module_with
+from .base import (Batch, Family, StateDict, grams_of_linear_inputs, load_frozen,
+                   save_module_with)
 
 
 class TextEncoder(Family):
     def __init__(self, model_dir: str | Path, max_length: int = 64, logit_scale: float = 20.0,
                  device: str = "auto"):
-        self.model_dir = Path(model_dir)
-        self.device = pick_device(device)
+        super().__init__(model_dir, device)
         self.max_length = max_length
         self.logit_scale = logit_scale
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.module = AutoModel.from_pretrained(self.model_dir, attn_implementation=attention_for(self.device)).to(self.device).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
+        self.module = load_frozen(AutoModel, self.model_dir, self.device)
 
     # --- checkpoints -------------------------------------------------------------------
     def pretrained_state(self) -> StateDict:
