@@ -247,6 +247,16 @@ def cmd_ablation_table(a):
     logging.info("%s: %d rows", a.out, len(frame))
 
 
+def cmd_grid(a):
+    from calm.stages import grid
+    try:
+        points = json.loads(a.points)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"--points: not JSON ({exc})")
+    frame = grid(points, a.keys, a.individual, a.out_prefix)
+    logging.info("%s.csv: %d rows", a.out_prefix, len(frame))
+
+
 def cmd_apply(a):
     from calm.stages import apply_vector
     apply_vector(_family(a), a.tau, a.out)
@@ -420,6 +430,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON list of points: each its setting columns plus 'path' (the file it reads)")
     p.add_argument("--individual", type=Path, help="individual models' predictions (adds 'normalised')")
     p.add_argument("--out", required=True, type=Path)
+
+    p = command("grid", cmd_grid, "A sweep grid's tidy CSV and its plot of accuracy against the swept keys.")
+    p.add_argument("--points", required=True,
+                   help="JSON list of grid rows: each its swept keys, row, variant and 'path' (its predictions)")
+    p.add_argument("--keys", required=True, nargs="+", help="the swept keys (the grid's columns), one panel each")
+    p.add_argument("--individual", required=True, type=Path, help="individual models' predictions (adds 'normalised')")
+    p.add_argument("--out-prefix", required=True, type=Path, help="writes PREFIX.csv, PREFIX.png and PREFIX.pdf")
 
     p = command("apply", cmd_apply, "Write θ0 + τ as a checkpoint folder.")
     _model(p)

@@ -287,6 +287,13 @@ class EvaluateConfig(Section):
     seed: int = 0
 
 
+class ResourcesConfig(Section):
+    """Scales of the jobs' memory and run-time estimates (calm/resources.py); each retry asks for
+    attempt × the first attempt's. Changing them reruns nothing."""
+    mem_scale: float = Field(1.0, gt=0, description="Multiplies every job's estimated memory (mem_mb).")
+    runtime_scale: float = Field(1.0, gt=0, description="Multiplies every job's estimated run time (runtime).")
+
+
 class Config(Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the library computes; auto picks cuda if present.")
     threads: int = Field(2, gt=0, description="Threads per job (Snakemake `threads`, torch intra-op).")
@@ -302,6 +309,10 @@ class Config(Section):
     baselines: BaselinesConfig = BaselinesConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     ablations: AblationsConfig = AblationsConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    grid: str | None = Field(
+        None, description="A sweep grid: a CSV or TSV file, one row per CALM variant, one column per key of calm "
+        "or select it changes (`snakemake grid`; README, On a SLURM cluster).")
 
     @model_validator(mode="after")
     def _consistent(self) -> "Config":
@@ -451,66 +462,99 @@ def _section_name(model: type[BaseModel]) -> str:
     return model.__name__
 
 
-def validate_sweep_table(path: str | Path, section_model: type[BaseModel],
-                         base: "Config | None" = None) -> list[dict[str, Any]]:
-    """Check a sweep table (TSV, one column per key of `section_model`, dotted 'a.b' for
-    nested keys; one row per sweep point) and return its rows as typed values.
-
-    Every column must name a key, every cell must be a valid value for it (list keys take
-    comma-separated items), no row may repeat another. With `base` (the whole config) each
-    row is also applied to it and the result checked as a whole, so cross-key rules (an
-    order naming only tasks of data.tasks, ...) hold for every row. Errors are one
-    `ConfigError` line naming the file, row and column.
-    """
+def _read_table(path: Path) -> "pd.DataFrame":
+    """A sweep table as text cells: comma-separated if its name ends in .csv, else tab-separated."""
     import pandas as pd
 
-    path = Path(path)
-    where = _section_name(section_model)
     if not path.is_file():
         raise ConfigError(f"{path}: no such sweep table")
+    kind, sep = ("comma", ",") if path.suffix.lower() == ".csv" else ("tab", "\t")
     try:
-        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not a readable tab-separated table: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"{path}: not a readable {kind}-separated table: {str(exc).splitlines()[0]}") from None
     if table.columns.empty or table.empty:
         raise ConfigError(f"{path}: the sweep table has no {'columns' if table.columns.empty else 'rows'}")
-    fields = {}
+    return table
+
+
+def validate_sweep_table(path: str | Path, section_model: type[BaseModel],
+                         base: "Config | None" = None, sections: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Check a sweep table (TSV, or CSV if named *.csv; one column per key of `section_model`,
+    dotted 'a.b' for nested keys; one row per sweep point) and return its rows as typed values.
+
+    Every column must name a key, every cell must be a valid value for it (list keys take items
+    separated by ',' or '>'), no row may repeat another. With `base` (the whole config) each
+    row is also applied to it and the result checked as a whole, so cross-key rules (an order
+    naming only tasks of data.tasks, ...) hold for every row. With `sections` (and
+    `section_model` Config), a column is a key of one of those sections, dotted ('calm.lr') or
+    bare ('lr', where only one section has it), and rows are keyed by the dotted name.
+    Raises one `ConfigError`: one line for a bad column, else one line per bad row, each naming
+    the file, row and column.
+    """
+    path = Path(path)
+    table = _read_table(path)
+    where = " or ".join(sections) or _section_name(section_model)
+    allowed = [f"{sec}.{k}" if sec else k for sec in sections or ("",)
+               for k in (Config.model_fields[sec].annotation if sec else section_model).model_fields]
+    keys, fields = {}, {}
     for column in table.columns:
-        field = _field_path(section_model, column)
+        key = _sweep_column(column, sections) if sections else column
+        field = _field_path(section_model, key) if key else None
         if field is None or _is_model(_inner(field.annotation)):
-            raise ConfigError(f"{path}: column '{column}' is not a key of {where} "
-                              f"(allowed: {', '.join(section_model.model_fields)})")
-        fields[column] = field
-    dupes = table[table.duplicated(keep="first")]
-    if not dupes.empty:
-        raise ConfigError(f"{path}: row {int(dupes.index[0]) + 1} repeats an earlier row")
+            both = [sec for sec in sections if column in Config.model_fields[sec].annotation.model_fields]
+            raise ConfigError(f"{path}: column '{column}' " + (
+                f"is a key of both {' and '.join(both)}: write {' or '.join(f'{sec}.{column}' for sec in both)}"
+                if len(both) > 1 else f"is not a key of {where} (allowed: {', '.join(allowed)})"))
+        keys[column], fields[column] = key, field
     prefix = "" if section_model is Config else f"{where}."
-    rows = []
+    rows, errors = [], []
     for i, record in enumerate(table.to_dict("records"), start=1):
-        row = {}
-        for column, raw in record.items():
-            field = fields[column]
-            if raw.strip() == "":
-                raise ConfigError(f"{path}: row {i} column '{column}' is empty")
-            value: Any = raw.strip()
-            if typing.get_origin(field.annotation) is list:
-                value = [v.strip() for v in value.split(",") if v.strip()]
-            adapter = TypeAdapter(typing.Annotated[field.annotation, *field.metadata]
-                                  if field.metadata else field.annotation)
-            try:
-                row[column] = adapter.validate_python(value)
-            except ValidationError as exc:
-                err = exc.errors(include_url=False)[0]
-                raise ConfigError(f"{path}: row {i} column '{column}': expected "
-                                  f"{err['msg'].removeprefix('Input should be ')}, got {raw!r}") from None
-        if base is not None:
-            merged = _deep_update(base.model_dump(), {prefix + k: v for k, v in row.items()})
-            try:
-                Config.model_validate(merged)
-            except ValidationError as exc:
-                raise ConfigError(error_line(exc, f"{path}: row {i}")) from None
-        rows.append(row)
+        try:
+            row = _typed_row(path, i, record, keys, fields)
+            if row in rows:
+                raise ConfigError(f"{path}: row {i} repeats an earlier row")
+            if base is not None:
+                merged = _deep_update(base.model_dump(), {prefix + k: v for k, v in row.items()})
+                try:
+                    Config.model_validate(merged)
+                except ValidationError as exc:
+                    raise ConfigError(error_line(exc, f"{path}: row {i}")) from None
+            rows.append(row)
+        except ConfigError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise ConfigError("\n".join(errors))
     return rows
+
+
+def _sweep_column(column: str, sections: tuple[str, ...]) -> str | None:
+    """'section.key' for a column that is one (dotted, or bare in exactly one section); else None."""
+    if "." in column:
+        return column if column.split(".", 1)[0] in sections else None
+    owners = [sec for sec in sections if column in Config.model_fields[sec].annotation.model_fields]
+    return f"{owners[0]}.{column}" if len(owners) == 1 else None
+
+
+def _typed_row(path: Path, i: int, record: dict[str, str], keys: dict[str, str],
+               fields: dict[str, FieldInfo]) -> dict[str, Any]:
+    row = {}
+    for column, raw in record.items():
+        field = fields[column]
+        if raw.strip() == "":
+            raise ConfigError(f"{path}: row {i} column '{column}' is empty")
+        value: Any = raw.strip()
+        if typing.get_origin(field.annotation) is list:
+            value = [v.strip() for v in value.replace(">", ",").split(",") if v.strip()]
+        adapter = TypeAdapter(typing.Annotated[field.annotation, *field.metadata]
+                              if field.metadata else field.annotation)
+        try:
+            row[keys[column]] = adapter.validate_python(value)
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            raise ConfigError(f"{path}: row {i} column '{column}': expected "
+                              f"{err['msg'].removeprefix('Input should be ')}, got {raw!r}") from None
+    return row
 
 
 def _deep_update(base: dict, row: dict[str, Any]) -> dict:

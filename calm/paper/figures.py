@@ -398,3 +398,28 @@ def active_fraction(traces: pd.DataFrame) -> Figure:
     ax.set_ylabel("Active mask entries (%" + (", log scale)" if log else ")"))
     _legend_right(ax, title="Sequential task")
     return fig
+
+
+# --- a user's sweep grid (not in the paper) ----------------------------------------------------
+
+@styled
+def grid_accuracy(grid: pd.DataFrame, keys: list[str]) -> Figure:
+    """Average accuracy of each grid row (a dot) against each swept key (a panel), with the mean
+    over the rows sharing a value (the line); a key of text values is categorical."""
+    runs = _nonempty(grid[grid["task"] == AVERAGE], "the grid")
+    fig = Figure(figsize=(3.0 * len(keys), 3.0), layout="constrained")
+    axes = fig.subplots(1, len(keys), sharey=True, squeeze=False)[0]
+    for ax, key in zip(axes, keys):
+        numeric = pd.api.types.is_numeric_dtype(runs[key])
+        values = sorted(runs[key].unique()) if numeric else list(pd.unique(runs[key]))
+        x = runs[key] if numeric else runs[key].map({v: i for i, v in enumerate(values)})
+        ax.scatter(x, runs["accuracy"], color=PALETTE[0], alpha=0.6, zorder=3)
+        mean = runs.assign(x=x).groupby("x", sort=True)["accuracy"].mean()
+        ax.plot(mean.index, mean.values, color=AVERAGE_COLOUR, marker="s", zorder=4)
+        if numeric and min(values) > 0 and max(values) / min(values) >= 100:
+            ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(range(len(values)), [str(v) for v in values], rotation=30, ha="right")
+        ax.set_xlabel(key)
+    axes[0].set_ylabel("Average test accuracy (%)")
+    return fig

@@ -23,8 +23,7 @@ rule paper_table1_main:
         prefix=lambda w, output: output.html.rsplit(".", 1)[0],
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **job_resources("paper"),
     log:
         "logs/paper/table1_main.log",
     conda:
@@ -51,8 +50,7 @@ rule paper_table2_mask_analysis:
         prefix=lambda w, output: output.html.rsplit(".", 1)[0],
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **job_resources("paper"),
     log:
         "logs/paper/table2_mask_analysis.log",
     conda:
@@ -79,8 +77,7 @@ rule paper_table3_strategy:
         prefix=lambda w, output: output.html.rsplit(".", 1)[0],
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **job_resources("paper"),
     log:
         "logs/paper/table3_strategy.log",
     conda:
@@ -107,8 +104,7 @@ rule paper_table4_lr:
         prefix=lambda w, output: output.html.rsplit(".", 1)[0],
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **job_resources("paper"),
     log:
         "logs/paper/table4_lr.log",
     conda:
@@ -135,8 +131,7 @@ rule paper_table5_alpha:
         prefix=lambda w, output: output.html.rsplit(".", 1)[0],
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **job_resources("paper"),
     log:
         "logs/paper/table5_alpha.log",
     conda:
@@ -163,8 +158,7 @@ rule paper_table_switches:
         prefix=lambda w, output: output.html.rsplit(".", 1)[0],
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **job_resources("paper"),
     log:
         "logs/paper/table_switches.log",
     conda:
@@ -191,8 +185,7 @@ rule paper_table7_topk:
         prefix=lambda w, output: output.html.rsplit(".", 1)[0],
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **job_resources("paper"),
     log:
         "logs/paper/table7_topk.log",
     conda:
@@ -222,8 +215,7 @@ rule paper_table8_runtime:
         prefix=lambda w, output: output.html.rsplit(".", 1)[0],
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **job_resources("paper"),
     log:
         "logs/paper/table8_runtime.log",
     conda:
@@ -248,8 +240,7 @@ rule paper_fig3_normalised:
         prefix=lambda w, output: output.png.rsplit(".", 1)[0],
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **job_resources("paper"),
     log:
         "logs/paper/fig3_normalised.log",
     conda:
@@ -274,8 +265,7 @@ rule paper_fig4_ratio:
         prefix=lambda w, output: output.png.rsplit(".", 1)[0],
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **job_resources("paper"),
     log:
         "logs/paper/fig4_ratio.log",
     conda:
@@ -300,8 +290,7 @@ rule paper_fig5_samplers:
         prefix=lambda w, output: output.png.rsplit(".", 1)[0],
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **job_resources("paper"),
     log:
         "logs/paper/fig5_samplers.log",
     conda:
@@ -326,8 +315,7 @@ rule paper_fig6_n_seq:
         prefix=lambda w, output: output.png.rsplit(".", 1)[0],
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **job_resources("paper"),
     log:
         "logs/paper/fig6_n_seq.log",
     conda:
@@ -352,8 +340,7 @@ rule paper_fig7_layers:
         prefix=lambda w, output: output.png.rsplit(".", 1)[0],
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **job_resources("paper"),
     log:
         "logs/paper/fig7_layers.log",
     conda:
@@ -378,8 +365,7 @@ rule paper_fig8_pseudo_labels:
         prefix=lambda w, output: output.png.rsplit(".", 1)[0],
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **job_resources("paper"),
     log:
         "logs/paper/fig8_pseudo_labels.log",
     conda:
@@ -405,8 +391,7 @@ rule paper_fig9_entropy:
         prefix=lambda w, output: output.png.rsplit(".", 1)[0],
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **job_resources("paper"),
     log:
         "logs/paper/fig9_entropy.log",
     conda:
@@ -431,8 +416,7 @@ rule paper_fig11_trace_accuracy:
         prefix=lambda w, output: output.png.rsplit(".", 1)[0],
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **job_resources("paper"),
     log:
         "logs/paper/fig11_trace_accuracy.log",
     conda:
@@ -458,8 +442,7 @@ rule paper_fig12_active_fraction:
         prefix=lambda w, output: output.png.rsplit(".", 1)[0],
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **job_resources("paper"),
     log:
         "logs/paper/fig12_active_fraction.log",
     conda:
