@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    from calm.config import Config, load_config
+    from calm.config import Config
+    from calm.config.files import load_config
 
     cfg = Config.model_validate(json.loads(args.config_json)) if args.config_json else load_config(args.config)
     plan = make_plan(args.quick, device, args.threads, len(cfg.data.tasks), args.model)

@@ -1,14 +1,12 @@
 """`python -m calm <stage>`: one command per pipeline stage, argument parsing only.
 
-Every stage is a function of calm.stages with the same name as its command and its Snakemake rule.
-
-Hyper-parameter flags are generated from the typed config sections (calm/flags.py), so the
+Every stage is a function of calm.stages with the same name as its command and its Snakemake
+rule. Hyper-parameter flags are generated from the typed config sections (calm/flags.py), so the
 CLI, the config file and the Snakemake rules cannot drift apart.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import typing
@@ -18,7 +16,9 @@ import yaml
 from pydantic import BaseModel
 
 from calm import config as cfgmod
-from calm.flags import add_model, add_section, model_section, pairs, records, section_from
+from calm.config.baselines import BaselineName, BaselinesConfig
+from calm.config.files import error_line, json_schema, load_config
+from calm.flags import add_model, add_section, json_arg, model_section, pairs, records, section_from
 
 
 def _family(args: argparse.Namespace):
@@ -73,13 +73,13 @@ def cmd_select(a):
 
 def _baseline_sections() -> dict[str, type[BaseModel]]:
     """The per-method sections of BaselinesConfig (ties, adamerging, ...), flagged with their prefix."""
-    return {name: field.annotation for name, field in cfgmod.BaselinesConfig.model_fields.items()
+    return {name: field.annotation for name, field in BaselinesConfig.model_fields.items()
             if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)}
 
 
 def cmd_merge_baseline(a):
     from calm.stages.baselines import merge_baseline
-    cfg = cfgmod.BaselinesConfig(task_arithmetic_lambda=a.lam, **{
+    cfg = BaselinesConfig(task_arithmetic_lambda=a.lam, **{
         name: section_from(a, cls, prefix=f"{name}_") for name, cls in _baseline_sections().items()})
     tasks = None
     if a.inputs or a.heads or a.scores:
@@ -121,12 +121,14 @@ def cmd_ablation_topk(a):
 
 def cmd_ablation_table(a):
     from calm.stages.ablations import ablation_table
-    try:
-        points = json.loads(a.points)
-    except json.JSONDecodeError as exc:
-        raise SystemExit(f"--points: not JSON ({exc})")
-    frame = ablation_table(a.kind, points, a.out, individual=a.individual)
+    frame = ablation_table(a.kind, json_arg(a.points, "--points"), a.out, individual=a.individual)
     logging.info("%s: %d rows", a.out, len(frame))
+
+
+def cmd_grid(a):
+    from calm.stages.ablations import grid
+    frame = grid(json_arg(a.points, "--points"), a.keys, a.individual, a.out_prefix)
+    logging.info("%s.csv: %d rows", a.out_prefix, len(frame))
 
 
 def cmd_calm_model(a):
@@ -160,16 +162,12 @@ def cmd_table(a):
 
 def cmd_paper(a):
     from calm.paper.registry import make
-    try:
-        options = json.loads(a.options)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--options: not a JSON object ({exc})") from exc
-    for path in make(a.name, a.inputs, a.out_prefix, options).values():
+    for path in make(a.name, a.inputs, a.out_prefix, json_arg(a.options, "--options")).values():
         logging.info("wrote %s", path)
 
 
 def cmd_schema(a):
-    text = yaml.safe_dump(cfgmod.json_schema(), sort_keys=False, allow_unicode=True)
+    text = yaml.safe_dump(json_schema(), sort_keys=False, allow_unicode=True)
     if a.out:
         from calm.io import write_text
         write_text(text, a.out)
@@ -178,7 +176,7 @@ def cmd_schema(a):
 
 
 def cmd_validate(a):
-    c = cfgmod.load_config(*a.config)
+    c = load_config(*a.config)
     print(f"{' + '.join(map(str, a.config))}: valid; tasks {c.data.tasks}, S = {c.efficient_tasks}, "
           f"S̄ = {c.calm.sequential}")
 
@@ -250,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("merge-baseline", cmd_merge_baseline, "Merge fine-tuned models with a registry method (a baseline).")
     add_model(p)
-    p.add_argument("--method", required=True, choices=list(typing.get_args(cfgmod.BaselineName)))
+    p.add_argument("--method", required=True, choices=list(typing.get_args(BaselineName)))
     p.add_argument("--models", required=True, nargs="+", type=Path, help="fine-tuned checkpoint folders")
     p.add_argument("--inputs", nargs="+", help="TASK=INPUTS for each model, in --models order (data-driven methods)")
     p.add_argument("--heads", nargs="+", help="TASK=HEAD (data-driven methods)")
@@ -302,6 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON list of points: each its setting columns plus 'path' (the file it reads)")
     p.add_argument("--individual", type=Path, help="individual models' predictions (adds 'normalised')")
     p.add_argument("--out", required=True, type=Path)
+
+    p = command("grid", cmd_grid, "A sweep grid's tidy CSV and its plot of accuracy against the swept keys.")
+    p.add_argument("--points", required=True,
+                   help="JSON list of grid rows: each its swept keys, row, variant and 'path' (its predictions)")
+    p.add_argument("--keys", required=True, nargs="+", help="the swept keys (the grid's columns), one panel each")
+    p.add_argument("--individual", required=True, type=Path, help="individual models' predictions (adds 'normalised')")
+    p.add_argument("--out-prefix", required=True, type=Path, help="writes PREFIX.csv, PREFIX.png and PREFIX.pdf")
 
     p = command("calm-model", cmd_calm_model, "Write θ0 + τ as a checkpoint folder (CALM's merged model).")
     add_model(p)
@@ -379,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except ValidationError as exc:  # a section built from flags: one line, not pydantic's report
-        print(f"error: {cfgmod.error_line(exc, f'{exc.title} (command-line flags)')}", file=sys.stderr)
+        print(f"error: {error_line(exc, f'{exc.title} (command-line flags)')}", file=sys.stderr)
         return 1
     except FileNotFoundError as exc:
         print(f"error: {_missing(exc)}", file=sys.stderr)

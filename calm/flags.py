@@ -4,6 +4,7 @@ from the typed config, so the CLI, the config file and the rules cannot drift ap
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -134,3 +135,11 @@ def records(values: list[str], what: str, key: str, fields: tuple[str, ...]) -> 
         values_of_key = [int(keys[0]), keys[1]] if ":" in key else keys
         out.append({**dict(zip(key.split(":"), values_of_key)), **dict(zip(fields, parts))})
     return out
+
+
+def json_arg(text: str, what: str) -> Any:
+    """A flag's JSON value; a malformed one is a one-line error naming the flag."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"{what}: not JSON ({exc})") from None

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable
 
-from calm.config import BaselinesConfig
+from calm.config.baselines import BaselinesConfig
 
 # Per-task files a data-driven method reads: preprocessed splits, frozen head, pool scores.
 NEEDS = ("inputs", "head", "scores")

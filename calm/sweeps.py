@@ -1,10 +1,13 @@
-"""CALM variants and the tidy sweep table of the ablations.
+"""CALM variants, the tidy sweep table of the ablations, and a user's sweep grid.
 
 A variant is one complete set of CALM settings (the `calm` section with its own S̄ order,
 plus the sampler, ratio and selection seed of its credible sets) under a name; the workflow writes it to
 results/merge/calm/<name>/. `default` is the config's own `calm` and `select` sections.
 Each ablation is a list of points (its axis values) that name a variant; points with the
-same settings share one variant, so a grid value equal to the default costs nothing.
+same settings share one variant, so a grid value equal to the default costs nothing. A user's
+sweep grid (the config's `grid`: one row per variant, one column per key of calm or select it
+changes) adds one variant per row, named after its values as Snakemake's Paramspace names an
+instance, and shares variants the same way.
 """
 from __future__ import annotations
 
@@ -103,8 +106,36 @@ class _Registry:
         return name
 
 
-def plan(cfg: Config) -> tuple[dict[str, Variant], pd.DataFrame]:
-    """Every variant the workflow knows, by name, and the tidy table of sweep points.
+def _sweep_row(ablation: str, name: str, v: Variant, repeat: int | None = None,
+               order_seed: int | None = None) -> dict:
+    c = v.calm
+    return {"ablation": ablation, "variant": name, "sampler": v.sampler, "ratio": v.ratio,
+            "repeat": repeat, "select_seed": v.select_seed,
+            "n_seq": len(c.sequential), "order_seed": order_seed, "order": ">".join(c.sequential),
+            "lr": c.lr, "alpha": c.alpha, "grad_reduction": c.grad_reduction,
+            "regulariser": c.regulariser, "strategy": c.strategy, "iterations": c.iterations}
+
+
+def grid_keys(rows: list[dict]) -> dict[str, str]:
+    """The grid's columns ('calm.lr', 'select.ratio', …) by the names its outputs give them: the key
+    without its section ('lr'), where no other column has that name."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    short = {k: k.split(".", 1)[-1] for k in keys}
+    return {k: short[k] if list(short.values()).count(short[k]) == 1 else k for k in keys}
+
+
+def grid_variant(cfg: Config, name: str, row: dict) -> Variant:
+    """A grid row ('calm.lr': 1e7, 'select.ratio': 0.5, ...) applied to the config's calm and select."""
+    part = {sec: {k.split(".", 1)[1]: v for k, v in row.items() if k.startswith(sec + ".")}
+            for sec in ("calm", "select")}
+    select = cfg.select.model_copy(update=part["select"])
+    return Variant(name, cfg.calm.model_copy(update=part["calm"]), select.sampler, select.ratio, select.seed)
+
+
+def plan(cfg: Config, grid: dict[str, dict] | None = None) -> tuple[dict[str, Variant], pd.DataFrame]:
+    """Every variant the workflow knows, by name, and the tidy table of sweep points (`grid`:
+    the rows of a sweep grid, as calm.config.files.validate_sweep_table returns them, under
+    their variant names; the workflow names them as Snakemake's Paramspace does).
 
     The table has one row per point: `ablation`, `variant` and that variant's settings
     (sampler, ratio, repeat, select_seed, n_seq, order_seed, order, lr, alpha, grad_reduction,
@@ -128,12 +159,7 @@ def plan(cfg: Config) -> tuple[dict[str, Variant], pd.DataFrame]:
         # any at ratio 1, keeps the same set): its credible sets are then shared.
         select_seed = base.select_seed + (repeat or 0) if sampler in SEEDED and ratio < 1 else base.select_seed
         v = Variant(name, base_calm.model_copy(update=calm), sampler, ratio, select_seed)
-        c = v.calm
-        rows.append({"ablation": ablation, "variant": reg.add(v), "sampler": v.sampler, "ratio": v.ratio,
-                     "repeat": repeat, "select_seed": select_seed,
-                     "n_seq": len(c.sequential), "order_seed": order_seed, "order": ">".join(c.sequential),
-                     "lr": c.lr, "alpha": c.alpha, "grad_reduction": c.grad_reduction,
-                     "regulariser": c.regulariser, "strategy": c.strategy, "iterations": c.iterations})
+        rows.append(_sweep_row(ablation, reg.add(v), v, repeat, order_seed))
 
     for sampler in ab.samplers:
         for ratio in ab.ratios:
@@ -158,6 +184,9 @@ def plan(cfg: Config) -> tuple[dict[str, Variant], pd.DataFrame]:
     mask_task = ab.mask_task or cfg.calm.sequential[-1]
     point("mask_analysis", f"mask-{mask_task}", sequential=[mask_task])
     point("trace", "trace", trace_eval_every=ab.trace_eval_every)
+    for name, row in (grid or {}).items():
+        v = grid_variant(cfg, name, row)
+        rows.append(_sweep_row("grid", reg.add(v), v))
     table = pd.DataFrame(rows)
     for column in ("repeat", "order_seed"):
         table[column] = table[column].astype("Int64")

@@ -6,7 +6,8 @@ import typing
 import pytest
 import torch
 
-from calm.config import BaselineName, json_schema
+from calm.config.baselines import BaselineName
+from calm.config.files import json_schema
 from calm.methods import METHODS
 from calm.merging.adamerging import adamerging
 from calm.merging.consensus import consensus_mask, consensus_ta, consensus_ties, tall_masks

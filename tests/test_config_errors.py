@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from calm.config import CalmConfig, Config, ConfigError, SelectConfig, check_config, load_config, validate_sweep_table
+from calm.config import CalmConfig, Config, SelectConfig
+from calm.config.files import ConfigError, check_config, load_config, validate_sweep_table
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_workflow import ROOT, SNAKEMAKE, pico_config
+from pico_workflow import ROOT, SNAKEMAKE, pico_config
 
 VENV = Path(sys.executable).parent.parent
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from matplotlib.collections import PathCollection
 
-from calm.paper import figures, registry
+from calm.paper import figures, registry, style
 from calm.paper import tables as pt
 from calm.render import to_latex, to_markdown
 
@@ -200,7 +200,7 @@ def test_every_figure_has_a_tiny_input():
 def test_each_figure_writes_a_png_and_a_pdf(name, tmp_path):
     fig = registry.build(name, tiny_inputs()[name])
     assert all(ax.has_data() for ax in fig.axes if ax.get_label() != "<colorbar>")
-    paths = figures.save_figure(fig, tmp_path / name)
+    paths = style.save_figure(fig, tmp_path / name)
     png, pdf = paths["png"].read_bytes(), paths["pdf"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert pdf[:5] == b"%PDF-" and len(pdf) > 1000
@@ -304,17 +304,17 @@ def test_editing_step_labels_or_a_renderer_changes_the_digest_of_the_items_that_
     shutil.copytree(root / "calm", tmp_path / "calm", ignore=shutil.ignore_patterns("__pycache__"))
     figures_py, tables_py = tmp_path / "calm/paper/figures.py", tmp_path / "calm/paper/tables.py"
 
-    def digest(module, builder, writer):
-        return registry.source_digest(module, [builder, writer])
+    def digest(module, *names):
+        return registry.source_digest(module, list(names))
 
-    fig7 = digest(figures_py, "layer_heatmap", "save_figure")
-    fig6 = digest(figures_py, "sequential_count", "save_figure")
+    fig7 = digest(figures_py, "layer_heatmap")
+    fig6 = digest(figures_py, "sequential_count")
     table3 = digest(tables_py, "strategies", "write_table")
     text = tables_py.read_text()
     tables_py.write_text(text.replace("def step_labels(frame: pd.DataFrame) -> dict[tuple, str]:\n",
                                       "def step_labels(frame: pd.DataFrame) -> dict[tuple, str]:\n    frame = frame.copy()\n"))
-    assert digest(figures_py, "layer_heatmap", "save_figure") != fig7
-    assert digest(figures_py, "sequential_count", "save_figure") == fig6  # does not use step_labels
+    assert digest(figures_py, "layer_heatmap") != fig7
+    assert digest(figures_py, "sequential_count") == fig6  # does not use step_labels
     renderers = tmp_path / "calm/render.py"
     renderers.write_text(renderers.read_text().replace("def to_markdown(", "def to_markdown(*_unused, "))
     assert digest(tables_py, "strategies", "write_table") != table3

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 from pathlib import Path
@@ -38,23 +39,69 @@ def test_paper_config_dry_run_plans_every_job_without_the_hub(name, tmp_path):
         "merge_baseline": baselines + 1, "evaluate": 3 + baselines, "table": 1, "all": 1}
 
 
-@pytest.mark.skipif(importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,
-                    reason="snakemake-executor-plugin-slurm is not installed (pip install -r requirements.txt)")
-def test_slurm_profile_puts_gpu_jobs_on_the_gpu_partition(tmp_path):
-    env = {"SLURM_ACCOUNT": "acct", "SLURM_PARTITION": "cpu", "SLURM_GPU_PARTITION": "gpu",
-           "SLURM_GPU_MODEL": "a100"}
-    out = dry_run(ROOT / "config/clip-vit-b32.yaml", tmp_path, "--workflow-profile", str(ROOT / "profiles/slurm"),
-                  env=env)
+SLURM_ENV = {"SLURM_ACCOUNT": "acct", "SLURM_PARTITION": "cpu", "SLURM_GPU_PARTITION": "gpu", "SLURM_GPU_MODEL": "a100"}
+needs_slurm_plugin = pytest.mark.skipif(importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,
+                                        reason="snakemake-executor-plugin-slurm is not installed "
+                                               "(pip install -r requirements.txt)")
+
+
+def planned_resources(out: str) -> dict[str, list[dict[str, str]]]:
+    """Rule -> the resources of each of its jobs, from a dry run's job blocks."""
     jobs = {}
     for block in out.split("\nrule ")[1:]:
         rule = block.split(":", 1)[0]
-        resources = next((line for line in block.splitlines() if line.strip().startswith("resources:")), "")
-        jobs.setdefault(rule, resources)
-    for rule in ("score", "calm_base", "calm_step", "calm_model", "evaluate_task_arithmetic", "evaluate"):
-        assert "gpu=1" in jobs[rule] and "gpu_model=a100" in jobs[rule] and "slurm_partition=gpu" in jobs[rule], rule
-        assert "slurm_account=acct" in jobs[rule]
-    assert "gpu=" not in jobs["prepare"] and "slurm_partition=cpu" in jobs["prepare"]
-    assert "mem_mb=64000" in jobs["calm_step"]
+        line = next((ln for ln in block.splitlines() if ln.strip().startswith("resources:")), "")
+        items = line.strip().removeprefix("resources:").split(", ")
+        jobs.setdefault(rule, []).append(dict(item.strip().split("=", 1) for item in items if "=" in item))
+    return jobs
+
+
+@needs_slurm_plugin
+def test_slurm_profile_sends_every_gpu_job_to_the_gpu_partition(tmp_path):
+    """Every job of every target that declares gpu=1 (merge_baseline, mask_parts, ablation_topk
+    and benchmarks included) asks for the GPU partition and model; every other job for the CPU
+    partition; and the profile sets no memory or run time of its own."""
+    out = dry_run(ROOT / "config/config.yaml", tmp_path, "--workflow-profile", str(ROOT / "profiles/slurm"),
+                  "all", "paper", "ablations", "benchmarks", env=SLURM_ENV)
+    jobs = planned_resources(out)
+    gpu_rules = {rule for rule, runs in jobs.items() if any(r.get("gpu") == "1" for r in runs)}
+    assert gpu_rules == {"finetune", "score", "calm_base", "calm_step", "calm_model", "evaluate",
+                         "evaluate_task_arithmetic", "merge_baseline", "mask_parts", "ablation_topk", "benchmarks"}
+    for rule, runs in jobs.items():
+        for r in runs:
+            assert r["slurm_account"] == "acct", rule
+            if rule in gpu_rules:
+                assert (r["gpu"], r["gpu_model"], r["slurm_partition"]) == ("1", "a100", "gpu"), rule
+            else:
+                assert "gpu" not in r and "gpu_model" not in r and r["slurm_partition"] == "cpu", rule
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    assert "set-resources" not in profile and set(profile["default-resources"]) == {"slurm_account", "slurm_partition"}
+
+
+@needs_slurm_plugin
+def test_the_readme_slurm_command_needs_no_core_count(tmp_path):
+    """`snakemake --workflow-profile profiles/slurm --configfile …` gives no --cores: parsing the
+    workflow must not need one (a rule's `threads: workflow.cores` stopped it before any job)."""
+    proc = subprocess.run(SNAKEMAKE + ["--workflow-profile", "profiles/slurm", "--configfile", "config/config.yaml",
+                                       "--directory", str(tmp_path), "--summary"],
+                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, **SLURM_ENV})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "calm_step" in proc.stdout or "step1-" in proc.stdout
+
+
+@needs_slurm_plugin
+def test_job_memory_and_run_time_follow_the_config_scale(tmp_path):
+    """mem_mb and runtime come from the model and data the config names (calm/resources.py),
+    not from the profile: the paper's ViT-L/14 asks for more than the MiniLM default."""
+    def calm_step(config):
+        out = dry_run(config, tmp_path / config.stem, "--workflow-profile", str(ROOT / "profiles/slurm"),
+                      env={**SLURM_ENV, "HF_HUB_OFFLINE": "1"})
+        return planned_resources(out)["calm_step"][0]
+
+    small, large = calm_step(ROOT / "config/config.yaml"), calm_step(ROOT / "config/clip-vit-l14.yaml")
+    # MiniLM (91 MB): 3000 + 14 × 91 + 2 × every task's inputs (6 × 1800 rows × 64 tokens × 16 B)
+    assert int(small["mem_mb"]) == math.ceil(3000 + 14 * 91 + 2 * 6 * 1800 * 64 * 16 / 2**20)
+    assert int(large["mem_mb"]) > 3 * int(small["mem_mb"]) and int(large["runtime"]) > int(small["runtime"])
 
 
 # --- end to end on pico CLIP checkpoints and pico datasets -------------------------------------

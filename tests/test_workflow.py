@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from calm.config import json_schema
+from calm.config.files import json_schema
 from conftest import same_tensors
 from pico_workflow import MASK_ITERATIONS, ROOT, SNAKEMAKE, WORDS, planned_jobs, snakemake
 

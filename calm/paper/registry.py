@@ -125,7 +125,7 @@ def make(name: str, inputs: list[str], out_prefix: str | Path, options: dict | N
     if item.kind == "table":
         from calm.paper.tables import write_table
         return write_table(result, out_prefix)
-    from calm.paper.figures import save_figure
+    from calm.paper.style import save_figure
     return save_figure(result, out_prefix)
 
 
@@ -208,11 +208,11 @@ def source_digest(path: str | Path, names: list[str]) -> str:
             modules[file] = _read_module(file, root)
         return modules[file]
 
-    missing = [n for n in names if n not in module(path).defs]
+    missing = [n for n in names if n not in module(path).defs and n not in module(path).imports]
     if missing:
         raise ValueError(f"{path}: no top-level {missing}")
     seen: list[tuple[Path, str]] = []
-    todo = [(path, n) for n in names]
+    todo: list[tuple[Path, str]] = []
 
     def follow(file: Path, name: str, attr: str | None = None) -> None:
         """Queue the definition that `name` (or `name.attr`, for a module) in `file` refers to."""
@@ -225,6 +225,8 @@ def source_digest(path: str | Path, names: list[str]) -> str:
             if target_file is not None and (imported or attr):
                 follow(target_file, imported or attr)
 
+    for n in names:  # a name the module defines, or imports from the project
+        follow(path, n)
     while todo:
         file, n = todo.pop(0)
         if (file, n) in seen:
@@ -251,9 +253,11 @@ def item_digest(name: str) -> str:
 
     Reads the module's source without importing it, so the Snakefile stays fast to parse."""
     item = _item(name)
-    spec = importlib.util.find_spec(f"calm.paper.{item.module}")
-    writer = "write_table" if item.kind == "table" else "save_figure"
-    return source_digest(spec.origin, [item.builder, writer])
+    builder = importlib.util.find_spec(f"calm.paper.{item.module}").origin
+    writer_module, writer = ("tables", "write_table") if item.kind == "table" else ("style", "save_figure")
+    writer_path = importlib.util.find_spec(f"calm.paper.{writer_module}").origin
+    parts = source_digest(builder, [item.builder]) + source_digest(writer_path, [writer])
+    return hashlib.sha256(parts.encode()).hexdigest()[:12]
 
 
 def options_json(options: dict) -> str:

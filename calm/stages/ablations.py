@@ -74,6 +74,19 @@ def ablation_table(kind: str, points: list[dict], out: str | Path, individual: s
     return frame
 
 
+def grid(points: list[dict], keys: list[str], individual: str | Path, out_prefix: str | Path) -> pd.DataFrame:
+    """A sweep grid's results: PREFIX.csv, one row per grid row and task (its swept `keys`, its
+    variant, accuracy, normalised; task "average" their mean), and PREFIX.png / .pdf, the
+    average accuracy against each swept key."""
+    from calm.paper.figures import grid_accuracy
+    from calm.paper.style import save_figure
+
+    prefix = Path(out_prefix)
+    frame = ablation_table("accuracy", points, prefix.with_name(prefix.name + ".csv"), individual=individual)
+    save_figure(grid_accuracy(frame, keys), prefix)
+    return frame
+
+
 def _write_csv(frame: pd.DataFrame, out: str | Path) -> None:
     with atomic_path(out) as tmp:
         frame.to_csv(tmp, index=False)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from calm import artifacts, scoring, vectors
-from calm.config import BaselinesConfig
+from calm.config.baselines import BaselinesConfig
 from calm.families.base import Family
 from calm.io import atomic_dir, write_json
 from calm.merging.emr import emr_storage_bits, emr_task_vector

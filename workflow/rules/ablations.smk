@@ -14,6 +14,8 @@ rule ablation_accuracy:
         points=lambda w: quoted(accuracy_points(w.sweep)),
     wildcard_constraints:
         sweep="|".join(sweeps.AXES),
+    resources:
+        **job_resources("ablation_accuracy"),
     log:
         "logs/ablations/{sweep}.log",
     conda:
@@ -30,6 +32,8 @@ rule ablation_pseudo_labels:
         "results/ablations/pseudo_labels.csv",
     params:
         points=quoted(pseudo_label_points()),
+    resources:
+        **job_resources("ablation_pseudo_labels"),
     log:
         "logs/ablations/pseudo_labels.log",
     conda:
@@ -51,9 +55,7 @@ rule mask_parts:
         out=lambda w: f"{variant_dir(w.variant)}/analysis",
     threads: CFG.threads
     resources:
-        mem_mb=6000,
-        runtime=20,
-        gpu=1,
+        **job_resources("mask_parts", gpu=True),
     log:
         "logs/merge/calm/{variant}/analysis.log",
     conda:
@@ -70,6 +72,8 @@ rule ablation_mask_analysis:
         "results/ablations/mask_analysis.csv",
     params:
         points=quoted(mask_points()),
+    resources:
+        **job_resources("ablation_mask_analysis"),
     log:
         "logs/ablations/mask_analysis.log",
     conda:
@@ -94,9 +98,7 @@ rule ablation_topk:
         percents=",".join(f"{k:g}" for k in CFG.ablations.top_percent),
     threads: CFG.threads
     resources:
-        mem_mb=6000,
-        runtime=20,
-        gpu=1,
+        **job_resources("ablation_topk", gpu=True),
     log:
         "logs/ablations/topk.log",
     conda:
@@ -115,6 +117,8 @@ rule ablation_layers:
         points=quoted(
             [{"step": p["step"], "task": p["task"], "path": f"{p['dir']}/layers.csv"} for p in step_points("default")]
         ),
+    resources:
+        **job_resources("ablation_layers"),
     log:
         "logs/ablations/layers.log",
     conda:
@@ -130,12 +134,41 @@ rule ablation_trace:
         "results/ablations/trace_accuracy.csv",
     params:
         points=quoted(trace_points()),
+    resources:
+        **job_resources("ablation_trace"),
     log:
         "logs/ablations/trace_accuracy.log",
     conda:
         "../../environment.yml"
     shell:
         "python -m calm ablation-table --kind trace --points {params.points} --out {output} 2> {log}"
+
+
+# A user's sweep grid (the config's `grid`): every row is a CALM variant, merged and evaluated by
+# the rules above (rows with the same settings, or a row equal to the config's own calm and
+# select sections, share their jobs); `snakemake grid` runs them all and writes one tidy CSV
+# and a plot of accuracy against the swept keys.
+rule grid:
+    input:
+        predictions=lambda w: paths(grid_points()),
+        individual="results/eval/individual.parquet",
+    output:
+        csv="results/grid/grid.csv",
+        png="results/grid/grid.png",
+        pdf="results/grid/grid.pdf",
+    params:
+        points=lambda w: quoted(grid_points()),
+        swept=lambda w: " ".join(shlex.quote(k) for k in sweeps.grid_keys(GRID).values()),
+        prefix=lambda w, output: output.csv.removesuffix(".csv"),
+    resources:
+        **job_resources("grid"),
+    log:
+        "logs/grid.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m calm grid --points {params.points} --keys {params.swept} --individual {input.individual} "
+        "--out-prefix {params.prefix} 2> {log}"
 
 
 # Named targets, one per table or figure of the paper, and all of them.

@@ -19,9 +19,7 @@ rule merge_baseline:
         settings=baseline_settings,
     threads: CFG.threads
     resources:
-        mem_mb=8000,
-        runtime=60,
-        gpu=1,
+        **job_resources("merge_baseline", gpu=True),
     log:
         "logs/merge/baseline_{method}.log",
     benchmark:

@@ -20,11 +20,9 @@ rule benchmarks:
         config=shlex.quote(json.dumps(config)),
         device=CFG.device,
         precision=CFG.precision,
-    threads: workflow.cores
+    threads: CFG.threads
     resources:
-        mem_mb=12000,
-        runtime=30,
-        gpu=1,
+        **job_resources("benchmarks", gpu=True),
     log:
         "logs/benchmarks.log",
     conda:

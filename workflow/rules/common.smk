@@ -1,16 +1,21 @@
 import json
+import os
 import re
 import shlex
+import sys
 from pathlib import Path
 
+import pandas as pd
 from pydantic import BaseModel
+from snakemake.utils import Paramspace
 
-from calm import sweeps
-from calm.sweeps import MASK_ROWS
-from calm.flags import interpreter_first_on_path, render_flags
+from calm import resources, sweeps
 from calm.config import Config
+from calm.config.files import ConfigError, validate_sweep_table
+from calm.flags import interpreter_first_on_path, render_flags
 from calm.methods import METHODS
 from calm.paper.registry import ITEMS, item_digest, options_json, report_label
+from calm.sweeps import MASK_ROWS
 
 # The typed config re-checks what the JSON schema cannot (cross-key rules such as
 # calm.sequential ⊆ data.tasks) before any job starts.
@@ -49,7 +54,26 @@ TA_LAMBDA = f"{CFG.baselines.task_arithmetic_lambda:g}"
 TA_EVALS = {lam: f"results/eval/task_arithmetic_lam{lam}.parquet" for lam in sorted({*LAMBDAS, TA_LAMBDA}, key=float)}
 # Every CALM run is a named variant (calm/sweeps.py): `default` is the config's calm and
 # select sections; the ablations add the rest. SWEEPS is the tidy table of sweep points.
-VARIANTS, SWEEPS = sweeps.plan(CFG)
+def grid_names(rows: list[dict]) -> list[str]:
+    """Each grid row's variant name: its values as Paramspace names an instance,
+    'ratio~0.5_lr~1e+07' (a list joined by '+'; the key without its section where that is unique)."""
+    names = sweeps.grid_keys(rows)
+    keys = list(names)
+
+    def text(v) -> str:
+        return "+".join(map(str, v)) if isinstance(v, list) else f"{v:g}" if isinstance(v, float) else str(v)
+
+    table = pd.DataFrame([{names[k]: text(row[k]) for k in keys} for row in rows], columns=list(names.values()))
+    return list(Paramspace(table, filename_params="*").instance_patterns)
+
+
+# A user's sweep grid (the config's `grid`, relative to the working directory): every row is
+# checked before any job starts, one error line per bad row.
+try:
+    GRID = validate_sweep_table(CFG.grid, Config, base=CFG, sections=("calm", "select")) if CFG.grid else []
+except ConfigError as exc:
+    sys.exit("\n".join(f"error: {line}" for line in str(exc).splitlines()))
+VARIANTS, SWEEPS = sweeps.plan(CFG, dict(zip(grid_names(GRID), GRID)))
 
 
 wildcard_constraints:
@@ -86,6 +110,20 @@ def checkpoint_head_input(wildcards):
 def scaled(base):
     """A resource that grows with each retry (profiles/slurm sets `retries`)."""
     return lambda wildcards, attempt: base * attempt
+
+
+MODEL_MB = resources.model_mb(CFG, Path(PRETRAINED))
+# On a cluster, every job that declares gpu=1 goes to the GPU partition and asks for the GPU model
+# the environment names (profiles/slurm; the other jobs go to SLURM_PARTITION), whatever its rule.
+GPU_SITE = {key: os.environ[var] for key, var in (("slurm_partition", "SLURM_GPU_PARTITION"),
+                                                  ("gpu_model", "SLURM_GPU_MODEL")) if os.environ.get(var)}
+
+
+def job_resources(rule, gpu=False):
+    """A compute rule's resources: memory and run time from the config's scale
+    (calm/resources.py), growing with each retry; gpu=1 and the site's GPU partition for a GPU job."""
+    mem_mb, runtime = resources.first_attempt(CFG, rule, MODEL_MB, gpu)
+    return {"mem_mb": scaled(mem_mb), "runtime": scaled(runtime), **({"gpu": 1, **GPU_SITE} if gpu else {})}
 
 
 def variant_dir(variant):
@@ -350,6 +388,17 @@ def pseudo_label_points():
             path = credible(r["sampler"], r["ratio"], t, r["select_seed"])
             points.setdefault((r["sampler"], path), {**point(r, ["sampler", "ratio", "repeat"], path), "task": t})
     return list(points.values())
+
+
+def grid_points():
+    """One point per row of the sweep grid: its row number, swept keys (named as sweeps.grid_keys
+    names them; a list as 'a>b'), its variant and predictions."""
+    if not CFG.grid:
+        raise ValueError("no sweep grid: set `grid: FILE` in the config (or --config grid=FILE)")
+    keys = sweeps.grid_keys(GRID)
+    return [{"row": i, **{keys[k]: ">".join(v) if isinstance(v, list) else v for k, v in row.items()},
+             "variant": r["variant"], "path": variant_eval(r["variant"])}
+            for i, (row, r) in enumerate(zip(GRID, sweep_rows("grid")), start=1)]
 
 
 def mask_variant():

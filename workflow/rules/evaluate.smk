@@ -18,9 +18,7 @@ rule evaluate:
         settings=render_flags(CFG.evaluate, exclude=("bootstrap", "seed")),
     threads: CFG.threads
     resources:
-        mem_mb=scaled(4000),
-        runtime=scaled(30),
-        gpu=1,
+        **job_resources("evaluate", gpu=True),
     log:
         "logs/evaluate/{method}.log",
     benchmark:
@@ -50,9 +48,7 @@ rule evaluate_task_arithmetic:
         settings=render_flags(CFG.evaluate, exclude=("bootstrap", "seed")),
     threads: CFG.threads
     resources:
-        mem_mb=scaled(6000),
-        runtime=scaled(30 * len(TA_EVALS)),
-        gpu=1,
+        **job_resources("evaluate_task_arithmetic", gpu=True),
     log:
         "logs/evaluate/task_arithmetic.log",
     benchmark:
@@ -76,6 +72,8 @@ rule table:
         prefix=lambda w, output: output.md.removesuffix(".md"),
         ta=shlex.quote(f"Task arithmetic (λ={TA_LAMBDA})"),
         settings=render_flags(CFG.evaluate, exclude=("batch_size",)),
+    resources:
+        **job_resources("table"),
     log:
         "logs/table.log",
     conda:

@@ -10,9 +10,7 @@ rule finetune:
         settings=render_flags(CFG.finetune),
     threads: CFG.threads
     resources:
-        mem_mb=scaled(6000),
-        runtime=scaled(60),
-        gpu=1,
+        **job_resources("finetune", gpu=True),
     log:
         "logs/finetune/{task}.log",
     benchmark:

@@ -11,9 +11,7 @@ rule calm_base:
         lam=lambda w: VARIANTS[w.variant].calm.efficient_lambda,
     threads: CFG.threads
     resources:
-        mem_mb=scaled(6000),
-        runtime=scaled(20),
-        gpu=1,
+        **job_resources("calm_base", gpu=True),
     priority: 50  # CALM's chain first (see calm_step)
     log:
         "logs/merge/calm/{variant}/base.log",
@@ -56,9 +54,7 @@ rule calm_step:
         checkpoint_every=lambda w, threads: CFG.calm.checkpoint_every,
     threads: CFG.threads
     resources:
-        mem_mb=scaled(8000),
-        runtime=scaled(120),
-        gpu=1,
+        **job_resources("calm_step", gpu=True),
     # select → calm_base → calm_step 1 … |S̄| → calm_model is the run's longest chain of jobs:
     # started before the baselines, it no longer leaves a core idle at the end.
     priority: 50
@@ -84,9 +80,7 @@ rule calm_model:
         model=MODEL_FLAGS,
     threads: CFG.threads
     resources:
-        mem_mb=scaled(4000),
-        runtime=scaled(20),
-        gpu=1,
+        **job_resources("calm_model", gpu=True),
     priority: 50  # CALM's chain first (see calm_step)
     log:
         "logs/merge/calm/{variant}/model.log",

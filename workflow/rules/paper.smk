@@ -16,8 +16,7 @@ for item in ITEMS:
             **paper_params(item),
         threads: 1
         resources:
-            mem_mb=2000,
-            runtime=10,
+            **job_resources("paper"),
         log:
             f"logs/paper/{item}.log",
         conda:

@@ -15,8 +15,7 @@ rule prepare:
         finetuned=lambda w, input: f"--finetuned {input.finetuned}" if "finetuned" in input.keys() else "",
     threads: CFG.threads
     resources:
-        mem_mb=scaled(4000),
-        runtime=scaled(20),
+        **job_resources("prepare"),
     log:
         "logs/prepare/{task}.log",
     conda:

@@ -11,9 +11,7 @@ rule score:
         settings=render_flags(CFG.score),
     threads: CFG.threads
     resources:
-        mem_mb=scaled(4000),
-        runtime=scaled(30),
-        gpu=1,
+        **job_resources("score", gpu=True),
     log:
         "logs/score/{task}.log",
     benchmark:
@@ -35,6 +33,8 @@ rule select:
     params:
         seed=CFG.select.seed,
     priority: 50  # CALM's chain first (see calm_step)
+    resources:
+        **job_resources("select"),
     log:
         "logs/select/{sampler}-{ratio}/{task}.log",
     conda:

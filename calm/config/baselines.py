@@ -1,0 +1,126 @@
+"""The baselines' config sections: which methods run, and each method's settings at its
+literature defaults (config/README.md lists where the embedded default differs)."""
+from __future__ import annotations
+
+import typing
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from calm.config.section import Section
+
+
+# The names of calm.methods.METHODS (a test keeps the two equal; the schema's enum and the
+# workflow's wildcard constraint come from here and from the registry).
+BaselineName = Literal["weight_averaging", "task_arithmetic", "ties", "consensus_ta", "consensus_ties",
+                       "localize_stitch", "adamerging_task", "adamerging_layer", "fisher", "regmean",
+                       "tsv", "iso_c", "iso_cts", "wudi", "emr"]
+
+
+class TiesConfig(Section):
+    k: float = Field(0.2, gt=0, le=1, description="Fraction of each task vector kept by the trim (top-k by |τ|).")
+    lam: float = Field(0.3, gt=0, description="λ scaling the merged vector.")
+    merge: Literal["sum", "mean"] = Field(
+        "sum", description="Disjoint merge of the entries that agree with the elected sign: sum (the "
+        "AdaMerging and TALL-masks code, which produced the paper's TIES rows) or mean (the TIES paper).")
+
+
+class ConsensusConfig(Section):
+    tall_lambda: float = Field(0.4, gt=0, description="λ_t of the TALL masks |τ_t| > λ_t·|τ_MTL − τ_t|.")
+    min_tasks: int = Field(2, ge=0, description="Keep the entries that at least this many TALL masks select.")
+    lam: float = Field(0.3, gt=0, description="λ scaling the masked merged vector.")
+
+
+class LocalizeStitchConfig(Section):
+    n_shot: int = Field(64, gt=0, description="Labelled train examples per task the mask is trained on.")
+    epochs: int = Field(10, gt=0, description="Passes over them; one mask step per pass (gradients averaged).")
+    batch_size: int = Field(16, gt=0)
+    lr: float = Field(1e7, gt=0, description="SGD learning rate on the mask logits.")
+    alpha: float = Field(1.0, ge=0, description="Regulariser strength.")
+    init_value: float = Field(5.0, gt=0, description="The mask logits start at ±init_value.")
+    init_fraction: float = Field(1e-5, ge=0, lt=1, description="Fraction of entries (largest |τ_t|) that start on.")
+    regulariser: Literal["polarise", "l1"] = Field("polarise", description="As calm.regulariser.")
+    seed: int = 0
+
+
+class AdaMergingConfig(Section):
+    steps: int = Field(500, gt=0, description="Adam steps on the merging coefficients.")
+    batch_size: int = Field(16, gt=0)
+    batches_per_task: int = Field(2, gt=0, description="Unlabeled pool batches per task per step.")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    init: float = Field(0.3, ge=0, le=1, description="Coefficients start here; clamped to [0, 1] after each step.")
+    seed: int = 0
+
+
+class FisherConfig(Section):
+    n_examples: int = Field(256, gt=0, description="Pool examples per task (pseudo-labelled) the Fisher is estimated on.")
+    epsilon: float = Field(1e-6, ge=0, description="Added to every Fisher entry, so entries no example reaches are averaged.")
+    seed: int = 0
+
+
+class RegMeanConfig(Section):
+    n_examples: int = Field(256, gt=0, description="Pool examples per task whose linear-layer inputs form the Gram matrices.")
+    batch_size: int = Field(32, gt=0)
+    alpha: float = Field(0.9, ge=0, le=1, description="Off-diagonal entries of each Gram matrix are scaled by α.")
+    seed: int = 0
+
+
+class TsvConfig(Section):
+    alpha: float = Field(1.0, gt=0, description="α scaling the merged vector (the paper's 1.0).")
+    exclude: list[str] = Field(default_factory=list, description="Tensors whose names contain one of these are "
+                               "averaged instead of merged as matrices.")
+
+
+class IsoCConfig(Section):
+    alpha: float = Field(1.0, gt=0, description="α scaling the merged vector (FusionBench's 1.0; the authors "
+                         "tune it on validation data).")
+    exclude: list[str] = Field(default_factory=list, description="As tsv.exclude.")
+
+
+class IsoCTSConfig(IsoCConfig):
+    common_space_fraction: float = Field(0.8, ge=0, le=1, description="Share of each matrix's rank given to the "
+                                         "summed update's top singular directions; the rest is split between tasks.")
+
+
+class WudiConfig(Section):
+    solver: Literal["adam", "closed_form"] = Field("adam", description="adam: the authors' code (Adam from Σ τ_t); "
+                                                   "closed_form: the minimiser itself (not in their code).")
+    steps: int = Field(300, gt=0, description="Adam steps per linear layer.")
+    lr: float = Field(1e-5, gt=0, description="Adam learning rate.")
+    others: Literal["zero", "mean"] = Field("zero", description="Tensors that are not linear weights: zero (the "
+                                            "authors' code keeps them pre-trained) or the tasks' mean (FusionBench).")
+    exclude: list[str] = Field(default_factory=lambda: ["embed"], description="2-D tensors whose names contain one "
+                               "of these are not linear weights (embeddings).")
+
+
+class EmrConfig(Section):
+    rescale: Literal["tensor_mean", "sum"] = Field("tensor_mean", description="Per-task rescaler: tensor_mean (the "
+                                                   "authors' code: per-tensor means added up) or sum (the paper).")
+
+
+class BaselinesConfig(Section):
+    task_arithmetic_lambda: float = Field(0.3, gt=0)
+    lambda_grid: list[float] = Field(
+        default_factory=lambda: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+        description="λ values of the task-arithmetic sweep (the table reports the best).")
+    methods: list[BaselineName] = Field(
+        default_factory=lambda: list(typing.get_args(BaselineName)),
+        description="Baselines the main table runs (task_arithmetic: its λ row and the λ sweep).")
+    ties: TiesConfig = TiesConfig()
+    consensus: ConsensusConfig = ConsensusConfig()
+    localize_stitch: LocalizeStitchConfig = LocalizeStitchConfig()
+    adamerging: AdaMergingConfig = AdaMergingConfig()
+    fisher: FisherConfig = FisherConfig()
+    regmean: RegMeanConfig = RegMeanConfig()
+    tsv: TsvConfig = TsvConfig()
+    iso_c: IsoCConfig = IsoCConfig()
+    iso_cts: IsoCTSConfig = IsoCTSConfig()
+    wudi: WudiConfig = WudiConfig()
+    emr: EmrConfig = EmrConfig()
+
+    @model_validator(mode="after")
+    def _distinct_methods(self) -> "BaselinesConfig":
+        dupes = sorted({m for m in self.methods if self.methods.count(m) > 1})
+        if dupes:
+            raise ValueError(f"baselines.methods names a method twice: {dupes}")
+        return self

@@ -1,0 +1,227 @@
+"""The SLURM profile on a real cluster: the one-machine cluster of ci/slurm-up (partitions `cpu`,
+no GPU, and `gpu`, GRES gpu:h100), which `.ci/run` starts before the test suite. A pico config
+runs through `profiles/slurm` as the README says, job by job through sbatch, to the same
+results as a local run; a user's sweep grid runs its variants side by side; a cancelled and
+an out-of-memory job are retried and end as an uninterrupted run.
+
+Without `sbatch` (or without those partitions) every test here is skipped; with
+CALM_REQUIRE_SLURM=1 (set by .ci/run) the module fails instead.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import same_tensors
+from test_scale_workflow import planned_resources
+from pico_workflow import ROOT, SNAKEMAKE, pico_config, planned_jobs
+
+# What the README tells users to export, for ci/slurm-up's cluster.
+SLURM_ENV = {"SLURM_ACCOUNT": "calm", "SLURM_PARTITION": "cpu", "SLURM_GPU_PARTITION": "gpu", "SLURM_GPU_MODEL": "h100"}
+# The README's poll interval for a small idle cluster (the plugin's default is 40 s).
+POLL = ["--slurm-init-seconds-before-status-checks", "2"]
+ITERATIONS, CHECKPOINT_EVERY = 100, 10
+STEP = Path("results/merge/calm/default/step1-mood")
+# The rules of the pico run that declare gpu=1 (written out: the test must not take them from the
+# workflow it checks).
+GPU_RULES = {"finetune", "score", "calm_base", "calm_step", "calm_model", "merge_baseline", "evaluate"}
+
+
+def missing_cluster() -> str | None:
+    """Why the Slurm tests cannot run here, or None."""
+    if shutil.which("sbatch") is None:
+        return "no sbatch on PATH (ci/slurm-up installs and starts a one-machine Slurm cluster)"
+    try:
+        proc = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer within 30 s"
+    if proc.returncode != 0 or not {"cpu", "gpu"} <= set(proc.stdout.split()):
+        return "no Slurm cluster with partitions cpu and gpu answers (run ci/slurm-up)"
+    return None
+
+
+WHY_NOT = missing_cluster()
+if WHY_NOT and os.environ.get("CALM_REQUIRE_SLURM"):
+    raise RuntimeError(f"CALM_REQUIRE_SLURM is set, but {WHY_NOT}")
+pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
+
+
+def on_cluster(work: Path, *args: str, spelling: str = "--workflow-profile", timeout: int = 900,
+               env: dict | None = None) -> subprocess.CompletedProcess:
+    """The README's command, from the repository: `snakemake <spelling> profiles/slurm --configfile
+    …`, in `work` (--directory) and polling every 2 s."""
+    cmd = SNAKEMAKE + [spelling, "profiles/slurm", "--configfile", str(work / "config.yaml"),
+                       "--directory", str(work), *POLL, *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                          env={**os.environ, **SLURM_ENV, **(env or {})})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def submitted(output: str) -> list[str]:
+    """Slurm job ids of the jobs Snakemake submitted, from its log lines."""
+    return re.findall(r"has been submitted with SLURM jobid (\d+)", output)
+
+
+def slurm_jobs(ids: list[str]) -> list[dict[str, str]]:
+    """What slurmctld knows of each job (slurm.conf keeps finished jobs for an hour), with `rule`
+    parsed from the comment the executor gives each job (rule_<name>_wildcards_<values>)."""
+    known = {}
+    for line in subprocess.run(["scontrol", "show", "job", "-o"], capture_output=True, text=True,
+                               check=True).stdout.splitlines():
+        job = dict(field.split("=", 1) for field in line.split() if "=" in field)
+        known[job["JobId"]] = job
+    jobs = [known[i] for i in ids]
+    for job in jobs:
+        job["rule"] = re.match(r"rule_(\w+?)(_wildcards_.*)?$", job["Comment"]).group(1)
+    return jobs
+
+
+def copy_run(src: Path, dst: Path, drop: list[Path]) -> Path:
+    """A copy of a finished run without the files in `drop` (the jobs to run again)."""
+    shutil.copytree(src, dst, symlinks=True)
+    for path in drop:
+        shutil.rmtree(dst / path) if (dst / path).is_dir() else (dst / path).unlink()
+    return dst
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, pico_model):
+    """The same pico config (a 100-iteration CALM step checkpointed every 10, one baseline) run
+    locally and through the SLURM profile; returns the two folders and the cluster run's output
+    and wall time."""
+    root = tmp_path_factory.mktemp("slurm")
+    config = pico_config(pico_model, root, iterations=ITERATIONS, checkpoint_every=CHECKPOINT_EVERY)
+    config["baselines"]["methods"] = ["ties"]
+    local, cluster = root / "local", root / "cluster"
+    for work in (local, cluster):
+        work.mkdir()
+        (work / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = subprocess.run(SNAKEMAKE + ["-s", str(ROOT / "Snakefile"), "--directory", str(local), "--configfile",
+                                       str(local / "config.yaml"), "--cores", "2"],
+                          capture_output=True, text=True, cwd=local)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    start = time.monotonic()
+    proc = on_cluster(cluster)
+    return {"local": local, "cluster": cluster, "output": proc.stdout + proc.stderr,
+            "seconds": time.monotonic() - start, "planned": planned_jobs(proc.stdout + proc.stderr)}
+
+
+def test_every_compute_job_is_an_sbatch_job_and_gpu_jobs_run_on_the_gpu_partition(runs):
+    out = runs["output"]
+    ids = submitted(out)
+    jobs = slurm_jobs(ids)
+    local_rules = {"fetch_model", "fetch_data", "all"}
+    planned = runs["planned"]
+    # 3 prepare, finetune, score, select; calm_base, calm_step, calm_model; TIES; 4 evaluations; table
+    assert sum(n for rule, n in planned.items() if rule not in local_rules) == len(ids) == 21
+    assert len(set(ids)) == len(ids) and {j["JobName"] for j in jobs} == {jobs[0]["JobName"]}
+    assert all(j["JobState"] == "COMPLETED" for j in jobs), [(j["JobId"], j["JobState"]) for j in jobs]
+    by_rule = {}
+    for j in jobs:
+        by_rule[j["rule"]] = by_rule.get(j["rule"], 0) + 1
+    assert by_rule == {rule: n for rule, n in planned.items() if rule not in local_rules}
+    declared = {rule for rule, runs_ in planned_resources(out).items() if any(r.get("gpu") == "1" for r in runs_)}
+    assert declared == GPU_RULES
+    for j in jobs:
+        if j["rule"] in GPU_RULES:
+            assert (j["Partition"], j.get("TresPerJob")) == ("gpu", "gres:gpu:h100:1"), j
+        else:
+            assert j["Partition"] == "cpu" and "gpu" not in j.get("TresPerJob", "") + j.get("TRES", ""), j
+    print(f"\n{len(ids)} sbatch jobs in {runs['seconds']:.0f} s")
+
+
+def test_the_cluster_run_equals_the_local_run(runs):
+    local, cluster = runs["local"], runs["cluster"]
+    assert (cluster / "results/tables/main.csv").read_bytes() == (local / "results/tables/main.csv").read_bytes()
+    assert (cluster / STEP / "tau.safetensors").read_bytes() == (local / STEP / "tau.safetensors").read_bytes()
+    assert same_tensors(cluster / STEP / "mask.safetensors", local / STEP / "mask.safetensors")
+
+
+def test_a_cancelled_calm_step_is_retried_resumes_and_equals_the_uninterrupted_run(runs, tmp_path):
+    """scancel the mask step once it has checkpointed: the profile's retries submit it again, the
+    new attempt continues from the checkpoint, and the result is the uninterrupted run's."""
+    work = copy_run(runs["cluster"], tmp_path / "work", [STEP])
+    checkpoint = work / f"{STEP}.resume.pt"
+    cmd = SNAKEMAKE + ["--workflow-profile", "profiles/slurm", "--configfile", str(work / "config.yaml"),
+                       "--directory", str(work), *POLL, str(STEP / "tau.safetensors")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **SLURM_ENV}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not checkpoint.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "no mask checkpoint within 5 min"
+            time.sleep(0.05)
+        running = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i %k"], capture_output=True, text=True,
+                                 check=True).stdout.split("\n")
+        cancelled = [line.split()[0] for line in running if "rule_calm_step_wildcards_default_1_mood" in line]
+        assert len(cancelled) == 1, running
+        subprocess.run(["scancel", cancelled[0]], check=True)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        proc.kill() if proc.poll() is None else None
+    assert proc.returncode == 0, out[-4000:]
+    first, second = slurm_jobs(submitted(out))
+    assert first["JobId"] == cancelled[0] and first["JobState"] == "CANCELLED" and second["JobState"] == "COMPLETED"
+    log = (work / "logs/merge/calm/default/step1-mood.log").read_text()
+    resumed = re.search(r"resuming the mask optimisation from \S+ after iteration (\d+)", log)
+    assert resumed and 0 < int(resumed.group(1)) < ITERATIONS, log[-2000:]
+    assert not checkpoint.exists()
+    assert (work / STEP / "tau.safetensors").read_bytes() == (runs["cluster"] / STEP / "tau.safetensors").read_bytes()
+    assert same_tensors(work / STEP / "mask.safetensors", runs["cluster"] / STEP / "mask.safetensors")
+
+
+def test_a_job_over_its_memory_is_killed_and_its_retry_asks_for_twice_as_much(runs, tmp_path):
+    """With resources.mem_scale 0.4 the mask step's first attempt asks for 1.2 GB, less than it
+    uses (Slurm measures ~1.7 GB: the job's Snakemake and the step), and Slurm kills it
+    (OverMemoryKill); the retry asks for twice as much and ends as the first run did."""
+    work = copy_run(runs["cluster"], tmp_path / "work", [STEP])
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["resources"] = {"mem_scale": 0.4}
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    out = on_cluster(work, str(STEP / "tau.safetensors"), timeout=600)
+    first, second = slurm_jobs(submitted(out.stdout + out.stderr))
+    mem = [int(j["MinMemoryNode"].removesuffix("M")) for j in (first, second)]
+    assert first["JobState"] in ("FAILED", "OUT_OF_MEMORY") and second["JobState"] == "COMPLETED"
+    assert mem[1] == 2 * mem[0] and mem[0] < 1500 < 2000 < mem[1], mem
+    killed = (work / f".snakemake/slurm_logs/rule_calm_step/default_1_mood/{first['JobId']}.log").read_text()
+    assert "exceeded memory limit" in killed
+    assert (work / STEP / "tau.safetensors").read_bytes() == (runs["cluster"] / STEP / "tau.safetensors").read_bytes()
+
+
+def test_a_sweep_grid_runs_its_variants_side_by_side_with_the_profile_spelling(runs, tmp_path):
+    """A user's grid of 2 mask learning rates × 2 sampling ratios on the finished run, through
+    `--profile profiles/slurm` (the spelling users type; Snakemake then also reads the workflow's
+    profiles/default): 4 CALM variants, one of them the run's own, each its own Slurm jobs, the
+    independent ones running at the same time; one tidy CSV and a plot."""
+    work = copy_run(runs["cluster"], tmp_path / "work", [])
+    (work / "grid.csv").write_text("lr,ratio\n1e6,0.9\n2e6,0.9\n1e6,0.5\n2e6,0.5\n")
+    out = on_cluster(work, "grid", "--config", "grid=grid.csv", spelling="--profile")
+    jobs = slurm_jobs(submitted(out.stdout + out.stderr))
+    grid = pd.read_csv(work / "results/grid/grid.csv")
+    assert list(grid.columns) == ["row", "lr", "ratio", "variant", "task", "accuracy", "normalised"]
+    assert grid["row"].tolist() == [r for r in (1, 2, 3, 4) for _ in range(4)]
+    variants = grid.drop_duplicates("row")["variant"].tolist()
+    assert variants[0] == "default" and len(set(variants)) == 4  # row 1 is the config's own calm and select
+    # 3 new variants: the credible sets at ratio 0.5, then each variant's base, step, model, evaluation
+    assert sorted(j["rule"] for j in jobs) == sorted(["select"] * 3 + ["calm_base", "calm_step", "calm_model",
+                                                                        "evaluate"] * 3 + ["grid"])
+    assert all(j["Partition"] == ("cpu" if j["rule"] in ("select", "grid") else "gpu") for j in jobs)
+
+    def variant(job):
+        return max((v for v in variants if v in job["Comment"]), key=len, default=None)
+
+    spans = [(datetime.fromisoformat(j["StartTime"]), datetime.fromisoformat(j["EndTime"]), variant(j))
+             for j in jobs if variant(j)]
+    side_by_side = [(a[2], b[2]) for a in spans for b in spans if a[2] < b[2] and a[0] < b[1] and b[0] < a[1]]
+    assert side_by_side, spans
+    assert (work / "results/grid/grid.png").stat().st_size > 5000
