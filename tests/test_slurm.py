@@ -29,6 +29,7 @@ from pico_workflow import ROOT, SNAKEMAKE, pico_config, planned_jobs
 SLURM_ENV = {"SLURM_ACCOUNT": "calm", "SLURM_PARTITION": "cpu", "SLURM_GPU_PARTITION": "gpu", "SLURM_GPU_MODEL": "h100"}
 # The README's poll interval for a small idle cluster (the plugin's default is 40 s).
 POLL = ["--slurm-init-seconds-before-status-checks", "2"]
+TASKS = ["animal", "mood"]
 ITERATIONS, CHECKPOINT_EVERY = 100, 10
 STEP = Path("results/merge/calm/default/step1-mood")
 # The rules of the pico run that declare gpu=1 (written out: the test must not take them from the
@@ -55,16 +56,35 @@ if WHY_NOT and os.environ.get("CALM_REQUIRE_SLURM"):
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
 
 
-def on_cluster(work: Path, *args: str, spelling: str = "--workflow-profile", timeout: int = 900,
-               env: dict | None = None) -> subprocess.CompletedProcess:
+def started(cmd: list[str], output: Path, **kwargs) -> subprocess.Popen:
+    """A command started with its output going to a file (a pipe nobody reads would fill up)."""
+    with output.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, **kwargs)
+    proc.output = output
+    return proc
+
+
+def start_on_cluster(work: Path, *args: str, spelling: str = "--workflow-profile") -> subprocess.Popen:
     """The README's command, from the repository: `snakemake <spelling> profiles/slurm --configfile
-    …`, in `work` (--directory) and polling every 2 s."""
+    …`, in `work` (--directory) and polling every 2 s; started, not waited for."""
     cmd = SNAKEMAKE + [spelling, "profiles/slurm", "--configfile", str(work / "config.yaml"),
                        "--directory", str(work), *POLL, *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout,
-                          env={**os.environ, **SLURM_ENV, **(env or {})})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
+    return started(cmd, work.parent / f"{work.name}.out", cwd=ROOT, env={**os.environ, **SLURM_ENV})
+
+
+def finished(proc: subprocess.Popen, timeout: int = 900) -> str:
+    """Its output, once it has ended well."""
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        proc.kill() if proc.poll() is None else None
+    out = proc.output.read_text()
+    assert proc.returncode == 0, out[-6000:]
+    return out
+
+
+def on_cluster(work: Path, *args: str, spelling: str = "--workflow-profile") -> str:
+    return finished(start_on_cluster(work, *args, spelling=spelling))
 
 
 def submitted(output: str) -> list[str]:
@@ -96,24 +116,25 @@ def copy_run(src: Path, dst: Path, drop: list[Path]) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, pico_model):
-    """The same pico config (a 100-iteration CALM step checkpointed every 10, one baseline) run
-    locally and through the SLURM profile; returns the two folders and the cluster run's output
-    and wall time."""
+    """The same pico config (two tasks, a 100-iteration CALM step checkpointed every 10, one
+    baseline) run locally and through the SLURM profile, at the same time (the cluster run waits
+    on its jobs most of the time); returns both folders, the cluster run's output and wall time."""
     root = tmp_path_factory.mktemp("slurm")
     config = pico_config(pico_model, root, iterations=ITERATIONS, checkpoint_every=CHECKPOINT_EVERY)
+    config["data"]["tasks"] = TASKS
+    config["data"]["custom"] = {t: config["data"]["custom"][t] for t in TASKS}
     config["baselines"]["methods"] = ["ties"]
     local, cluster = root / "local", root / "cluster"
     for work in (local, cluster):
         work.mkdir()
         (work / "config.yaml").write_text(yaml.safe_dump(config))
-    proc = subprocess.run(SNAKEMAKE + ["-s", str(ROOT / "Snakefile"), "--directory", str(local), "--configfile",
-                                       str(local / "config.yaml"), "--cores", "2"],
-                          capture_output=True, text=True, cwd=local)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    reference = started(SNAKEMAKE + ["-s", str(ROOT / "Snakefile"), "--directory", str(local), "--configfile",
+                                     str(local / "config.yaml"), "--cores", "1"], root / "local.out", cwd=local)
     start = time.monotonic()
-    proc = on_cluster(cluster)
-    return {"local": local, "cluster": cluster, "output": proc.stdout + proc.stderr,
-            "seconds": time.monotonic() - start, "planned": planned_jobs(proc.stdout + proc.stderr)}
+    out = on_cluster(cluster)
+    seconds = time.monotonic() - start
+    finished(reference)
+    return {"local": local, "cluster": cluster, "output": out, "seconds": seconds, "planned": planned_jobs(out)}
 
 
 def test_every_compute_job_is_an_sbatch_job_and_gpu_jobs_run_on_the_gpu_partition(runs):
@@ -122,8 +143,8 @@ def test_every_compute_job_is_an_sbatch_job_and_gpu_jobs_run_on_the_gpu_partitio
     jobs = slurm_jobs(ids)
     local_rules = {"fetch_model", "fetch_data", "all"}
     planned = runs["planned"]
-    # 3 prepare, finetune, score, select; calm_base, calm_step, calm_model; TIES; 4 evaluations; table
-    assert sum(n for rule, n in planned.items() if rule not in local_rules) == len(ids) == 21
+    # 2 prepare, finetune, score, select; calm_base, calm_step, calm_model; TIES; 4 evaluations; table
+    assert sum(n for rule, n in planned.items() if rule not in local_rules) == len(ids) == 17
     assert len(set(ids)) == len(ids) and {j["JobName"] for j in jobs} == {jobs[0]["JobName"]}
     assert all(j["JobState"] == "COMPLETED" for j in jobs), [(j["JobId"], j["JobState"]) for j in jobs]
     by_rule = {}
@@ -147,81 +168,65 @@ def test_the_cluster_run_equals_the_local_run(runs):
     assert same_tensors(cluster / STEP / "mask.safetensors", local / STEP / "mask.safetensors")
 
 
-def test_a_cancelled_calm_step_is_retried_resumes_and_equals_the_uninterrupted_run(runs, tmp_path):
-    """scancel the mask step once it has checkpointed: the profile's retries submit it again, the
-    new attempt continues from the checkpoint, and the result is the uninterrupted run's."""
-    work = copy_run(runs["cluster"], tmp_path / "work", [STEP])
-    checkpoint = work / f"{STEP}.resume.pt"
-    cmd = SNAKEMAKE + ["--workflow-profile", "profiles/slurm", "--configfile", str(work / "config.yaml"),
-                       "--directory", str(work), *POLL, str(STEP / "tau.safetensors")]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **SLURM_ENV}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not checkpoint.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "no mask checkpoint within 5 min"
-            time.sleep(0.05)
-        running = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i %k"], capture_output=True, text=True,
-                                 check=True).stdout.split("\n")
-        cancelled = [line.split()[0] for line in running if "rule_calm_step_wildcards_default_1_mood" in line]
-        assert len(cancelled) == 1, running
-        subprocess.run(["scancel", cancelled[0]], check=True)
-        out, _ = proc.communicate(timeout=600)
-    finally:
-        proc.kill() if proc.poll() is None else None
-    assert proc.returncode == 0, out[-4000:]
-    first, second = slurm_jobs(submitted(out))
+def test_a_cancelled_and_an_out_of_memory_calm_step_are_retried_and_end_as_the_uninterrupted_run(runs, tmp_path):
+    """Two copies of the run without their mask step, at the same time. In one, scancel the step
+    once it has checkpointed: the profile's retries submit it again and the new attempt continues
+    from the checkpoint. In the other, resources.mem_scale 0.4 makes the step's first attempt ask
+    for 1.2 GB, less than it uses (Slurm counts ~1.7 GB: the job's own Snakemake and the step), so
+    Slurm kills it (OverMemoryKill); the retry asks for twice as much. Both end bitwise as the
+    uninterrupted step."""
+    cancel, starve = (copy_run(runs["cluster"], tmp_path / name, [STEP]) for name in ("cancel", "starve"))
+    config = yaml.safe_load((starve / "config.yaml").read_text())
+    config["resources"] = {"mem_scale": 0.4}
+    (starve / "config.yaml").write_text(yaml.safe_dump(config))
+    starving = start_on_cluster(starve, str(STEP / "tau.safetensors"))
+    cancelling = start_on_cluster(cancel, str(STEP / "tau.safetensors"))
+    checkpoint = cancel / f"{STEP}.resume.pt"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists():
+        assert cancelling.poll() is None and time.monotonic() < deadline, "no mask checkpoint within 5 min"
+        time.sleep(0.05)
+    running = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i %Z"], capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+    cancelled = [line.split()[0] for line in running if line.split()[1] == str(cancel)]
+    assert len(cancelled) == 1, running
+    subprocess.run(["scancel", cancelled[0]], check=True)
+
+    first, second = slurm_jobs(submitted(finished(cancelling)))
     assert first["JobId"] == cancelled[0] and first["JobState"] == "CANCELLED" and second["JobState"] == "COMPLETED"
-    log = (work / "logs/merge/calm/default/step1-mood.log").read_text()
+    log = (cancel / "logs/merge/calm/default/step1-mood.log").read_text()
     resumed = re.search(r"resuming the mask optimisation from \S+ after iteration (\d+)", log)
     assert resumed and 0 < int(resumed.group(1)) < ITERATIONS, log[-2000:]
     assert not checkpoint.exists()
-    assert (work / STEP / "tau.safetensors").read_bytes() == (runs["cluster"] / STEP / "tau.safetensors").read_bytes()
-    assert same_tensors(work / STEP / "mask.safetensors", runs["cluster"] / STEP / "mask.safetensors")
 
-
-def test_a_job_over_its_memory_is_killed_and_its_retry_asks_for_twice_as_much(runs, tmp_path):
-    """With resources.mem_scale 0.4 the mask step's first attempt asks for 1.2 GB, less than it
-    uses (Slurm measures ~1.7 GB: the job's Snakemake and the step), and Slurm kills it
-    (OverMemoryKill); the retry asks for twice as much and ends as the first run did."""
-    work = copy_run(runs["cluster"], tmp_path / "work", [STEP])
-    config = yaml.safe_load((work / "config.yaml").read_text())
-    config["resources"] = {"mem_scale": 0.4}
-    (work / "config.yaml").write_text(yaml.safe_dump(config))
-    out = on_cluster(work, str(STEP / "tau.safetensors"), timeout=600)
-    first, second = slurm_jobs(submitted(out.stdout + out.stderr))
+    first, second = slurm_jobs(submitted(finished(starving)))
     mem = [int(j["MinMemoryNode"].removesuffix("M")) for j in (first, second)]
     assert first["JobState"] in ("FAILED", "OUT_OF_MEMORY") and second["JobState"] == "COMPLETED"
     assert mem[1] == 2 * mem[0] and mem[0] < 1500 < 2000 < mem[1], mem
-    killed = (work / f".snakemake/slurm_logs/rule_calm_step/default_1_mood/{first['JobId']}.log").read_text()
+    killed = (starve / f".snakemake/slurm_logs/rule_calm_step/default_1_mood/{first['JobId']}.log").read_text()
     assert "exceeded memory limit" in killed
-    assert (work / STEP / "tau.safetensors").read_bytes() == (runs["cluster"] / STEP / "tau.safetensors").read_bytes()
+
+    for work in (cancel, starve):
+        assert (work / STEP / "tau.safetensors").read_bytes() == (runs["cluster"] / STEP / "tau.safetensors").read_bytes()
+        assert same_tensors(work / STEP / "mask.safetensors", runs["cluster"] / STEP / "mask.safetensors")
 
 
 def test_a_sweep_grid_runs_its_variants_side_by_side_with_the_profile_spelling(runs, tmp_path):
-    """A user's grid of 2 mask learning rates × 2 sampling ratios on the finished run, through
-    `--profile profiles/slurm` (the spelling users type; Snakemake then also reads the workflow's
-    profiles/default): 4 CALM variants, one of them the run's own, each its own Slurm jobs, the
-    independent ones running at the same time; one tidy CSV and a plot."""
+    """A user's grid of three mask learning rates on the finished run, through `--profile
+    profiles/slurm` (the spelling users type; Snakemake then also reads the workflow's
+    profiles/default): row 1 is the config's own calm section (the run's variant, no job), rows 2
+    and 3 are two new variants whose jobs run at the same time; one tidy CSV and a plot."""
     work = copy_run(runs["cluster"], tmp_path / "work", [])
-    (work / "grid.csv").write_text("lr,ratio\n1e6,0.9\n2e6,0.9\n1e6,0.5\n2e6,0.5\n")
-    out = on_cluster(work, "grid", "--config", "grid=grid.csv", spelling="--profile")
-    jobs = slurm_jobs(submitted(out.stdout + out.stderr))
+    (work / "grid.csv").write_text("lr,ratio\n1e6,0.9\n2e6,0.9\n4e6,0.9\n")
+    jobs = slurm_jobs(submitted(on_cluster(work, "grid", "--config", "grid=grid.csv", spelling="--profile")))
     grid = pd.read_csv(work / "results/grid/grid.csv")
     assert list(grid.columns) == ["row", "lr", "ratio", "variant", "task", "accuracy", "normalised"]
-    assert grid["row"].tolist() == [r for r in (1, 2, 3, 4) for _ in range(4)]
+    assert grid["row"].tolist() == [r for r in (1, 2, 3) for _ in TASKS + ["average"]]
     variants = grid.drop_duplicates("row")["variant"].tolist()
-    assert variants[0] == "default" and len(set(variants)) == 4  # row 1 is the config's own calm and select
-    # 3 new variants: the credible sets at ratio 0.5, then each variant's base, step, model, evaluation
-    assert sorted(j["rule"] for j in jobs) == sorted(["select"] * 3 + ["calm_base", "calm_step", "calm_model",
-                                                                        "evaluate"] * 3 + ["grid"])
-    assert all(j["Partition"] == ("cpu" if j["rule"] in ("select", "grid") else "gpu") for j in jobs)
-
-    def variant(job):
-        return max((v for v in variants if v in job["Comment"]), key=len, default=None)
-
-    spans = [(datetime.fromisoformat(j["StartTime"]), datetime.fromisoformat(j["EndTime"]), variant(j))
-             for j in jobs if variant(j)]
-    side_by_side = [(a[2], b[2]) for a in spans for b in spans if a[2] < b[2] and a[0] < b[1] and b[0] < a[1]]
-    assert side_by_side, spans
+    assert variants == ["default", "lr~2e+06_ratio~0.9", "lr~4e+06_ratio~0.9"]
+    assert sorted(j["rule"] for j in jobs) == sorted(["calm_base", "calm_step", "calm_model", "evaluate"] * 2 + ["grid"])
+    assert all(j["Partition"] == ("cpu" if j["rule"] == "grid" else "gpu") for j in jobs)
+    spans = {v: [(datetime.fromisoformat(j["StartTime"]), datetime.fromisoformat(j["EndTime"]))
+                 for j in jobs if v in j["Comment"]] for v in variants[1:]}
+    assert any(a[0] < b[1] and b[0] < a[1] for a in spans[variants[1]] for b in spans[variants[2]]), spans
     assert (work / "results/grid/grid.png").stat().st_size > 5000
