@@ -491,22 +491,15 @@ def paper_outputs(name):
 
 
 def paper_params(name):
-    """The rule's params; --inputs and --options only for the items that need them, so that the
-    others' params are the plain ones."""
+    """The rule's params. The shell command is the same for every item, with all that differs
+    in params: Snakemake evaluates a rule's `shell:` when the job runs, after the loop that made
+    the rules has moved on, so the command may not name the loop's item."""
     _, pairs, options = paper_sources(name)
     shown = "html" if ITEMS[name].kind == "table" else "png"
-    params = {"code": item_digest(name)}
-    if pairs is not None:
-        params["inputs"] = labelled(pairs)
-    if options is not None:
-        params["options"] = shlex.quote(options_json(options))
-    params["prefix"] = lambda w, output, shown=shown: getattr(output, shown).rsplit(".", 1)[0]
-    return params
-
-
-def paper_shell(name):
-    _, pairs, options = paper_sources(name)
-    inputs = "{input}" if pairs is None else "{params.inputs}"
-    options = "" if options is None else " --options {params.options}"
-    return (f"python -m calm paper-{ITEMS[name].kind} {name} --inputs {inputs}{options} "
-            "--out-prefix {params.prefix} > {log} 2>&1")
+    return {
+        "code": item_digest(name),
+        "command": f"paper-{ITEMS[name].kind} {name}",
+        "inputs": (lambda w, input: " ".join(input)) if pairs is None else labelled(pairs),
+        "options": "" if options is None else f" --options {shlex.quote(options_json(options))}",
+        "prefix": lambda w, output, shown=shown: getattr(output, shown).rsplit(".", 1)[0],
+    }

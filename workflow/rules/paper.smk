@@ -22,7 +22,7 @@ for item in ITEMS:
         conda:
             "../../environment.yml"
         shell:
-            paper_shell(item)
+            "python -m calm {params.command} --inputs {params.inputs}{params.options} --out-prefix {params.prefix} > {log} 2>&1"
 
 
 rule paper:
