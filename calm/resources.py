@@ -1,8 +1,9 @@
 """Memory and run time of each workflow job, from the config's scale.
 
-Every compute rule asks for its `mem_mb` and `runtime` here (workflow/rules/common.smk,
-`job_resources`): memory from what the job holds at its peak (copies of the model's weights,
-the tasks' prepared inputs), run time from how many examples it pushes through the model.
+Every rule that runs on a cluster node asks for its `mem_mb` and `runtime` here
+(workflow/rules/common.smk, `job_resources`): memory from what the job holds at its peak
+(copies of the model's weights, twice the splits of the prepared inputs it reads), run time
+from how many examples it pushes through the model.
 On a cluster they become sbatch's --mem and --time. Each retry (profiles/slurm: `retries`)
 asks for `attempt` times the first attempt's, so a job killed for memory or time gets more
 on the next; `resources.mem_scale` and `runtime_scale` scale the first attempt.
@@ -47,27 +48,30 @@ RUNTIME_MARGIN = 3
 
 @dataclass(frozen=True)
 class Need:
-    copies: float  # fp32 copies of the model's weights held at the peak
-    data: str  # whose prepared inputs it holds: "" none, "task" one task's, "all" every task's
+    copies: float = 0  # fp32 copies of the model's weights held at the peak
+    tasks: str = ""  # whose prepared inputs it reads: "" none, "task" one task's, "all" every task's
+    splits: tuple[str, ...] = ()  # which of their splits
 
 
 # What each rule holds; a rule not named here (selection, tables, figures) holds no model.
-LIGHT = Need(0, "")
-# The model rules. The mask step: 10.2–11.8 copies measured (README, Performance)
-# plus a batch's activations; fine-tuning: weights, gradients and two Adam moments, θ0 for τ.
+LIGHT = Need()
+# The model rules. The mask step: 10.2–11.8 copies measured (README, Performance) plus a batch's
+# activations, and the visible tasks' pools; fine-tuning: weights, gradients and two Adam
+# moments, θ0 for τ; task arithmetic's sweep and the baselines: one τ (and one Fisher or Gram
+# statistic) per task more (first_attempt).
 NEEDS = {
-    "prepare": Need(2, "task"),
-    "finetune": Need(6, "task"),
-    "score": Need(2, "task"),
-    "calm_base": Need(3, ""),
-    "calm_step": Need(14, "all"),
-    "calm_model": Need(3, ""),
-    "evaluate": Need(3, "all"),
-    "evaluate_task_arithmetic": Need(4, "all"),  # + one τ per task
-    "merge_baseline": Need(5, "all"),  # + one τ and one Fisher or Gram statistic per task
-    "mask_parts": Need(5, ""),
-    "ablation_topk": Need(4, ""),
-    "benchmarks": Need(16, "all"),
+    "prepare": Need(2, "task", ("train", "pool", "test")),
+    "finetune": Need(6, "task", ("train",)),
+    "score": Need(2, "task", ("pool",)),
+    "calm_base": Need(3),
+    "calm_step": Need(14, "all", ("pool",)),
+    "calm_model": Need(3),
+    "evaluate": Need(3, "all", ("test",)),
+    "evaluate_task_arithmetic": Need(4, "all", ("test",)),
+    "merge_baseline": Need(5, "all", ("train", "pool")),
+    "mask_parts": Need(5),
+    "ablation_topk": Need(4),
+    "benchmarks": Need(16, "all", ("pool",)),
 }
 
 
@@ -103,10 +107,11 @@ def task_rows(cfg: Config, task: str) -> dict[str, int]:
     return rows
 
 
-def inputs_mb(cfg: Config, task: str) -> float:
-    """MB of a task's prepared inputs (every split)."""
+def inputs_mb(cfg: Config, task: str, splits: tuple[str, ...]) -> float:
+    """MB of those splits of a task's prepared inputs."""
     per_row = IMAGE_BYTES if cfg.model.family in IMAGE_FAMILIES else cfg.model.max_length * TOKEN_BYTES
-    return sum(task_rows(cfg, task).values()) * per_row / 2**20
+    rows = task_rows(cfg, task)
+    return sum(rows[split] for split in splits) * per_row / 2**20
 
 
 def examples(cfg: Config, rule: str) -> float:
@@ -142,10 +147,11 @@ def first_attempt(cfg: Config, rule: str, model: float, gpu: bool) -> tuple[int,
     job computes on the GPU unless the config says device: cpu."""
     need = NEEDS.get(rule, LIGHT)
     tasks = cfg.data.tasks
-    data = {"": 0.0, "task": max(inputs_mb(cfg, t) for t in tasks), "all": sum(inputs_mb(cfg, t) for t in tasks)}
+    sizes = [inputs_mb(cfg, t, need.splits) for t in tasks]
+    data = {"": 0.0, "task": max(sizes), "all": sum(sizes)}[need.tasks]
     copies = need.copies + (len(tasks) if rule == "evaluate_task_arithmetic" else 0) \
         + (2 * len(tasks) if rule == "merge_baseline" else 0)
-    mem = PROCESS_MB + copies * model + 2 * data[need.data]
+    mem = PROCESS_MB + copies * model + 2 * data
     device = "cpu" if cfg.device == "cpu" or not gpu else "gpu"
     seconds = examples(cfg, rule) * model / 1024 * PASS_SECONDS[device]
     if rule == "prepare" and cfg.model.family in IMAGE_FAMILIES:

@@ -99,8 +99,8 @@ def test_job_memory_and_run_time_follow_the_config_scale(tmp_path):
         return planned_resources(out)["calm_step"][0]
 
     small, large = calm_step(ROOT / "config/config.yaml"), calm_step(ROOT / "config/clip-vit-l14.yaml")
-    # MiniLM (91 MB): 3000 + 14 × 91 + 2 × every task's inputs (6 × 1800 rows × 64 tokens × 16 B)
-    assert int(small["mem_mb"]) == math.ceil(3000 + 14 * 91 + 2 * 6 * 1800 * 64 * 16 / 2**20)
+    # MiniLM (91 MB): 3000 + 14 × 91 + 2 × every task's pool (6 × 400 rows × 64 tokens × 16 B)
+    assert int(small["mem_mb"]) == math.ceil(3000 + 14 * 91 + 2 * 6 * 400 * 64 * 16 / 2**20)
     assert int(large["mem_mb"]) > 3 * int(small["mem_mb"]) and int(large["runtime"]) > int(small["runtime"])
 
 
