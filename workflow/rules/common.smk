@@ -376,7 +376,13 @@ def point(row, columns, path):
 
 
 def accuracy_points(ablation):
-    return [point(r, sweeps.AXES[ablation], variant_eval(r["variant"])) for r in sweep_rows(ablation)]
+    """One point per sweep row; the iterations sweep also reads its CALM steps' benchmark files,
+    for what each setting costs."""
+    points = [point(r, sweeps.AXES[ablation], variant_eval(r["variant"])) for r in sweep_rows(ablation)]
+    if ablation == "iterations":
+        for p, r in zip(points, sweep_rows(ablation)):
+            p["benchmarks"] = [step_benchmark(r["variant"], k) for k in range(1, r["n_seq"] + 1)]
+    return points
 
 
 def pseudo_label_points():
