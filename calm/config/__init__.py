@@ -102,7 +102,7 @@ class DataConfig(Section):
     hf: dict[str, HFTask] = Field(default_factory=dict, description="Tasks read with HF `datasets`, by name.")
     n_train: int = Field(1000, gt=0, description="Fine-tuning examples per task.")
     n_pool: int = Field(400, gt=0, description="Unlabeled pool per task (what the merging methods may use).")
-    n_test: int = Field(400, gt=0, description="Class-balanced test examples per task.")
+    n_test: int = Field(800, gt=0, description="Class-balanced test examples per task.")
     seed: int = 0
 
     @model_validator(mode="after")
