@@ -288,7 +288,8 @@ def table_rows(rep=""):
     """Row name -> predictions file, in table order (the registry's, for the baselines that
     baselines.methods names); the λ sweep rows collapse to the best."""
     rows = {
-        "Pretrained": f"results{rep}/eval/pretrained.parquet",
+        # θ0 depends on no fine-tuning seed: every replicate's table reads the main run's
+        "Pretrained": "results/eval/pretrained.parquet",
         "Individual": f"results{rep}/eval/individual.parquet",
     }
     ta = ta_evals(rep)
