@@ -28,6 +28,7 @@ AXES: dict[str, list[str]] = {
     "alpha": ["alpha"],
     "switches": ["grad_reduction", "regulariser"],
     "strategy": ["strategy"],
+    "iterations": ["iterations"],
 }
 # Paper Table 2, the six models of the mask analysis: the checkpoint `python -m calm mask-parts`
 # writes -> (row label in results/ablations/mask_analysis.csv, display name, LaTeX), in the
@@ -181,6 +182,8 @@ def plan(cfg: Config, grid: dict[str, dict] | None = None) -> tuple[dict[str, Va
               regulariser=s.regulariser)
     for strategy in ab.strategies:
         point("strategy", f"strategy-{strategy}", strategy=strategy)
+    for n in ab.iterations_grid:
+        point("iterations", f"iter{n}", iterations=n)
     mask_task = ab.mask_task or cfg.calm.sequential[-1]
     point("mask_analysis", f"mask-{mask_task}", sequential=[mask_task])
     point("trace", "trace", trace_eval_every=ab.trace_eval_every)

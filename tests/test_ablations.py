@@ -273,10 +273,24 @@ def test_n_seq_orders_are_distinct_prefixes_of_seeded_permutations():
 
 def test_sweep_iterations_knob_moves_every_point_off_the_default():
     variants, table = sweeps.plan(small_config(iterations=7))
-    assert "default" not in set(table["variant"])
-    assert set(table["iterations"]) == {7}
+    others = table[table.ablation != "iterations"]  # the iterations sweep sets its own
+    assert "default" not in set(others["variant"])
+    assert set(others["iterations"]) == {7}
     assert table[(table.ablation == "lr") & (table.lr == 1e8)]["variant"].item() == "sweep-base"
     assert variants["sweep-base"].calm.iterations == 7
+
+
+def test_iterations_sweep_shares_the_default_at_calm_iterations_and_keeps_its_other_settings():
+    variants, table = sweeps.plan(small_config(iterations_grid=[20, 50, 100], iterations=7))
+    rows = table[table.ablation == "iterations"].set_index("iterations")["variant"]
+    # calm.iterations is 100 here (CalmConfig's default); ablations.iterations does not apply
+    assert rows.to_dict() == {20: "iter20", 50: "iter50", 100: "default"}
+    assert variants["iter20"].calm.model_dump() == {**variants["default"].calm.model_dump(), "iterations": 20}
+
+
+def test_config_rejects_a_non_positive_iteration_count():
+    with pytest.raises(ValueError, match="iterations_grid"):
+        small_config(iterations_grid=[20, 0])
 
 
 def test_config_rejects_an_n_seq_that_leaves_s_empty():
@@ -305,6 +319,17 @@ def test_ablation_tables_have_the_contract_columns(tmp_path):
     pl = pd.read_csv(tmp_path / "pl.csv")
     assert list(pl.columns) == ["sampler", "ratio", "task", "pl_accuracy", "n_selected"]
     assert pl["task"].tolist() == ["a", "average"] and pl["pl_accuracy"].tolist() == [50.0, 50.0]
+
+    # A point that names its CALM steps' benchmark files reports their summed seconds (the last
+    # line of each: Snakemake appends a line per repeat).
+    steps = [tmp_path / "step1.tsv", tmp_path / "step2.tsv"]
+    steps[0].write_text("s\th:m:s\tmax_rss\n12.5\t0:00:12\t100\n")
+    steps[1].write_text("s\th:m:s\tmax_rss\n99.0\t0:01:39\t100\n30.25\t0:00:30\t100\n")
+    ablation_table("accuracy", [{"iterations": 50, "path": str(merged), "benchmarks": [str(p) for p in steps]}],
+                   tmp_path / "iterations.csv", individual=individual)
+    it = pd.read_csv(tmp_path / "iterations.csv")
+    assert list(it.columns) == ["iterations", "step_seconds", "task", "accuracy", "normalised"]
+    assert it["step_seconds"].tolist() == [42.75] * 3
 
     ablation_table("accuracy", [{"row": "θ0", "path": str(merged)}], tmp_path / "mask.csv")
     assert list(pd.read_csv(tmp_path / "mask.csv").columns) == ["row", "task", "accuracy"]

@@ -102,7 +102,7 @@ class DataConfig(Section):
     hf: dict[str, HFTask] = Field(default_factory=dict, description="Tasks read with HF `datasets`, by name.")
     n_train: int = Field(1000, gt=0, description="Fine-tuning examples per task.")
     n_pool: int = Field(400, gt=0, description="Unlabeled pool per task (what the merging methods may use).")
-    n_test: int = Field(400, gt=0, description="Class-balanced test examples per task.")
+    n_test: int = Field(800, gt=0, description="Class-balanced test examples per task.")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -172,7 +172,7 @@ class AblationsConfig(Section):
     """The sweeps of `snakemake ablations`; every variant takes the `calm` section's settings and
     changes only its axis."""
     iterations: int | None = Field(
-        None, gt=0, description="Mask iterations of every sweep variant (null: calm.iterations); "
+        None, gt=0, description="Mask iterations of every sweep variant but the iterations sweep's (null: calm.iterations); "
         "fewer makes the sweeps cheaper but no longer comparable with the main table's CALM.")
     samplers: list[Literal["cb_ems", "ems", "supervised", "random"]] = Field(
         default_factory=lambda: ["cb_ems", "ems", "supervised", "random"], min_length=1)
@@ -187,6 +187,9 @@ class AblationsConfig(Section):
                         "whose S̄ differ).")
     lr_grid: list[float] = Field(default_factory=lambda: [1e7, 3e7, 1e8, 3e8], min_length=1)
     alpha_grid: list[float] = Field(default_factory=lambda: [0.0, 1.0, 10.0, 100.0], min_length=1)
+    iterations_grid: list[int] = Field(
+        default_factory=lambda: [20, 50, 100], min_length=1,
+        description="calm.iterations values of the iterations sweep (the paper runs 100).")
     switches: list[SwitchSetting] = Field(
         default_factory=lambda: [SwitchSetting(grad_reduction=g, regulariser=r)
                                  for r in ("polarise", "l1") for g in ("sum", "mean")], min_length=1,
@@ -213,6 +216,9 @@ class AblationsConfig(Section):
         for lr in self.lr_grid:
             if lr <= 0:
                 raise ValueError(f"ablations.lr_grid: {lr} is not positive")
+        for n in self.iterations_grid:
+            if n <= 0:
+                raise ValueError(f"ablations.iterations_grid: {n} is not positive")
         return self
 
 

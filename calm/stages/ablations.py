@@ -49,7 +49,8 @@ def ablation_table(kind: str, points: list[dict], out: str | Path, individual: s
                    ) -> pd.DataFrame:
     """A tidy ablation table: each point's settings, then the rows its file gives.
 
-    kind accuracy: path = predictions (normalised against `individual` when given);
+    kind accuracy: path = predictions (normalised against `individual` when given), and where a
+    point lists `benchmarks` (Snakemake benchmark files), their summed seconds as step_seconds;
     pseudo_labels: path = a credible set; layers: path = a step's layers.csv;
     trace: path = a traced step's trace.csv.
     """
@@ -66,7 +67,10 @@ def ablation_table(kind: str, points: list[dict], out: str | Path, individual: s
         raise ValueError(f"the {kind} table has no points")
     frames = []
     for p in points:
-        settings = {k: v for k, v in p.items() if k != "path"}
+        settings = {k: v for k, v in p.items() if k not in ("path", "benchmarks")}
+        if "benchmarks" in p:
+            # What the point cost: the wall seconds of its CALM steps (Snakemake benchmark files).
+            settings["step_seconds"] = sum(float(pd.read_csv(b, sep="\t")["s"].iloc[-1]) for b in p["benchmarks"])
         frames.append(with_settings(settings, readers[kind](p["path"])))
     frame = pd.concat(frames, ignore_index=True)
     if kind == "pseudo_labels":

@@ -7,6 +7,7 @@
 rule ablation_accuracy:
     input:
         predictions=lambda w: paths(accuracy_points(w.sweep, w.rep)),
+        benchmarks=lambda w: sorted({b for p in accuracy_points(w.sweep, w.rep) for b in p.get("benchmarks", [])}),
         individual="results{rep}/eval/individual.parquet",
     output:
         "results{rep}/ablations/{sweep}.csv",
@@ -203,6 +204,11 @@ rule ablation_strategy:
         "results/ablations/strategy.csv",
 
 
+rule ablation_iterations:
+    input:
+        "results/ablations/iterations.csv",
+
+
 rule ablation_mask:
     input:
         "results/ablations/mask_analysis.csv",
@@ -223,5 +229,6 @@ rule ablations:
         rules.ablation_alpha.input,
         rules.ablation_switches.input,
         rules.ablation_strategy.input,
+        rules.ablation_iterations.input,
         rules.ablation_mask.input,
         rules.ablation_trace_accuracy.input,

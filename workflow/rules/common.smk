@@ -420,9 +420,9 @@ def show_table():
 # --- paper tables and figures (workflow/rules/paper.smk) ---------------------------------------
 
 
-def step_benchmark(variant, k):
+def step_benchmark(variant, k, rep=""):
     """The Snakemake benchmark file of a variant's k-th sequential step (calm_step's `benchmark:`)."""
-    return f"benchmarks/rules/merge/calm/{variant}/step{k}-{VARIANTS[variant].sequential[k - 1]}.tsv"
+    return f"benchmarks/rules{rep}/merge/calm/{variant}/step{k}-{VARIANTS[variant].sequential[k - 1]}.tsv"
 
 
 def calm_steps():
@@ -486,7 +486,13 @@ def point(row, columns, path):
 
 
 def accuracy_points(ablation, rep=""):
-    return [point(r, sweeps.AXES[ablation], variant_eval(r["variant"], rep)) for r in sweep_rows(ablation)]
+    """One point per sweep row; the iterations sweep also reads its CALM steps' benchmark files,
+    for what each setting costs."""
+    points = [point(r, sweeps.AXES[ablation], variant_eval(r["variant"], rep)) for r in sweep_rows(ablation)]
+    if ablation == "iterations":
+        for p, r in zip(points, sweep_rows(ablation)):
+            p["benchmarks"] = [step_benchmark(r["variant"], k, rep) for k in range(1, r["n_seq"] + 1)]
+    return points
 
 
 def pseudo_label_points():
