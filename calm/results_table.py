@@ -133,9 +133,13 @@ def seeds_results(runs: dict[int, dict[str, pd.DataFrame]], sweep_prefix: str, i
     for other in compared(methods, target, individual):
         ci = hierarchical_bootstrap([rows[target] for rows in named], [rows[other] for rows in named],
                                     n=bootstrap, seed=seed)
-        comparisons.append({"method": other, "comparison": f"{target} − {other}",
-                            **{k: v if k in ("resamples", "seeds") else 100 * v for k, v in ci.items()}})
+        comparisons.append({"method": other, "comparison": f"{target} − {other}", **in_points(ci)})
     return {"seeds": seeds, "per_seed": per_seed, "mean": mean, "sd": sd, "comparisons": comparisons}
+
+
+def in_points(ci: dict) -> dict:
+    """A bootstrap's difference and interval in accuracy points (its counts as they are)."""
+    return {k: v if k in ("resamples", "seeds") else 100 * v for k, v in ci.items()}
 
 
 def mean_sd_cells(mean: pd.DataFrame, sd: pd.DataFrame, digits: int = 1,

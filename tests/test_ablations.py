@@ -360,7 +360,7 @@ def test_sweeps_over_seeds_by_hand(tmp_path):
         n_seq.to_csv(tmp_path / f"n_seq{seed}.csv", index=False)
         runs["n_seq"].append({"seed": seed, "table": str(tmp_path / f"n_seq{seed}.csv")})
 
-    text = ablations.seeds_ablations(runs, tmp_path / "seeds_ablations", bootstrap=200, seed=0)
+    text = ablations.seeds_ablations(runs, tmp_path / "seeds", bootstrap=200, seed=0)
     table = pd.read_csv(tmp_path / "seeds_ablations.csv").set_index(["sweep", "setting"])
     both, only_m = table.loc[("strategy", "both")], table.loc[("strategy", "only_m")]
     assert (both["accuracy"], both["accuracy s.d."]) == pytest.approx((81, 2 ** 0.5))

@@ -18,6 +18,7 @@ from calm.families.base import Family
 from calm.io import atomic_path, write_text
 from calm.metrics import accuracy, hierarchical_bootstrap, normalised
 from calm.render import to_markdown
+from calm.sweeps import AXES
 
 
 def mask_parts(family: Family, tau_prev: str | Path, model_dir: str | Path, mask: str | Path,
@@ -95,10 +96,10 @@ def grid(points: list[dict], keys: list[str], individual: str | Path, out_prefix
 def seeds_ablations(sweeps: Mapping[str, list[dict]], out_prefix: str | Path, bootstrap: int, seed: int) -> str:
     """Sweeps rerun over fine-tuning seeds (replicates.ablations): per sweep, per seed, its tidy
     table (`table`, as ablation_table writes it) and, for the strategy sweep, each strategy's
-    predictions (`predictions`: strategy -> file). Writes PREFIX.csv and PREFIX.md (each setting's
-    average accuracy, mean ± s.d. over seeds, and for the strategies other − both with its
-    hierarchical-bootstrap interval) and, for n_seq, PREFIX_n_seq.png / .pdf (the |S̄| curve over
-    seeds); returns the Markdown."""
+    predictions (`predictions`: strategy -> file). Writes PREFIX_ablations.csv and .md (each
+    setting's average accuracy, mean ± s.d. over seeds, and for the strategies other − both with
+    its hierarchical-bootstrap interval) and, for n_seq, PREFIX_n_seq.png / .pdf (the |S̄| curve
+    over seeds); returns the Markdown."""
     from calm.paper.figures import sequential_count
     from calm.paper.style import save_figure
 
@@ -119,21 +120,20 @@ def seeds_ablations(sweeps: Mapping[str, list[dict]], out_prefix: str | Path, bo
         if sweep == "n_seq":
             runs_frame = frame.assign(task="average").rename(columns={"setting": "n_seq"})
             save_figure(sequential_count(runs_frame, over=("fine-tuning seed", "seed")),
-                        prefix.with_name(prefix.name.removesuffix("_ablations") + "_n_seq"))
+                        prefix.with_name(prefix.name + "_n_seq"))
     table = pd.concat(parts, ignore_index=True)
-    _write_csv(table, prefix.with_name(prefix.name + ".csv"))
+    _write_csv(table, prefix.with_name(prefix.name + "_ablations.csv"))
     markdown = "\n".join(text)
-    write_text(markdown, prefix.with_name(prefix.name + ".md"))
+    write_text(markdown, prefix.with_name(prefix.name + "_ablations.md"))
     return markdown
 
 
 def seed_averages(tables: Mapping[int, pd.DataFrame], sweep: str) -> pd.DataFrame:
     """seed, setting, accuracy: each setting's average accuracy under each seed, from the seeds'
     tidy tables; an |S̄| is the mean over its task orders (as Fig. 6 averages them)."""
-    key = {"strategy": "strategy", "n_seq": "n_seq"}[sweep]
     rows = []
     for s, table in tables.items():
-        averages = table[table["task"] == "average"].groupby(key, sort=False)["accuracy"].mean()
+        averages = table[table["task"] == "average"].groupby(AXES[sweep][0], sort=False)["accuracy"].mean()
         rows += [{"seed": s, "setting": k, "accuracy": float(v)} for k, v in averages.items()]
     return pd.DataFrame(rows)
 
@@ -143,9 +143,10 @@ def strategy_intervals(preds: list[dict[str, pd.DataFrame]], bootstrap: int, see
     Table 3's question, whether a strategy beats the paper's merge rule."""
     if not all("both" in p for p in preds):
         return {}
-    return {s: {k: v if k in ("resamples", "seeds") else 100 * v for k, v in
-                hierarchical_bootstrap([p[s] for p in preds], [p["both"] for p in preds], n=bootstrap,
-                                       seed=seed).items()}
+    from calm.results_table import in_points
+
+    return {s: in_points(hierarchical_bootstrap([p[s] for p in preds], [p["both"] for p in preds], n=bootstrap,
+                                                seed=seed))
             for s in preds[0] if s != "both"}
 
 

@@ -81,5 +81,5 @@ def seeds(runs: list[dict], out_prefix: str | Path, sweep_prefix: str, insert_be
     text = write_seeds(results, out_prefix, target)
     save_figure(seed_averages(results["per_seed"], target), out_prefix)
     if ablations:
-        text += "\n" + seeds_ablations(ablations, f"{out_prefix}_ablations", bootstrap, seed)
+        text += "\n" + seeds_ablations(ablations, out_prefix, bootstrap, seed)
     return text
