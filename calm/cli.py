@@ -160,6 +160,13 @@ def cmd_table(a):
                 bootstrap=a.bootstrap, seed=a.seed))
 
 
+def cmd_seeds(a):
+    from calm.stages.evaluation import seeds
+    print(seeds(json_arg(a.runs, "--runs"), a.out_prefix, sweep_prefix=a.sweep_prefix,
+                insert_best_after=a.insert_best_after, individual=a.individual, target=a.target,
+                bootstrap=a.bootstrap, seed=a.seed, ablations=json_arg(a.ablations, "--ablations")))
+
+
 def cmd_paper(a):
     from calm.paper.registry import make
     for path in make(a.name, a.inputs, a.out_prefix, json_arg(a.options, "--options")).values():
@@ -338,6 +345,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows of a λ sweep: only the best is shown")
     p.add_argument("--insert-best-after", default="Task arithmetic (λ=0.3)")
     p.add_argument("--out-prefix", required=True, help="writes PREFIX.csv, PREFIX.md, PREFIX.json")
+    add_section(p, cfgmod.EvaluateConfig, exclude=("batch_size",))
+
+    p = command("seeds", cmd_seeds, "The results table over fine-tuning seeds (mean ± s.d., hierarchical-bootstrap "
+                "intervals) and each method's average per seed as a figure.")
+    p.add_argument("--runs", required=True, help='JSON list, one entry per fine-tuning seed: {"seed": S, "rows": '
+                   '{ROW NAME: PREDICTIONS}}, rows in table order')
+    p.add_argument("--ablations", default="{}", help='JSON: {"strategy": [{"seed": S, "table": CSV, "predictions": '
+                   '{STRATEGY: PREDICTIONS}}], "n_seq": [{"seed": S, "table": CSV}]}, each sweep\'s per-seed tidy table')
+    p.add_argument("--individual", default="Individual")
+    p.add_argument("--target", default="CALM")
+    p.add_argument("--sweep-prefix", default="Task arithmetic λ=",
+                   help="rows of a λ sweep: only each seed's best is kept")
+    p.add_argument("--insert-best-after", default="Task arithmetic (λ=0.3)")
+    p.add_argument("--out-prefix", required=True,
+                   help="writes PREFIX.{csv,md,json,png,pdf} (and PREFIX_ablations.{csv,md}, PREFIX_n_seq.{png,pdf})")
     add_section(p, cfgmod.EvaluateConfig, exclude=("batch_size",))
 
     from calm.paper.registry import FIGURES, TABLES

@@ -24,17 +24,11 @@ def normalised(per_task: dict[str, float], individual: dict[str, float]) -> dict
     return {t: per_task[t] / individual[t] if individual[t] else float("nan") for t in per_task}
 
 
-def paired_bootstrap(a: pd.DataFrame, b: pd.DataFrame, n: int = 2000, seed: int = 0,
-                     level: float = 0.95) -> dict[str, float]:
-    """Average-accuracy difference a − b with a percentile interval.
-
-    Test examples are resampled within each task, the same draw for both methods (paired by
-    (task, example id); files that hold different examples are refused), and the statistic is
-    the mean over tasks of the per-task accuracy, as in the tables.
-    """
-    rng = np.random.default_rng(seed)
-    diffs = np.zeros(n)
-    observed = []
+def paired_differences(a: pd.DataFrame, b: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per task (in a's order), the per-example correctness a − b (−1, 0 or +1), paired by
+    (task, example id) whatever order the files are in; files that hold different examples are
+    refused."""
+    out = {}
     for task, ga in a.groupby("task", sort=False):
         gb = b[b["task"] == task]
         ids_a, ids_b = set(ga["idx"]), set(gb["idx"])
@@ -44,14 +38,68 @@ def paired_bootstrap(a: pd.DataFrame, b: pd.DataFrame, n: int = 2000, seed: int 
             only = sorted(ids_a ^ ids_b)[:3]
             raise ValueError(f"task {task}: the two predictions files hold different examples "
                              f"({len(ids_a)} vs {len(ids_b)}; e.g. id {only} in one only), not paired")
-        # Row i of both is the same example: the pairing is by id, whatever order the files are in.
         ga, gb = ga.sort_values("idx"), gb.sort_values("idx")
-        delta = (ga["label"] == ga["pred"]).to_numpy(float) - (gb["label"] == gb["pred"]).to_numpy(float)
-        observed.append(delta.mean())
+        out[str(task)] = (ga["label"] == ga["pred"]).to_numpy(float) - (gb["label"] == gb["pred"]).to_numpy(float)
+    return out
+
+
+def _resampled_means(deltas: dict[str, np.ndarray], rng: np.random.Generator, n: int) -> np.ndarray:
+    """n resamples of the mean over tasks of the per-task mean difference, the test examples
+    drawn with replacement within each task."""
+    diffs = np.zeros(n)
+    for delta in deltas.values():
         draws = rng.integers(0, len(delta), size=(n, len(delta)))
         diffs += delta[draws].mean(axis=1)
-    tasks = len(observed)
-    diffs /= tasks
+    return diffs / len(deltas)
+
+
+def _interval(observed: float, resampled: np.ndarray, level: float) -> dict[str, float]:
     tail = (1 - level) / 2
-    return {"difference": float(np.mean(observed)), "low": float(np.quantile(diffs, tail)),
-            "high": float(np.quantile(diffs, 1 - tail)), "resamples": n}
+    return {"difference": float(observed), "low": float(np.quantile(resampled, tail)),
+            "high": float(np.quantile(resampled, 1 - tail)), "resamples": len(resampled)}
+
+
+def paired_bootstrap(a: pd.DataFrame, b: pd.DataFrame, n: int = 2000, seed: int = 0,
+                     level: float = 0.95) -> dict[str, float]:
+    """Average-accuracy difference a − b with a percentile interval.
+
+    Test examples are resampled within each task, the same draw for both methods (paired by
+    (task, example id); files that hold different examples are refused), and the statistic is
+    the mean over tasks of the per-task accuracy, as in the tables.
+    """
+    deltas = paired_differences(a, b)
+    observed = np.mean([d.mean() for d in deltas.values()])
+    return _interval(observed, _resampled_means(deltas, np.random.default_rng(seed), n), level)
+
+
+def hierarchical_bootstrap(a_by_seed: list[pd.DataFrame], b_by_seed: list[pd.DataFrame], n: int = 2000,
+                           seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """Average-accuracy difference a − b over fine-tuning seeds, with a percentile interval that
+    counts both sources of noise: which seeds were run, and which test examples were drawn.
+
+    a_by_seed[i] and b_by_seed[i] are the two methods' predictions under seed i. Each resample
+    draws as many seeds as there are, with replacement; each drawn seed gets its own resample of
+    every task's test examples (paired between a and b, as paired_bootstrap), and the resample's
+    statistic is the mean over the drawn seeds of the mean over tasks of the per-task difference.
+    `difference` is the mean over seeds of each seed's observed difference. With one seed there
+    is no seed to draw, and the numbers are paired_bootstrap's with the same `seed`.
+    """
+    if len(a_by_seed) != len(b_by_seed) or not a_by_seed:
+        raise ValueError(f"hierarchical bootstrap: {len(a_by_seed)} and {len(b_by_seed)} seeds of predictions; "
+                         "expected one pair per seed")
+    deltas = [paired_differences(a, b) for a, b in zip(a_by_seed, b_by_seed)]
+    for i, d in enumerate(deltas[1:], start=1):
+        if set(d) != set(deltas[0]):
+            raise ValueError(f"hierarchical bootstrap: seed {i} has tasks {sorted(d)}, seed 0 {sorted(deltas[0])}")
+    observed = np.mean([np.mean([x.mean() for x in d.values()]) for d in deltas])
+    rng = np.random.default_rng(seed)
+    k = len(deltas)
+    # slot (resample, j) holds a drawn seed; every slot resamples its seed's examples afresh
+    drawn = rng.integers(0, k, size=(n, k)) if k > 1 else np.zeros((n, 1), dtype=int)
+    slots = np.empty((n, k))
+    for i, d in enumerate(deltas):
+        chosen = drawn == i
+        if chosen.any():
+            slots[chosen] = _resampled_means(d, rng, int(chosen.sum()))
+    out = _interval(observed, slots.mean(axis=1), level)
+    return {**out, "seeds": k}

@@ -333,3 +333,42 @@ def test_ablation_tables_have_the_contract_columns(tmp_path):
 
     ablation_table("accuracy", [{"row": "θ0", "path": str(merged)}], tmp_path / "mask.csv")
     assert list(pd.read_csv(tmp_path / "mask.csv").columns) == ["row", "task", "accuracy"]
+
+
+# --- the sweeps over fine-tuning seeds (replicates.ablations) ---------------------------------
+
+def test_sweeps_over_seeds_by_hand(tmp_path):
+    """Two seeds. Strategy averages: both 80, 82; only M 83, 81 (mean 82, s.d. √2 each). only M −
+    both from the predictions: one task of 4 examples, only M one more right under seed 0 and
+    one fewer under seed 1, so +25 and −25 points: the mean +0, an interval around it. |S̄| = 1:
+    the mean over two orders per seed, (70 + 74)/2 = 72 and (76 + 76)/2 = 76: mean 74, s.d. 2√2."""
+    def preds(correct):
+        return pd.DataFrame({"task": "t", "idx": range(4), "label": 1, "pred": correct})
+
+    runs = {"strategy": [], "n_seq": []}
+    for seed, (both, only_m, p_both, p_m, orders) in enumerate([
+            (80, 83, [1, 1, 0, 0], [1, 1, 1, 0], (70, 74)), (82, 81, [1, 1, 1, 0], [1, 1, 0, 0], (76, 76))]):
+        strategy = pd.DataFrame([{"strategy": s, "task": task, "accuracy": acc}
+                                 for s, acc in (("both", both), ("only_m", only_m)) for task in ("t", "average")])
+        strategy.to_csv(tmp_path / f"strategy{seed}.csv", index=False)
+        for name, p in (("both", p_both), ("only_m", p_m)):
+            preds(p).to_parquet(tmp_path / f"{name}{seed}.parquet")
+        runs["strategy"].append({"seed": seed, "table": str(tmp_path / f"strategy{seed}.csv"),
+                                 "predictions": {s: str(tmp_path / f"{s}{seed}.parquet") for s in ("both", "only_m")}})
+        n_seq = pd.DataFrame([{"n_seq": 1, "order_seed": o, "order": "t", "task": "average", "accuracy": acc}
+                              for o, acc in enumerate(orders)])
+        n_seq.to_csv(tmp_path / f"n_seq{seed}.csv", index=False)
+        runs["n_seq"].append({"seed": seed, "table": str(tmp_path / f"n_seq{seed}.csv")})
+
+    text = ablations.seeds_ablations(runs, tmp_path / "seeds", bootstrap=200, seed=0)
+    table = pd.read_csv(tmp_path / "seeds_ablations.csv").set_index(["sweep", "setting"])
+    both, only_m = table.loc[("strategy", "both")], table.loc[("strategy", "only_m")]
+    assert (both["accuracy"], both["accuracy s.d."]) == pytest.approx((81, 2 ** 0.5))
+    assert (only_m["accuracy"], only_m["accuracy s.d."]) == pytest.approx((82, 2 ** 0.5))
+    assert (only_m["accuracy (seed 0)"], only_m["accuracy (seed 1)"]) == (83, 81)
+    assert only_m["comparison"] == "only_m − both" and only_m["difference"] == pytest.approx(0)
+    assert only_m["low"] < 0 < only_m["high"] and pd.isna(both["difference"])
+    one = table.loc[("n_seq", "1")]
+    assert (one["accuracy"], one["accuracy s.d."], one["seeds"]) == pytest.approx((74, 2 * 2 ** 0.5, 2))
+    assert "| only M | **82.0 ± 1.4** | 83.0 | 81.0 | +0.0 [" in text
+    assert (tmp_path / "seeds_n_seq.png").stat().st_size > 5000 and (tmp_path / "seeds_n_seq.pdf").exists()

@@ -222,6 +222,23 @@ class AblationsConfig(Section):
         return self
 
 
+class ReplicatesConfig(Section):
+    """`snakemake seeds`: the default pipeline rerun for several fine-tuning seeds. Replicate r
+    fine-tunes with finetune.seed + r and changes nothing else; replicate 0 is the main run."""
+    seeds: int = Field(3, ge=1, description="Fine-tuning seeds of `snakemake seeds` (replicate r fine-tunes "
+                       "with finetune.seed + r; r = 0 is the main run).")
+    ablations: list[Literal["strategy", "n_seq"]] = Field(
+        default_factory=list, description="Ablation sweeps also rerun for every seed: `strategy` (Table 3) "
+        "and/or `n_seq` (the |S̄| curve of Fig. 6).")
+
+    @field_validator("ablations")
+    @classmethod
+    def _once(cls, ablations: list[str]) -> list[str]:
+        if len(set(ablations)) != len(ablations):
+            raise ValueError(f"replicates.ablations names a sweep twice: {ablations}")
+        return ablations
+
+
 class EvaluateConfig(Section):
     batch_size: int = Field(64, gt=0)
     bootstrap: int = Field(2000, gt=0, description="Paired bootstrap resamples for the table's intervals.")
@@ -250,6 +267,7 @@ class Config(Section):
     baselines: BaselinesConfig = BaselinesConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     ablations: AblationsConfig = AblationsConfig()
+    replicates: ReplicatesConfig = ReplicatesConfig()
     resources: ResourcesConfig = ResourcesConfig()
     grid: str | None = Field(
         None, description="A sweep grid: a CSV or TSV file, one row per CALM variant, one column per key of calm "

@@ -134,18 +134,19 @@ def sampler_comparison(samplers: pd.DataFrame) -> Figure:
 # --- Fig. 6 ----------------------------------------------------------------------------------
 
 @styled
-def sequential_count(n_seq: pd.DataFrame) -> Figure:
+def sequential_count(n_seq: pd.DataFrame, over: tuple[str, str] = ("task order", "order")) -> Figure:
     """Fig. 6: average accuracy against the number of sequential tasks |S̄|, mean and standard
-    deviation over task orders; each order's run is a faint dot."""
+    deviation over task orders; each order's run is a faint dot. `over` names what the runs of
+    one |S̄| differ in, in full and short ("fine-tuning seed", "seed" for the seeds' curve)."""
     runs = _average_rows(_nonempty(n_seq, "n_seq"), ["n_seq"], "accuracy")
     s = _mean_std(runs, ["n_seq"], "accuracy")
     fig = Figure(figsize=(4.5, 3.2), layout="constrained")
     ax = fig.add_subplot()
     # the single runs sit just left of their mean, so the error bar does not hide them
-    ax.scatter(runs["n_seq"] - 0.08, runs["accuracy"], s=14, color=PALETTE[0], alpha=0.5, label="one task order")
+    ax.scatter(runs["n_seq"] - 0.08, runs["accuracy"], s=14, color=PALETTE[0], alpha=0.5, label=f"one {over[0]}")
     ax.errorbar(s["n_seq"], s["mean"], yerr=s["std"], marker="o", capsize=4, linewidth=1.8,
-                color=AVERAGE_COLOUR, label="mean ± s.d. over orders")
-    ax.set_xticks(s["n_seq"], [f"{int(k)}\n({int(n)} order{'s' * (n > 1)})" for k, n in zip(s["n_seq"], s["n"])])
+                color=AVERAGE_COLOUR, label=f"mean ± s.d. over {over[1]}s")
+    ax.set_xticks(s["n_seq"], [f"{int(k)}\n({int(n)} {over[1]}{'s' * (n > 1)})" for k, n in zip(s["n_seq"], s["n"])])
     ax.set_xlim(s["n_seq"].min() - 0.5, s["n_seq"].max() + 0.5)
     ax.set_xlabel("Sequential tasks |S̄|")
     ax.set_ylabel("Average test accuracy (%)")
@@ -308,6 +309,36 @@ def active_fraction(traces: pd.DataFrame) -> Figure:
     ax.set_xlabel("Mask-optimisation iteration")
     ax.set_ylabel("Active mask entries (%" + (", log scale)" if log else ")"))
     _legend_right(ax, title="Sequential task")
+    return fig
+
+
+# --- fine-tuning seeds (not in the paper) ---------------------------------------------------
+
+@styled
+def seed_averages(per_seed: pd.DataFrame, target: str = "CALM") -> Figure:
+    """Each method's average accuracy under each fine-tuning seed, a line per method: `target`
+    red and thick, the individual models dashed black. The pretrained model is left out: far
+    below the merged methods, it would squeeze their differences into a sliver of the axis."""
+    frame = _nonempty(per_seed[per_seed["method"] != "Pretrained"], "per-seed results")
+    methods = list(pd.unique(frame["method"]))
+    fig = Figure(figsize=(9.0, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    others = [m for m in methods if m != target and m not in REFERENCES]
+    for m in methods:
+        run = frame[frame["method"] == m].sort_values("seed")
+        if m == target:
+            style = dict(color=OURS_COLOUR, linewidth=2.8, marker="o", markersize=6, zorder=5)
+        elif m in REFERENCES:
+            style = dict(color="black", linestyle="--", marker="s")
+        else:
+            i = others.index(m)
+            # 16 colours, then the markers tell the rest apart
+            style = dict(color=PALETTE[i % len(PALETTE)], marker="os^Dv"[i // len(PALETTE) % 5], linewidth=1.1)
+        ax.plot(run["seed"], run["Avg"], label=m, **style)
+    ax.set_xticks(sorted(frame["seed"].unique()))
+    ax.set_xlabel("Fine-tuning seed")
+    ax.set_ylabel("Average test accuracy (%)")
+    _legend_right(ax)
     return fig
 
 

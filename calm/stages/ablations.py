@@ -15,8 +15,10 @@ import torch
 
 from calm import artifacts, vectors
 from calm.families.base import Family
-from calm.io import atomic_path
-from calm.metrics import accuracy, normalised
+from calm.io import atomic_path, write_text
+from calm.metrics import accuracy, hierarchical_bootstrap, normalised
+from calm.render import to_markdown
+from calm.sweeps import AXES
 
 
 def mask_parts(family: Family, tau_prev: str | Path, model_dir: str | Path, mask: str | Path,
@@ -89,6 +91,97 @@ def grid(points: list[dict], keys: list[str], individual: str | Path, out_prefix
     frame = ablation_table("accuracy", points, prefix.with_name(prefix.name + ".csv"), individual=individual)
     save_figure(grid_accuracy(frame, keys), prefix)
     return frame
+
+
+def seeds_ablations(sweeps: Mapping[str, list[dict]], out_prefix: str | Path, bootstrap: int, seed: int) -> str:
+    """Sweeps rerun over fine-tuning seeds (replicates.ablations): per sweep, per seed, its tidy
+    table (`table`, as ablation_table writes it) and, for the strategy sweep, each strategy's
+    predictions (`predictions`: strategy -> file). Writes PREFIX_ablations.csv and .md (each
+    setting's average accuracy, mean ± s.d. over seeds, and for the strategies other − both with
+    its hierarchical-bootstrap interval) and, for n_seq, PREFIX_n_seq.png / .pdf (the |S̄| curve
+    over seeds); returns the Markdown."""
+    from calm.paper.figures import sequential_count
+    from calm.paper.style import save_figure
+
+    unknown = sorted(set(sweeps) - {"strategy", "n_seq"})
+    if unknown or not sweeps:
+        raise ValueError(f"seeds ablations: expected the sweeps strategy and/or n_seq, got {sorted(sweeps)}")
+    prefix = Path(out_prefix)
+    parts, text = [], []
+    for sweep, runs in sweeps.items():
+        per_seed = {int(r["seed"]): pd.read_csv(r["table"]) for r in runs}
+        comparisons = {}
+        if sweep == "strategy":
+            preds = [{k: pd.read_parquet(v) for k, v in r["predictions"].items()} for r in runs]
+            comparisons = strategy_intervals(preds, bootstrap, seed)
+        frame = seed_averages(per_seed, sweep)
+        parts.append(seed_summary(frame, sweep, comparisons))
+        text.append(seed_summary_markdown(parts[-1], sweep))
+        if sweep == "n_seq":
+            runs_frame = frame.assign(task="average").rename(columns={"setting": "n_seq"})
+            save_figure(sequential_count(runs_frame, over=("fine-tuning seed", "seed")),
+                        prefix.with_name(prefix.name + "_n_seq"))
+    table = pd.concat(parts, ignore_index=True)
+    _write_csv(table, prefix.with_name(prefix.name + "_ablations.csv"))
+    markdown = "\n".join(text)
+    write_text(markdown, prefix.with_name(prefix.name + "_ablations.md"))
+    return markdown
+
+
+def seed_averages(tables: Mapping[int, pd.DataFrame], sweep: str) -> pd.DataFrame:
+    """seed, setting, accuracy: each setting's average accuracy under each seed, from the seeds'
+    tidy tables; an |S̄| is the mean over its task orders (as Fig. 6 averages them)."""
+    rows = []
+    for s, table in tables.items():
+        averages = table[table["task"] == "average"].groupby(AXES[sweep][0], sort=False)["accuracy"].mean()
+        rows += [{"seed": s, "setting": k, "accuracy": float(v)} for k, v in averages.items()]
+    return pd.DataFrame(rows)
+
+
+def strategy_intervals(preds: list[dict[str, pd.DataFrame]], bootstrap: int, seed: int) -> dict[str, dict]:
+    """strategy -> its difference with `both` over the seeds (points), hierarchical bootstrap:
+    Table 3's question, whether a strategy beats the paper's merge rule."""
+    if not all("both" in p for p in preds):
+        return {}
+    from calm.results_table import in_points
+
+    return {s: in_points(hierarchical_bootstrap([p[s] for p in preds], [p["both"] for p in preds], n=bootstrap,
+                                                seed=seed))
+            for s in preds[0] if s != "both"}
+
+
+def seed_summary(frame: pd.DataFrame, sweep: str, comparisons: Mapping[str, dict]) -> pd.DataFrame:
+    """One row per setting: mean and s.d. (sample; NaN for one seed) of its average accuracy over
+    the seeds, each seed's value, and the interval against `both` where there is one."""
+    wide = frame.pivot(index="setting", columns="seed", values="accuracy")
+    wide = wide.loc[sorted(wide.index) if sweep == "n_seq" else list(pd.unique(frame["setting"]))]
+    out = pd.DataFrame({"sweep": sweep, "setting": wide.index, "seeds": wide.notna().sum(axis=1).to_numpy(),
+                        "accuracy": wide.mean(axis=1).to_numpy(), "accuracy s.d.": wide.std(axis=1, ddof=1).to_numpy()})
+    for s in wide.columns:
+        out[f"accuracy (seed {s})"] = wide[s].to_numpy()
+    out["comparison"] = [f"{k} − both" if k in comparisons else "" for k in wide.index]
+    for key in ("difference", "low", "high"):
+        out[key] = [comparisons[k][key] if k in comparisons else float("nan") for k in wide.index]
+    return out
+
+
+def seed_summary_markdown(summary: pd.DataFrame, sweep: str) -> str:
+    from calm.paper.tables import STRATEGIES
+    from calm.results_table import interval_text, mean_sd_cells
+
+    title = {"strategy": "Merging strategy (Table 3)", "n_seq": "Sequential tasks |S̄| (Fig. 6; each seed: the mean "
+             "over its task orders)"}[sweep]
+    label = {"strategy": "Strategy", "n_seq": "|S̄|"}[sweep]
+    names = [STRATEGIES.get(s, s) if sweep == "strategy" else str(s) for s in summary["setting"]]
+    stats = summary.set_index(pd.Index(names, name=label))
+    cells = mean_sd_cells(stats[["accuracy"]], stats[["accuracy s.d."]].set_axis(["accuracy"], axis=1),
+                          exclude_from_best=())
+    cells.columns = [f"Avg accuracy, mean ± s.d. over {int(summary['seeds'].max())} seeds"]
+    for column in [c for c in summary.columns if c.startswith("accuracy (seed ")]:
+        cells[column.removeprefix("accuracy (").removesuffix(")")] = [f"{v:.1f}" for v in stats[column]]
+    if summary["difference"].notna().any():
+        cells["− both (95 % CI)"] = [interval_text(r) if pd.notna(r["difference"]) else "–" for _, r in stats.iterrows()]
+    return f"{title}\n\n" + to_markdown(cells, bold_best=False)
 
 
 def _write_csv(frame: pd.DataFrame, out: str | Path) -> None:

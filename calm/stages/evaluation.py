@@ -1,4 +1,5 @@
-"""Evaluation: every method's per-example test predictions, and the main results table."""
+"""Evaluation: every method's per-example test predictions, the main results table, and the
+table over fine-tuning seeds."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,7 @@ from calm import vectors
 from calm.families.base import Family
 from calm.io import write_parquet
 from calm.merging.task_arithmetic import task_arithmetic
-from calm.results_table import write_results
+from calm.results_table import seeds_results, write_results, write_seeds
 from calm.stages.family import predictions, task_vectors
 
 
@@ -57,3 +58,28 @@ def table(evals: Mapping[str, str | Path], out_prefix: str | Path, sweep_prefix:
     rows = {name: pd.read_parquet(path) for name, path in evals.items()}
     return write_results(rows, out_prefix, sweep_prefix=sweep_prefix, insert_best_after=insert_best_after,
                          individual=individual, target=target, bootstrap=bootstrap, seed=seed)
+
+
+def seeds(runs: list[dict], out_prefix: str | Path, sweep_prefix: str, insert_best_after: str, individual: str,
+          target: str, bootstrap: int, seed: int, ablations: Mapping[str, list[dict]] | None = None) -> str:
+    """The results table over fine-tuning seeds from each seed's rows (runs: [{seed, rows: {row
+    name: predictions file}}], rows in table order): PREFIX.csv, .md, .json (mean ± s.d., and
+    `target` − every method with a hierarchical-bootstrap interval) and PREFIX.png / .pdf (each
+    method's average per seed). `ablations` (sweep -> per-seed runs, see
+    stages.ablations.seeds_ablations) adds PREFIX_ablations.csv / .md and, for n_seq,
+    PREFIX_n_seq.png / .pdf. Returns the Markdown."""
+    from calm.paper.figures import seed_averages
+    from calm.paper.style import save_figure
+    from calm.stages.ablations import seeds_ablations
+
+    by_seed = {int(r["seed"]): r["rows"] for r in runs}
+    if len(by_seed) != len(runs):
+        raise ValueError(f"seeds: a fine-tuning seed appears twice in {[r['seed'] for r in runs]}")
+    frames = {s: {name: pd.read_parquet(path) for name, path in rows.items()} for s, rows in by_seed.items()}
+    results = seeds_results(frames, sweep_prefix=sweep_prefix, insert_best_after=insert_best_after,
+                            individual=individual, target=target, bootstrap=bootstrap, seed=seed)
+    text = write_seeds(results, out_prefix, target)
+    save_figure(seed_averages(results["per_seed"], target), out_prefix)
+    if ablations:
+        text += "\n" + seeds_ablations(ablations, out_prefix, bootstrap, seed)
+    return text

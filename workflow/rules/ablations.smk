@@ -6,19 +6,19 @@
 
 rule ablation_accuracy:
     input:
-        predictions=lambda w: paths(accuracy_points(w.sweep)),
-        benchmarks=lambda w: sorted({b for p in accuracy_points(w.sweep) for b in p.get("benchmarks", [])}),
-        individual="results/eval/individual.parquet",
+        predictions=lambda w: paths(accuracy_points(w.sweep, w.rep)),
+        benchmarks=lambda w: sorted({b for p in accuracy_points(w.sweep, w.rep) for b in p.get("benchmarks", [])}),
+        individual="results{rep}/eval/individual.parquet",
     output:
-        "results/ablations/{sweep}.csv",
+        "results{rep}/ablations/{sweep}.csv",
     params:
-        points=lambda w: quoted(accuracy_points(w.sweep)),
+        points=lambda w: quoted(accuracy_points(w.sweep, w.rep)),
     wildcard_constraints:
         sweep="|".join(sweeps.AXES),
     resources:
         **job_resources("ablation_accuracy"),
     log:
-        "logs/ablations/{sweep}.log",
+        "logs{rep}/ablations/{sweep}.log",
     conda:
         "../../environment.yml"
     shell:

@@ -6,11 +6,11 @@
 rule merge_baseline:
     input:
         model=PRETRAINED,
-        finetuned=[finetuned(t) for t in TASKS],
+        finetuned=lambda w: [finetuned(t, w.rep) for t in TASKS],
         data=baseline_inputs,
     output:
-        model=directory("results/merge/baselines/{method}/model"),
-        summary="results/merge/baselines/{method}/summary.json",
+        model=directory("results{rep}/merge/baselines/{method}/model"),
+        summary="results{rep}/merge/baselines/{method}/summary.json",
     wildcard_constraints:
         method="|".join(METHODS),
     params:
@@ -21,9 +21,9 @@ rule merge_baseline:
     resources:
         **job_resources("merge_baseline", gpu=True),
     log:
-        "logs/merge/baseline_{method}.log",
+        "logs{rep}/merge/baseline_{method}.log",
     benchmark:
-        "benchmarks/rules/merge/baseline_{method}.tsv"
+        "benchmarks/rules{rep}/merge/baseline_{method}.tsv"
     conda:
         "../../environment.yml"
     shell:

@@ -1,5 +1,6 @@
 import json
 import os
+import posixpath
 import re
 import shlex
 import sys
@@ -50,8 +51,14 @@ TRUST_PICKLE = Untracked(f"--model-trust-pickle {CFG.model.trust_pickle}")
 MODEL_FLAGS = f"--pretrained {PRETRAINED} {MODEL_SECTION} --device {CFG.device} --precision {CFG.precision}"
 LAMBDAS = [f"{lam:g}" for lam in CFG.baselines.lambda_grid]
 TA_LAMBDA = f"{CFG.baselines.task_arithmetic_lambda:g}"
-# Every λ task arithmetic is evaluated at: the sweep's, and the table's own row.
-TA_EVALS = {lam: f"results/eval/task_arithmetic_lam{lam}.parquet" for lam in sorted({*LAMBDAS, TA_LAMBDA}, key=float)}
+
+
+def ta_evals(rep=""):
+    """Every λ task arithmetic is evaluated at (the sweep's, and the table's own row) -> its predictions."""
+    return {lam: f"results{rep}/eval/task_arithmetic_lam{lam}.parquet"
+            for lam in sorted({*LAMBDAS, TA_LAMBDA}, key=float)}
+
+
 # Every CALM run is a named variant (calm/sweeps.py): `default` is the config's calm and
 # select sections; the ablations add the rest. SWEEPS is the tidy table of sweep points.
 def grid_names(rows: list[dict]) -> list[str]:
@@ -76,7 +83,16 @@ except ConfigError as exc:
 VARIANTS, SWEEPS = sweeps.plan(CFG, dict(zip(grid_names(GRID), GRID)))
 
 
+# A replicate of the pipeline under another fine-tuning seed (`snakemake seeds`) writes what
+# depends on the fine-tuned models under results/seeds/seed<s>/ (logs, benchmarks alike); the
+# main run's `rep` is empty, so its paths, commands and params are those of a run without
+# replicates, and a finished main run is replicate 0 as it stands. The data, the pretrained
+# model and the prepared inputs and heads depend on no fine-tuning seed and stay shared.
+REPLICATE = re.compile(r"(|/seeds/seed-?[0-9]+)")
+
+
 wildcard_constraints:
+    rep=REPLICATE.pattern,
     task="|".join(TASKS),
     k=r"[0-9]+",
     variant="|".join(re.escape(v) for v in VARIANTS),
@@ -90,11 +106,33 @@ def custom_flag(wildcards):
     return "" if spec is None else f"--custom {shlex.quote(json.dumps(spec.model_dump()))}"
 
 
-def finetuned(task):
+NO_REPLICATES = ("error: replicates (snakemake seeds) need fine-tuning done by the workflow, "
+                 "and model.finetuned names fetched checkpoints: leave it empty to fine-tune here")
+
+
+def finetuned(task, rep=""):
     """Fetched (model.finetuned) or fine-tuned here (the embedded default)."""
     if CFG.model.finetuned:
+        if rep:
+            sys.exit(NO_REPLICATES)
         return f"resources/models/finetuned/{task}"
-    return f"results/models/finetuned/{task}"
+    return f"results{rep}/models/finetuned/{task}"
+
+
+def replicate(r):
+    """The `rep` of replicate r: it fine-tunes with finetune.seed + r; replicate 0 is the main run."""
+    # joined from parts: snakemake --lint reads any string literal that starts with a slash as an
+    # absolute path
+    return "" if r == 0 else posixpath.join(posixpath.sep, "seeds", f"seed{CFG.finetune.seed + r}")
+
+
+def finetune_seed(rep):
+    return CFG.finetune.seed if rep == "" else int(rep.rsplit("seed", 1)[1])
+
+
+def finetune_flags(rep):
+    """The finetune section of a replicate: only the seed differs from the main run's."""
+    return render_flags(CFG.finetune.model_copy(update={"seed": finetune_seed(rep)}))
 
 
 def hf_flag(wildcards):
@@ -126,32 +164,34 @@ def job_resources(rule, gpu=False):
     return {"mem_mb": scaled(mem_mb), "runtime": scaled(runtime), **({"gpu": 1, **GPU_SITE} if gpu else {})}
 
 
-def variant_dir(variant):
-    return f"results/merge/calm/{variant}"
+def variant_dir(variant, rep=""):
+    return f"results{rep}/merge/calm/{variant}"
 
 
-def credible(sampler, ratio, task, seed):
+def credible(sampler, ratio, task, seed, rep=""):
     """A credible set; one drawn with a seed other than select.seed has its own folder (select_seeded)."""
     suffix = "" if seed == CFG.select.seed else f"-s{seed}"
-    return f"results/credible/{sampler}-{ratio:g}{suffix}/{task}.parquet"
+    return f"results{rep}/credible/{sampler}-{ratio:g}{suffix}/{task}.parquet"
 
 
-def variant_credible(variant, task):
+def variant_credible(variant, task, rep=""):
     v = VARIANTS[variant]
-    return credible(v.sampler, v.ratio, task, v.select_seed)
+    return credible(v.sampler, v.ratio, task, v.select_seed, rep)
 
 
-def step_dir(variant, k):
+def step_dir(variant, k, rep=""):
     """Folder of a variant's k-th sequential step (1-based); it merges S̄[k-1]."""
-    return f"{variant_dir(variant)}/step{k}-{VARIANTS[variant].sequential[k - 1]}"
+    return f"{variant_dir(variant, rep)}/step{k}-{VARIANTS[variant].sequential[k - 1]}"
 
 
-def last_step_dir(variant):
-    return step_dir(variant, len(VARIANTS[variant].sequential))
+def last_step_dir(variant, rep=""):
+    return step_dir(variant, len(VARIANTS[variant].sequential), rep)
 
 
-def tau_before(variant, k):
-    return f"{variant_dir(variant)}/base.safetensors" if k == 1 else f"{step_dir(variant, k - 1)}/tau.safetensors"
+def tau_before(variant, k, rep=""):
+    if k == 1:
+        return f"{variant_dir(variant, rep)}/base.safetensors"
+    return f"{step_dir(variant, k - 1, rep)}/tau.safetensors"
 
 
 def visible_tasks(variant, k):
@@ -169,9 +209,9 @@ def step_task(w):
     return w.task
 
 
-def visible_flag(variant, k):
+def visible_flag(variant, k, rep=""):
     return " ".join(
-        f"{t}=results/inputs/{t}.safetensors,results/heads/{t}.safetensors,{variant_credible(variant, t)}"
+        f"{t}=results/inputs/{t}.safetensors,results/heads/{t}.safetensors,{variant_credible(variant, t, rep)}"
         for t in visible_tasks(variant, k)
     )
 
@@ -190,100 +230,170 @@ def trace_flag(variant):
     return "--trace-eval " + " ".join(pairs) if pairs else ""
 
 
-def variant_model(variant):
-    return f"{variant_dir(variant)}/model"
+def variant_model(variant, rep=""):
+    return f"{variant_dir(variant, rep)}/model"
 
 
-def variant_eval(variant):
+def variant_eval(variant, rep=""):
     """Predictions of a variant's merged model; the default's are the main table's CALM row."""
-    return "results/eval/calm.parquet" if variant == "default" else f"results/eval/calm/{variant}.parquet"
+    return f"results{rep}/eval/calm.parquet" if variant == "default" else f"results{rep}/eval/calm/{variant}.parquet"
 
 
 # Checkpoints of the mask analysis (paper Table 2) that `python -m calm mask-parts` writes.
 ANALYSIS_PARTS = ["tau1", "not_m_tau1", "m_tau2"]
 
 
-def variant_eval_models(method):
+def variant_eval_models(method, rep=""):
     """calm/<variant>: its merged model; calm/<variant>/<part>: a mask-analysis model of its
     last step (tau2: the step's fine-tuned model)."""
     _, variant, *part = method.split("/")
     if variant not in VARIANTS or len(part) > 1:
         raise ValueError(f"unknown evaluation target '{method}'")
     if not part:
-        return {t: variant_model(variant) for t in TASKS}
+        return {t: variant_model(variant, rep) for t in TASKS}
     if part[0] == "tau2":
-        return {t: finetuned(VARIANTS[variant].sequential[-1]) for t in TASKS}
+        return {t: finetuned(VARIANTS[variant].sequential[-1], rep) for t in TASKS}
     if part[0] in ANALYSIS_PARTS:
-        return {t: f"{variant_dir(variant)}/analysis/{part[0]}" for t in TASKS}
+        return {t: f"{variant_dir(variant, rep)}/analysis/{part[0]}" for t in TASKS}
     raise ValueError(f"unknown evaluation target '{method}'")
 
 
-def eval_models(method):
+def eval_models(method, rep=""):
     """The checkpoint each task is evaluated with under a method name."""
     if method == "individual":
-        return {t: finetuned(t) for t in TASKS}
+        return {t: finetuned(t, rep) for t in TASKS}
     if method == "pretrained":
         return {t: PRETRAINED for t in TASKS}
     if method == "calm":
-        return {t: variant_model("default") for t in TASKS}
+        return {t: variant_model("default", rep) for t in TASKS}
     if method.startswith("calm/"):
-        return variant_eval_models(method)
+        return variant_eval_models(method, rep)
     name = method.removeprefix("baseline_")
     if method.startswith("baseline_") and name in METHODS:
         # A per-task method (EMR) writes one checkpoint per task inside its model folder.
-        model = f"{baseline_dir(name)}/model"
+        model = f"{baseline_dir(name, rep)}/model"
         return {t: f"{model}/{t}" if METHODS[name].per_task else model for t in TASKS}
     raise ValueError(f"unknown evaluation target '{method}'")
 
 
-def eval_checkpoints(method):
+def eval_checkpoints(method, rep=""):
     """The folders a method's evaluation reads: the job outputs that hold its checkpoints."""
     name = method.removeprefix("baseline_")
     if method.startswith("baseline_") and name in METHODS and METHODS[name].per_task:
-        return [f"{baseline_dir(name)}/model"]
-    return sorted(set(eval_models(method).values()))
+        return [f"{baseline_dir(name, rep)}/model"]
+    return sorted(set(eval_models(method, rep).values()))
 
 
-def table_rows():
+def table_rows(rep=""):
     """Row name -> predictions file, in table order (the registry's, for the baselines that
     baselines.methods names); the λ sweep rows collapse to the best."""
     rows = {
+        # θ0 depends on no fine-tuning seed: every replicate's table reads the main run's
         "Pretrained": "results/eval/pretrained.parquet",
-        "Individual": "results/eval/individual.parquet",
+        "Individual": f"results{rep}/eval/individual.parquet",
     }
+    ta = ta_evals(rep)
     for method, spec in METHODS.items():
         if method not in CFG.baselines.methods:
             continue
         if method == "task_arithmetic":
-            rows[f"Task arithmetic (λ={TA_LAMBDA})"] = TA_EVALS[TA_LAMBDA]
-            rows.update({f"Task arithmetic λ={lam}": TA_EVALS[lam] for lam in LAMBDAS})
+            rows[f"Task arithmetic (λ={TA_LAMBDA})"] = ta[TA_LAMBDA]
+            rows.update({f"Task arithmetic λ={lam}": ta[lam] for lam in LAMBDAS})
         else:
-            rows[spec.label] = f"results/eval/baseline_{method}.parquet"
-    rows["CALM"] = "results/eval/calm.parquet"
+            rows[spec.label] = f"results{rep}/eval/baseline_{method}.parquet"
+    rows["CALM"] = f"results{rep}/eval/calm.parquet"
     return rows
+
+
+def main_table(rep=""):
+    """The files of a run's results table (`table`), by extension."""
+    return {ext: f"results{rep}/tables/main.{ext}" for ext in ("csv", "md", "json")}
+
+
+# --- fine-tuning seeds (the `seeds` rule, workflow/rules/evaluate.smk) ---------------------
+
+
+def replicates():
+    """The `rep` of every replicate `snakemake seeds` reads, the main run's first."""
+    if CFG.model.finetuned:
+        sys.exit(NO_REPLICATES)
+    return [replicate(r) for r in range(CFG.replicates.seeds)]
+
+
+def seed_runs():
+    """Per replicate: its fine-tuning seed and its results table's rows (name -> predictions)."""
+    return [{"seed": finetune_seed(rep), "rows": table_rows(rep)} for rep in replicates()]
+
+
+def seed_ablations():
+    """Per sweep of replicates.ablations, per replicate: its seed, its tidy table (ablation_accuracy)
+    and, for the strategy sweep, each strategy's predictions (for the intervals between them)."""
+    out = {}
+    for sweep in CFG.replicates.ablations:
+        out[sweep] = []
+        for rep in replicates():
+            run = {"seed": finetune_seed(rep), "table": f"results{rep}/ablations/{sweep}.csv"}
+            if sweep == "strategy":
+                run["predictions"] = {r["strategy"]: variant_eval(r["variant"], rep) for r in sweep_rows(sweep)}
+            out[sweep].append(run)
+    return out
+
+
+def seeds_inputs():
+    """Every replicate's predictions of the main table's rows, and its own results table."""
+    files = [path for run in seed_runs() for path in run["rows"].values()]
+    files += [path for rep in replicates() for path in main_table(rep).values()]
+    for runs in seed_ablations().values():
+        files += [path for run in runs for path in [run["table"], *run.get("predictions", {}).values()]]
+    return list(dict.fromkeys(files))
+
+
+def seeds_outputs():
+    """The seeds table (CSV in the report, Markdown, JSON with the intervals) and its figure; the
+    sweeps' table over seeds when replicates.ablations names one, and the |S̄| curve for n_seq."""
+    prefix = "results/tables/seeds"
+    out = {
+        "csv": report(f"{prefix}.csv", caption="../report/seeds.rst", category="Fine-tuning seeds"),
+        "md": f"{prefix}.md",
+        "json": f"{prefix}.json",
+        "png": report(f"{prefix}.png", caption="../report/seeds_figure.rst", category="Fine-tuning seeds"),
+        "pdf": f"{prefix}.pdf",
+    }
+    if CFG.replicates.ablations:
+        out["ablations_csv"] = report(f"{prefix}_ablations.csv", caption="../report/seeds_ablations.rst",
+                                      category="Fine-tuning seeds")
+        out["ablations_md"] = f"{prefix}_ablations.md"
+    if "n_seq" in CFG.replicates.ablations:
+        out["n_seq_png"] = report(f"{prefix}_n_seq.png", caption="../report/seeds_n_seq.rst",
+                                  category="Fine-tuning seeds")
+        out["n_seq_pdf"] = f"{prefix}_n_seq.pdf"
+    return out
 
 
 # --- baselines (workflow/rules/baselines.smk) -------------------------------------------------
 
+# The scores depend on the fine-tuned models (a replicate's own); inputs and heads are shared.
 BASELINE_FILES = {
-    "inputs": ("--inputs", "results/inputs/{}.safetensors"),
-    "head": ("--heads", "results/heads/{}.safetensors"),
-    "scores": ("--scores", "results/scores/{}.parquet"),
+    "inputs": ("--inputs", "results/inputs/{task}.safetensors"),
+    "head": ("--heads", "results/heads/{task}.safetensors"),
+    "scores": ("--scores", "results{rep}/scores/{task}.parquet"),
 }
 
 
-def baseline_dir(method):
-    return f"results/merge/baselines/{method}"
+def baseline_dir(method, rep=""):
+    return f"results{rep}/merge/baselines/{method}"
 
 
 def baseline_inputs(wildcards):
     """The per-task files the method's registry entry says it reads."""
-    return [BASELINE_FILES[need][1].format(t) for need in METHODS[wildcards.method].needs for t in TASKS]
+    return [BASELINE_FILES[need][1].format(rep=wildcards.rep, task=t)
+            for need in METHODS[wildcards.method].needs for t in TASKS]
 
 
 def baseline_data_flags(wildcards):
     return " ".join(
-        f"{BASELINE_FILES[need][0]} " + " ".join(f"{t}={BASELINE_FILES[need][1].format(t)}" for t in TASKS)
+        f"{BASELINE_FILES[need][0]} "
+        + " ".join(f"{t}={BASELINE_FILES[need][1].format(rep=wildcards.rep, task=t)}" for t in TASKS)
         for need in METHODS[wildcards.method].needs
     )
 
@@ -310,9 +420,9 @@ def show_table():
 # --- paper tables and figures (workflow/rules/paper.smk) ---------------------------------------
 
 
-def step_benchmark(variant, k):
+def step_benchmark(variant, k, rep=""):
     """The Snakemake benchmark file of a variant's k-th sequential step (calm_step's `benchmark:`)."""
-    return f"benchmarks/rules/merge/calm/{variant}/step{k}-{VARIANTS[variant].sequential[k - 1]}.tsv"
+    return f"benchmarks/rules{rep}/merge/calm/{variant}/step{k}-{VARIANTS[variant].sequential[k - 1]}.tsv"
 
 
 def calm_steps():
@@ -375,13 +485,13 @@ def point(row, columns, path):
     return {**{c: row[c].item() if hasattr(row[c], "item") else row[c] for c in columns}, "path": path}
 
 
-def accuracy_points(ablation):
+def accuracy_points(ablation, rep=""):
     """One point per sweep row; the iterations sweep also reads its CALM steps' benchmark files,
     for what each setting costs."""
-    points = [point(r, sweeps.AXES[ablation], variant_eval(r["variant"])) for r in sweep_rows(ablation)]
+    points = [point(r, sweeps.AXES[ablation], variant_eval(r["variant"], rep)) for r in sweep_rows(ablation)]
     if ablation == "iterations":
         for p, r in zip(points, sweep_rows(ablation)):
-            p["benchmarks"] = [step_benchmark(r["variant"], k) for k in range(1, r["n_seq"] + 1)]
+            p["benchmarks"] = [step_benchmark(r["variant"], k, rep) for k in range(1, r["n_seq"] + 1)]
     return points
 
 
@@ -470,7 +580,7 @@ def paper_sources(name):
     if name in SWEEP_TABLE:
         return [f"results/ablations/{SWEEP_TABLE[name]}.csv"], None, None
     if name in ("table1_main", "fig3_normalised"):
-        return [rules.table.output.csv], None, None
+        return [main_table()["csv"]], None, None
     if name == "table8_runtime":
         rows = runtime_rows()
         pairs = [(row, f) for row, (files, _) in rows.items() for f in files]

@@ -1,17 +1,17 @@
 rule evaluate:
     input:
         model=PRETRAINED,
-        checkpoints=lambda w: eval_checkpoints(w.method),
+        checkpoints=lambda w: eval_checkpoints(w.method, w.rep),
         inputs=[f"results/inputs/{t}.safetensors" for t in TASKS],
         heads=[f"results/heads/{t}.safetensors" for t in TASKS],
     output:
-        "results/eval/{method}.parquet",
+        "results{rep}/eval/{method}.parquet",
     wildcard_constraints:
         method=r"(?!task_arithmetic_lam).+",  # evaluate_task_arithmetic's
     params:
         model=MODEL_FLAGS,
         pairs=lambda w: " ".join(
-            f"{t}={d}" for t, d in eval_models(w.method).items()
+            f"{t}={d}" for t, d in eval_models(w.method, w.rep).items()
         ),
         inputs=" ".join(f"{t}=results/inputs/{t}.safetensors" for t in TASKS),
         heads=" ".join(f"{t}=results/heads/{t}.safetensors" for t in TASKS),
@@ -20,9 +20,9 @@ rule evaluate:
     resources:
         **job_resources("evaluate", gpu=True),
     log:
-        "logs/evaluate/{method}.log",
+        "logs{rep}/evaluate/{method}.log",
     benchmark:
-        "benchmarks/rules/evaluate/{method}.tsv"
+        "benchmarks/rules{rep}/evaluate/{method}.tsv"
     conda:
         "../../environment.yml"
     shell:
@@ -35,14 +35,14 @@ rule evaluate:
 rule evaluate_task_arithmetic:
     input:
         model=PRETRAINED,
-        finetuned=[finetuned(t) for t in TASKS],
+        finetuned=lambda w: [finetuned(t, w.rep) for t in TASKS],
         inputs=[f"results/inputs/{t}.safetensors" for t in TASKS],
         heads=[f"results/heads/{t}.safetensors" for t in TASKS],
     output:
-        list(TA_EVALS.values()),
+        list(ta_evals("{rep}").values()),
     params:
         model=MODEL_FLAGS,
-        outs=" ".join(f"{lam}={path}" for lam, path in TA_EVALS.items()),
+        outs=lambda w: " ".join(f"{lam}={path}" for lam, path in ta_evals(w.rep).items()),
         inputs=" ".join(f"{t}=results/inputs/{t}.safetensors" for t in TASKS),
         heads=" ".join(f"{t}=results/heads/{t}.safetensors" for t in TASKS),
         settings=render_flags(CFG.evaluate, exclude=("bootstrap", "seed")),
@@ -50,9 +50,9 @@ rule evaluate_task_arithmetic:
     resources:
         **job_resources("evaluate_task_arithmetic", gpu=True),
     log:
-        "logs/evaluate/task_arithmetic.log",
+        "logs{rep}/evaluate/task_arithmetic.log",
     benchmark:
-        "benchmarks/rules/evaluate/task_arithmetic.tsv"
+        "benchmarks/rules{rep}/evaluate/task_arithmetic.tsv"
     conda:
         "../../environment.yml"
     shell:
@@ -62,22 +62,49 @@ rule evaluate_task_arithmetic:
 
 rule table:
     input:
-        list(table_rows().values()),
+        lambda w: list(table_rows(w.rep).values()),
     output:
-        csv=report("results/tables/main.csv", caption="../report/table.rst", category="Results"),
-        md="results/tables/main.md",
-        json="results/tables/main.json",
+        csv=report(main_table("{rep}")["csv"], caption="../report/table.rst", category="Results"),
+        md=main_table("{rep}")["md"],
+        json=main_table("{rep}")["json"],
     params:
-        rows=" ".join(shlex.quote(f"{name}={path}") for name, path in table_rows().items()),
+        rows=lambda w: " ".join(shlex.quote(f"{name}={path}") for name, path in table_rows(w.rep).items()),
         prefix=lambda w, output: output.md.removesuffix(".md"),
         ta=shlex.quote(f"Task arithmetic (λ={TA_LAMBDA})"),
         settings=render_flags(CFG.evaluate, exclude=("batch_size",)),
     resources:
         **job_resources("table"),
     log:
-        "logs/table.log",
+        "logs{rep}/table.log",
     conda:
         "../../environment.yml"
     shell:
         "python -m calm table --eval {params.rows} --insert-best-after {params.ta} "
+        "--out-prefix {params.prefix} {params.settings} > {log} 2>&1"
+
+
+# `snakemake --cores 2 seeds`: the main run and its replicates under the next fine-tuning seeds
+# (replicates.seeds in all; their results under results/seeds/seed<s>/), and the table over them:
+# mean ± s.d. per method and task, CALM's difference with each method with an interval from a
+# bootstrap over seeds and test examples, and the per-seed averages as a figure. With
+# replicates.ablations, the named sweeps per seed too, and their table over seeds.
+rule seeds:
+    input:
+        lambda w: seeds_inputs(),
+    output:
+        **seeds_outputs(),
+    params:
+        runs=lambda w: quoted(seed_runs()),
+        ablations=lambda w: f"--ablations {quoted(seed_ablations())}" if CFG.replicates.ablations else "",
+        prefix=lambda w, output: output.md.removesuffix(".md"),
+        ta=shlex.quote(f"Task arithmetic (λ={TA_LAMBDA})"),
+        settings=render_flags(CFG.evaluate, exclude=("batch_size",)),
+    resources:
+        **job_resources("seeds"),
+    log:
+        "logs/seeds.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m calm seeds --runs {params.runs} {params.ablations} --insert-best-after {params.ta} "
         "--out-prefix {params.prefix} {params.settings} > {log} 2>&1"

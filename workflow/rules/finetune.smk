@@ -4,17 +4,18 @@ rule finetune:
         inputs="results/inputs/{task}.safetensors",
         head="results/heads/{task}.safetensors",
     output:
-        directory("results/models/finetuned/{task}"),
+        directory("results{rep}/models/finetuned/{task}"),
     params:
         model=MODEL_FLAGS,
-        settings=render_flags(CFG.finetune),
+        # a replicate (`snakemake seeds`) differs from the main run in finetune.seed alone
+        settings=lambda w: finetune_flags(w.rep),
     threads: CFG.threads
     resources:
         **job_resources("finetune", gpu=True),
     log:
-        "logs/finetune/{task}.log",
+        "logs{rep}/finetune/{task}.log",
     benchmark:
-        "benchmarks/rules/finetune/{task}.tsv"
+        "benchmarks/rules{rep}/finetune/{task}.tsv"
     conda:
         "../../environment.yml"
     shell:

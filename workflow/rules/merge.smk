@@ -3,9 +3,9 @@
 rule calm_base:
     input:
         model=PRETRAINED,
-        finetuned=lambda w: [finetuned(t) for t in VARIANTS[w.variant].efficient(TASKS)],
+        finetuned=lambda w: [finetuned(t, w.rep) for t in VARIANTS[w.variant].efficient(TASKS)],
     output:
-        "results/merge/calm/{variant}/base.safetensors",
+        "results{rep}/merge/calm/{variant}/base.safetensors",
     params:
         model=MODEL_FLAGS,
         lam=lambda w: VARIANTS[w.variant].calm.efficient_lambda,
@@ -14,7 +14,7 @@ rule calm_base:
         **job_resources("calm_base", gpu=True),
     priority: 50  # CALM's chain first (see calm_step)
     log:
-        "logs/merge/calm/{variant}/base.log",
+        "logs{rep}/merge/calm/{variant}/base.log",
     conda:
         "../../environment.yml"
     shell:
@@ -27,25 +27,25 @@ rule calm_base:
 rule calm_step:
     input:
         model=PRETRAINED,
-        tau_prev=lambda w: tau_before(w.variant, int(w.k)),
-        finetuned=lambda w: finetuned(step_task(w)),
+        tau_prev=lambda w: tau_before(w.variant, int(w.k), w.rep),
+        finetuned=lambda w: finetuned(step_task(w), w.rep),
         inputs=lambda w: [f"results/inputs/{t}.safetensors" for t in visible_tasks(w.variant, int(w.k))],
         heads=lambda w: [f"results/heads/{t}.safetensors" for t in visible_tasks(w.variant, int(w.k))],
-        credible=lambda w: [variant_credible(w.variant, t) for t in visible_tasks(w.variant, int(w.k))],
+        credible=lambda w: [variant_credible(w.variant, t, w.rep) for t in visible_tasks(w.variant, int(w.k))],
         traced=lambda w: [f"results/{kind}/{t}.safetensors" for t in traced(w.variant) for kind in ("inputs", "heads")],
     output:
-        tau="results/merge/calm/{variant}/step{k}-{task}/tau.safetensors",
-        mask="results/merge/calm/{variant}/step{k}-{task}/mask.safetensors",
+        tau="results{rep}/merge/calm/{variant}/step{k}-{task}/tau.safetensors",
+        mask="results{rep}/merge/calm/{variant}/step{k}-{task}/mask.safetensors",
         trace=report(
-            "results/merge/calm/{variant}/step{k}-{task}/trace.csv",
+            "results{rep}/merge/calm/{variant}/step{k}-{task}/trace.csv",
             caption="../report/trace.rst",
             category="CALM mask",
         ),
-        layers="results/merge/calm/{variant}/step{k}-{task}/layers.csv",
-        summary="results/merge/calm/{variant}/step{k}-{task}/summary.json",
+        layers="results{rep}/merge/calm/{variant}/step{k}-{task}/layers.csv",
+        summary="results{rep}/merge/calm/{variant}/step{k}-{task}/summary.json",
     params:
         model=MODEL_FLAGS,
-        visible=lambda w: visible_flag(w.variant, int(w.k)),
+        visible=lambda w: visible_flag(w.variant, int(w.k), w.rep),
         settings=lambda w: calm_flags(w.variant),
         trace=lambda w: trace_flag(w.variant),
         out=lambda w, output: str(Path(output.tau).parent),
@@ -59,9 +59,9 @@ rule calm_step:
     # started before the baselines, it no longer leaves a core idle at the end.
     priority: 50
     log:
-        "logs/merge/calm/{variant}/step{k}-{task}.log",
+        "logs{rep}/merge/calm/{variant}/step{k}-{task}.log",
     benchmark:
-        "benchmarks/rules/merge/calm/{variant}/step{k}-{task}.tsv"
+        "benchmarks/rules{rep}/merge/calm/{variant}/step{k}-{task}.tsv"
     conda:
         "../../environment.yml"
     shell:
@@ -73,9 +73,9 @@ rule calm_step:
 rule calm_model:
     input:
         model=PRETRAINED,
-        tau=lambda w: f"{last_step_dir(w.variant)}/tau.safetensors",
+        tau=lambda w: f"{last_step_dir(w.variant, w.rep)}/tau.safetensors",
     output:
-        directory("results/merge/calm/{variant}/model"),
+        directory("results{rep}/merge/calm/{variant}/model"),
     params:
         model=MODEL_FLAGS,
     threads: CFG.threads
@@ -83,7 +83,7 @@ rule calm_model:
         **job_resources("calm_model", gpu=True),
     priority: 50  # CALM's chain first (see calm_step)
     log:
-        "logs/merge/calm/{variant}/model.log",
+        "logs{rep}/merge/calm/{variant}/model.log",
     conda:
         "../../environment.yml"
     shell:

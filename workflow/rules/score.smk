@@ -1,11 +1,11 @@
 rule score:
     input:
         model=PRETRAINED,
-        finetuned=lambda w: finetuned(w.task),
+        finetuned=lambda w: finetuned(w.task, w.rep),
         inputs="results/inputs/{task}.safetensors",
         head="results/heads/{task}.safetensors",
     output:
-        "results/scores/{task}.parquet",
+        "results{rep}/scores/{task}.parquet",
     params:
         model=MODEL_FLAGS,
         settings=render_flags(CFG.score),
@@ -13,9 +13,9 @@ rule score:
     resources:
         **job_resources("score", gpu=True),
     log:
-        "logs/score/{task}.log",
+        "logs{rep}/score/{task}.log",
     benchmark:
-        "benchmarks/rules/score/{task}.tsv"
+        "benchmarks/rules{rep}/score/{task}.tsv"
     conda:
         "../../environment.yml"
     shell:
@@ -27,16 +27,16 @@ rule score:
 # CALM's; the ablations sweep the rest), drawn with select.seed.
 rule select:
     input:
-        "results/scores/{task}.parquet",
+        "results{rep}/scores/{task}.parquet",
     output:
-        "results/credible/{sampler}-{ratio}/{task}.parquet",
+        "results{rep}/credible/{sampler}-{ratio}/{task}.parquet",
     params:
         seed=CFG.select.seed,
     priority: 50  # CALM's chain first (see calm_step)
     resources:
         **job_resources("select"),
     log:
-        "logs/select/{sampler}-{ratio}/{task}.log",
+        "logs{rep}/select/{sampler}-{ratio}/{task}.log",
     conda:
         "../../environment.yml"
     shell:
@@ -47,8 +47,8 @@ rule select:
 # The sampler sweep's repeats draw their credible sets with other seeds (calm/sweeps.py).
 use rule select as select_seeded with:
     output:
-        "results/credible/{sampler}-{ratio}-s{seed}/{task}.parquet",
+        "results{rep}/credible/{sampler}-{ratio}-s{seed}/{task}.parquet",
     params:
         seed=lambda w: int(w.seed),
     log:
-        "logs/select/{sampler}-{ratio}-s{seed}/{task}.log",
+        "logs{rep}/select/{sampler}-{ratio}-s{seed}/{task}.log",
