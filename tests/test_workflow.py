@@ -173,21 +173,21 @@ def test_paper_items_and_the_report(pico_run, tmp_path):
 
 
 def test_ablations_dry_run_reuses_the_default_merge(pico_run):
-    """The pico config's default sweeps (T = 3, S̄ = [mood]), counted by hand: 48 variants —
+    """The pico config's default sweeps (T = 3, S̄ = [mood]), counted by hand: 51 variants —
     default; 21 of the 24 sampler points (cb_ems 0.9 is the default, EMS and random at ratio 1
     are CB-EMS at ratio 1); 2 more seeds of each of the 4 samplers at select.ratio 0.9 (8, of
     which supervised and random draw 2 · 2 new credible sets per task); |S̄| = 1, 2 with 3 orders
     each, the order [mood] being the default (5 new, 1·2 + 2·3 = 8 steps); lr 4, α 3, switches
-    3, strategy 2 (the rest are the default); the mask analysis of mood alone is the default;
-    the traced variant. Already built by the main run: the default merge, its credible sets and
+    3, strategy 2 (the rest are the default); mask iterations 20, 50, 100 (3: the pico config
+    runs 30); the mask analysis of mood alone is the default; the traced variant. Already built by the main run: the default merge, its credible sets and
     the pretrained/individual predictions."""
     out = snakemake(pico_run, "ablations", "-n")
     jobs = planned_jobs(out.stdout + out.stderr)
-    steps = 21 + 8 + 8 + 4 + 3 + 3 + 2 + 1
+    steps = 21 + 8 + 8 + 4 + 3 + 3 + 2 + 3 + 1
     assert jobs == {
-        "select": 4 * 6 * 3 - 3, "select_seeded": 2 * 2 * 3, "calm_base": 47, "calm_step": steps, "calm_model": 46,
-        "evaluate": 46 + 4,  # 46 merged models, 4 mask-analysis models
-        "mask_parts": 1, "ablation_accuracy": 6, "ablation_pseudo_labels": 1, "ablation_mask_analysis": 1,
+        "select": 4 * 6 * 3 - 3, "select_seeded": 2 * 2 * 3, "calm_base": 50, "calm_step": steps, "calm_model": 49,
+        "evaluate": 49 + 4,  # 49 merged models, 4 mask-analysis models
+        "mask_parts": 1, "ablation_accuracy": 7, "ablation_pseudo_labels": 1, "ablation_mask_analysis": 1,
         "ablation_topk": 1, "ablation_layers": 1, "ablation_trace": 1, "ablations": 1,
     }
 
