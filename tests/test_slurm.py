@@ -203,7 +203,9 @@ def test_a_cancelled_and_an_out_of_memory_calm_step_are_retried_and_end_as_the_u
     mem = [int(j["MinMemoryNode"].removesuffix("M")) for j in (first, second)]
     assert first["JobState"] in ("FAILED", "OUT_OF_MEMORY") and second["JobState"] == "COMPLETED"
     assert mem[1] == 2 * mem[0] and mem[0] < 1500 < 2000 < mem[1], mem
-    killed = (starve / f".snakemake/slurm_logs/rule_calm_step/default_1_mood/{first['JobId']}.log").read_text()
+    # The executor names a job's log folder by its wildcards joined with '_', the replicate's
+    # {rep} first: empty for the main run, hence the leading '_'.
+    killed = (starve / f".snakemake/slurm_logs/rule_calm_step/_default_1_mood/{first['JobId']}.log").read_text()
     assert "exceeded memory limit" in killed
 
     for work in (cancel, starve):
