@@ -171,13 +171,14 @@ def test_the_cluster_run_equals_the_local_run(runs):
 def test_a_cancelled_and_an_out_of_memory_calm_step_are_retried_and_end_as_the_uninterrupted_run(runs, tmp_path):
     """Two copies of the run without their mask step, at the same time. In one, scancel the step
     once it has checkpointed: the profile's retries submit it again and the new attempt continues
-    from the checkpoint. In the other, resources.mem_scale 0.4 makes the step's first attempt ask
-    for 1.2 GB, less than it uses (Slurm counts ~1.7 GB: the job's own Snakemake and the step), so
-    Slurm kills it (OverMemoryKill); the retry asks for twice as much. Both end bitwise as the
+    from the checkpoint. In the other, resources.mem_scale 0.35 makes the step's first attempt ask
+    for 1.05 GB, less than it uses (Slurm counts ~1.7 GB: the job's own Snakemake and the step), so
+    Slurm kills it (OverMemoryKill); the retry asks for twice as much. (At 0.4, 1.2 GB, the first
+    attempt once got through: the step's use is near 1.2 GB for much of its run.) Both end bitwise as the
     uninterrupted step."""
     cancel, starve = (copy_run(runs["cluster"], tmp_path / name, [STEP]) for name in ("cancel", "starve"))
     config = yaml.safe_load((starve / "config.yaml").read_text())
-    config["resources"] = {"mem_scale": 0.4}
+    config["resources"] = {"mem_scale": 0.35}
     (starve / "config.yaml").write_text(yaml.safe_dump(config))
     starving = start_on_cluster(starve, str(STEP / "tau.safetensors"))
     cancelling = start_on_cluster(cancel, str(STEP / "tau.safetensors"))
