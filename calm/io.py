@@ -81,9 +81,18 @@ def write_text(text: str, path: str | os.PathLike) -> None:
         tmp.write_text(text)
 
 
-def write_parquet(frame, path: str | os.PathLike) -> None:
+def write_parquet(frame, path: str | os.PathLike, metadata: dict[bytes, bytes] | None = None) -> None:
+    """`metadata`: extra key-value pairs of the file's schema (pandas keeps its own beside them)."""
+    if not metadata:
+        with atomic_path(path) as tmp:
+            frame.to_parquet(tmp, index=False)
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=False)
+        pq.write_table(table, tmp)
 
 
 def write_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,

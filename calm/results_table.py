@@ -72,14 +72,17 @@ def compared(names, target: str, individual: str) -> list[str]:
 
 
 def write_results(rows: dict[str, pd.DataFrame], out_prefix: str | Path, sweep_prefix: str,
-                  insert_best_after: str, individual: str, target: str, bootstrap: int, seed: int) -> str:
-    """Write PREFIX.csv, PREFIX.md (table plus bootstrap lines) and PREFIX.json; return the Markdown."""
+                  insert_best_after: str, individual: str, target: str, bootstrap: int, seed: int,
+                  provenance: dict | None = None) -> str:
+    """Write PREFIX.csv, PREFIX.md (table plus bootstrap lines) and PREFIX.json; return the Markdown.
+    `provenance` (calm.provenance.table_provenance) goes into the JSON only: the CSV and Markdown
+    stay the same bytes on every machine that computes the same predictions."""
     named, grid = collapse_sweep(rows, sweep_prefix, insert_best_after)
     table = results_table(named, individual=individual)
     others = compared(named, target, individual)
     summary = {"table": table.reset_index().to_dict(orient="records"),
                "comparisons": comparisons(named, target, others, bootstrap, seed),
-               "grid": grid}
+               "grid": grid, **({"provenance": provenance} if provenance is not None else {})}
     lines = [to_markdown(table), ""]
     for c in summary["comparisons"]:
         lines.append(f"- {c['comparison']}: {c['difference']:+.1f} points "
@@ -160,7 +163,7 @@ def interval_text(c: dict) -> str:
     return f"{c['difference']:+.1f} [{c['low']:+.1f}, {c['high']:+.1f}]"
 
 
-def write_seeds(results: dict, out_prefix: str | Path, target: str) -> str:
+def write_seeds(results: dict, out_prefix: str | Path, target: str, provenance: dict | None = None) -> str:
     """PREFIX.csv (per method: each column's mean and s.d., then target − method and its interval),
     PREFIX.md and PREFIX.json (per-seed tables too) of seeds_results; returns the Markdown."""
     mean, sd, comparisons = results["mean"], results["sd"], results["comparisons"]
@@ -183,7 +186,8 @@ def write_seeds(results: dict, out_prefix: str | Path, target: str) -> str:
                "table": [{"method": m, **{c: mean.loc[m, c] for c in mean.columns},
                           **{f"{c} s.d.": sd.loc[m, c] for c in sd.columns}} for m in mean.index],
                "comparisons": comparisons,
-               "per_seed": results["per_seed"].to_dict(orient="records")}
+               "per_seed": results["per_seed"].to_dict(orient="records"),
+               **({"provenance": provenance} if provenance is not None else {})}
     prefix = Path(out_prefix)
     with atomic_path(prefix.with_suffix(".csv")) as tmp:
         csv.to_csv(tmp, index_label="method")

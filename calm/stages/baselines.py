@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from calm import artifacts, scoring, vectors
+from calm import artifacts, provenance, scoring, vectors
 from calm.config.baselines import BaselinesConfig
 from calm.families.base import Family
 from calm.io import atomic_dir, write_json
@@ -55,7 +55,7 @@ def merge_baseline(family: Family, method: str, model_dirs: list[str | Path], ou
         tau, info = globals()[spec.adapter](spec.fn, family, theta0, taus, tasks, cfg)
     else:
         tau, info = spec(taus, **spec.options(cfg)), {}
-    summary = _summary(spec, method, start, model_dirs, cfg) | info
+    summary = _summary(spec, method, start, model_dirs, cfg) | info | {"compute": provenance.family_record(family)}
     family.save(vectors.add(theta0, tau), Path(out_dir))
     if summary_out is not None:
         write_json(summary, summary_out)
@@ -79,7 +79,7 @@ def _merge_per_task(family: Family, spec, theta0, taus, model_dirs: list[str | P
         raise ValueError(f"{spec.label}: each model folder's name names its task's checkpoint; got {names}")
     start = time.perf_counter()
     emr = spec(taus, **spec.options(cfg))
-    summary = _summary(spec, "emr", start, model_dirs, cfg) | {
+    summary = _summary(spec, "emr", start, model_dirs, cfg) | {"compute": provenance.family_record(family)} | {
         "rescalers": dict(zip(names, emr.rescalers)),
         "extra_bits_per_parameter": emr_storage_bits(len(taus), vectors.numel(theta0)),
         "active_fraction": {n: sum(int(m.sum()) for m in mask.values()) / vectors.numel(theta0)

@@ -7,7 +7,7 @@ from typing import Mapping
 
 import pandas as pd
 
-from calm import vectors
+from calm import provenance, vectors
 from calm.families.base import Family
 from calm.io import write_parquet
 from calm.merging.task_arithmetic import task_arithmetic
@@ -27,7 +27,7 @@ def evaluate(family: Family, models: Mapping[str, str | Path], inputs: Mapping[s
             loaded[key] = family.load_state(Path(model_dir))
         frames.append(predictions(family, loaded[key], task, inputs[task], heads[task], batch_size))
     frame = pd.concat(frames, ignore_index=True)
-    write_parquet(frame, out)
+    write_parquet(frame, out, provenance.parquet_metadata(provenance.family_record(family)))
     return frame
 
 
@@ -42,12 +42,12 @@ def evaluate_task_arithmetic(family: Family, model_dirs: list[str | Path], outs:
     """
     theta0 = family.pretrained_state()
     taus = list(task_vectors(family, theta0, model_dirs))
-    frames = {}
+    frames, record = {}, provenance.parquet_metadata(provenance.family_record(family))
     for lam, out in outs.items():
         params = vectors.add(theta0, task_arithmetic(taus, lam=float(lam)))
         frames[lam] = pd.concat([predictions(family, params, task, inputs[task], heads[task], batch_size,
                                              desc=f"λ={lam} {task}") for task in inputs], ignore_index=True)
-        write_parquet(frames[lam], out)
+        write_parquet(frames[lam], out, record)
     return frames
 
 
@@ -56,8 +56,10 @@ def table(evals: Mapping[str, str | Path], out_prefix: str | Path, sweep_prefix:
     """The main results table from each row's predictions file (row name -> file): PREFIX.csv,
     .md and .json (paired-bootstrap intervals of `target` against every other row)."""
     rows = {name: pd.read_parquet(path) for name, path in evals.items()}
+    made_by = provenance.table_provenance({name: provenance.read_record(path) for name, path in evals.items()})
     return write_results(rows, out_prefix, sweep_prefix=sweep_prefix, insert_best_after=insert_best_after,
-                         individual=individual, target=target, bootstrap=bootstrap, seed=seed)
+                         individual=individual, target=target, bootstrap=bootstrap, seed=seed,
+                         provenance=made_by)
 
 
 def seeds(runs: list[dict], out_prefix: str | Path, sweep_prefix: str, insert_best_after: str, individual: str,
@@ -76,9 +78,11 @@ def seeds(runs: list[dict], out_prefix: str | Path, sweep_prefix: str, insert_be
     if len(by_seed) != len(runs):
         raise ValueError(f"seeds: a fine-tuning seed appears twice in {[r['seed'] for r in runs]}")
     frames = {s: {name: pd.read_parquet(path) for name, path in rows.items()} for s, rows in by_seed.items()}
+    made_by = provenance.table_provenance({f"seed {s}: {name}": provenance.read_record(path)
+                                           for s, rows in by_seed.items() for name, path in rows.items()})
     results = seeds_results(frames, sweep_prefix=sweep_prefix, insert_best_after=insert_best_after,
                             individual=individual, target=target, bootstrap=bootstrap, seed=seed)
-    text = write_seeds(results, out_prefix, target)
+    text = write_seeds(results, out_prefix, target, provenance=made_by)
     save_figure(seed_averages(results["per_seed"], target), out_prefix)
     if ablations:
         text += "\n" + seeds_ablations(ablations, out_prefix, bootstrap, seed)

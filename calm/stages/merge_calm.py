@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from calm import artifacts, resume, vectors
+from calm import artifacts, provenance, resume, vectors
 from calm.config import CalmConfig
 from calm.families.base import Family
 from calm.inference import predict_logits
@@ -123,11 +123,12 @@ def calm_step(family: Family, tau_prev: str | Path, model_dir: str | Path,
         "final_active_fraction": result.trace[-1]["active_fraction"] if result.trace else 0.0,
         "numel": vectors.numel(theta0),
         "settings": cfg.model_dump(),
+        "compute": provenance.family_record(family),
     }
     with atomic_dir(out_dir) as tmp:
-        # Timings and checkpointing stay out of the vector's metadata: same seed, same bytes.
+        # Timings, machine and checkpointing stay out of the vector's metadata: same seed, same bytes.
         artifacts.write_vector(result.tau, tmp / "tau.safetensors",
-                               {**{k: x for k, x in summary.items() if k != "seconds"},
+                               {**{k: x for k, x in summary.items() if k not in ("seconds", "compute")},
                                 "settings": cfg.model_dump(exclude={"checkpoint_every"})})
         write_tensors(packed, tmp / "mask.safetensors", metadata=shapes)
         pd.DataFrame(result.trace).to_csv(tmp / "trace.csv", index=False)

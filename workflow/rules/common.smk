@@ -355,7 +355,7 @@ def seeds_outputs():
     out = {
         "csv": report(f"{prefix}.csv", caption="../report/seeds.rst", category="Fine-tuning seeds"),
         "md": f"{prefix}.md",
-        "json": f"{prefix}.json",
+        "json": report(f"{prefix}.json", caption="../report/provenance.rst", category="Fine-tuning seeds"),
         "png": report(f"{prefix}.png", caption="../report/seeds_figure.rst", category="Fine-tuning seeds"),
         "pdf": f"{prefix}.pdf",
     }

@@ -66,7 +66,7 @@ rule table:
     output:
         csv=report(main_table("{rep}")["csv"], caption="../report/table.rst", category="Results"),
         md=main_table("{rep}")["md"],
-        json=main_table("{rep}")["json"],
+        json=report(main_table("{rep}")["json"], caption="../report/provenance.rst", category="Results"),
     params:
         rows=lambda w: " ".join(shlex.quote(f"{name}={path}") for name, path in table_rows(w.rep).items()),
         prefix=lambda w, output: output.md.removesuffix(".md"),
