@@ -14,6 +14,7 @@ import functools
 import json
 import os
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -68,8 +69,9 @@ def software() -> dict:
 def compute_record(device: str, bf16: bool, gpu: str | None = None) -> dict:
     """What one computing job ran on: its device, the GPU's name (CUDA) or the CPU and its bf16
     flags, and the precision its matmuls used (bf16 autocast or fp32)."""
+    torch = sys.modules.get("torch")  # its own version names the build (+cu130, +cpu)
     return {"device": device, "precision": "bf16" if bf16 else "fp32", **({"gpu": gpu} if gpu else cpu()),
-            "torch": version("torch")}
+            "torch": torch.__version__ if torch is not None else version("torch")}
 
 
 def family_record(family) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -47,6 +48,25 @@ def test_end_to_end_writes_every_artefact(pico_run):
     assert set(preds["task"]) == set(WORDS) and {"idx", "label", "pred"} <= set(preds.columns)
     for folder in ("fetch_data", "finetune", "score", "merge", "evaluate"):
         assert any((work / "logs" / folder).iterdir())
+
+
+def test_the_table_json_says_what_produced_it(pico_run):
+    """The precision the evaluations ran in (this CPU's: bf16 only where torch computes it
+    natively), the CPU, and the commit of this checkout."""
+    import subprocess
+
+    import torch
+    made_by = json.loads((pico_run / "results/tables/main.json").read_text())["provenance"]
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert made_by["precision"] == ["bf16" if native else "fp32"]
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert head and made_by["commit"].startswith(head)
+    assert torch.__version__.startswith(made_by["torch"]) and made_by["transformers"] != "unknown"
+    assert {r["torch"] for r in made_by["rows"].values()} == {torch.__version__}
+    assert [m["device"] for m in made_by["machines"]] == ["cpu"] and made_by["machines"][0]["cpu"]
+    assert set(made_by["rows"]) == set(pd.read_csv(pico_run / "results/tables/main.csv", index_col=0).index)
+    step = json.loads((pico_run / "results/merge/calm/default/step1-mood/summary.json").read_text())
+    assert step["compute"]["precision"] == made_by["precision"][0]
 
 
 def test_every_baseline_writes_a_model_and_what_it_learned(pico_run):
@@ -169,7 +189,7 @@ def test_paper_items_and_the_report(pico_run, tmp_path):
     report = tmp_path / "report.html"
     snakemake(work, "--report", str(report), "all", *PAPER_FROM_MAIN_RUN)
     text = report.read_text()
-    assert "fig3_normalised.png" in text and "table1_main.html" in text
+    assert "fig3_normalised.png" in text and "table1_main.html" in text and "main.json" in text
 
 
 def test_ablations_dry_run_reuses_the_default_merge(pico_run):
