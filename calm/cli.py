@@ -19,6 +19,7 @@ from calm import config as cfgmod
 from calm.config.baselines import BaselineName, BaselinesConfig
 from calm.config.files import error_line, json_schema, load_config
 from calm.flags import add_model, add_section, json_arg, model_section, pairs, records, section_from
+from calm.methods import single_model_bases
 
 
 def _family(args: argparse.Namespace):
@@ -79,8 +80,7 @@ def _baseline_sections() -> dict[str, type[BaseModel]]:
 
 def cmd_merge_baseline(a):
     from calm.stages.baselines import merge_baseline
-    cfg = BaselinesConfig(task_arithmetic_lambda=a.lam, **{
-        name: section_from(a, cls, prefix=f"{name}_") for name, cls in _baseline_sections().items()})
+    cfg = _baselines_config(a)
     tasks = None
     if a.inputs or a.heads or a.scores:
         inputs, heads, scores = (pairs(v or [], flag) for v, flag in
@@ -91,16 +91,21 @@ def cmd_merge_baseline(a):
     logging.info("%s merged %d models in %.1f s", summary["label"], len(a.models), summary["seconds"])
 
 
+def _baselines_config(a) -> BaselinesConfig:
+    return BaselinesConfig(task_arithmetic_lambda=a.lam, **{
+        name: section_from(a, cls, prefix=f"{name}_") for name, cls in _baseline_sections().items()})
+
+
 def cmd_calm_base(a):
     from calm.stages.merge_calm import calm_base
-    calm_base(_family(a), a.models, a.lam, a.out)
+    calm_base(_family(a), a.models, a.lam, a.out, base=a.base, cfg=_baselines_config(a))
 
 
 def cmd_calm_step(a):
     from calm.stages.merge_calm import calm_step
     visible = records(a.visible, "--visible", "task", ("inputs", "head", "credible"))
     cfg = cfgmod.CalmConfig(sequential=[visible[-1]["task"]], **{
-        n: getattr(a, n) for n in cfgmod.CalmConfig.model_fields if n not in ("sequential", "efficient_lambda")})
+        n: getattr(a, n) for n in cfgmod.CalmConfig.model_fields if n not in ("sequential", "efficient_lambda", "base")})
     trace_tasks = records(a.trace_eval, "--trace-eval", "task", ("inputs", "head"))
     summary = calm_step(_family(a), a.tau_prev, a.model, visible, cfg, a.step, a.out, trace_tasks=trace_tasks)
     logging.info("step %d (%s): %d → %.3e active after %d iterations, %.1f s", a.step, summary["task"],
@@ -190,6 +195,11 @@ def cmd_validate(a):
 
 # --- parser -----------------------------------------------------------------------------------
 
+def _add_baseline_sections(p: argparse.ArgumentParser) -> None:
+    for name, cls in _baseline_sections().items():
+        add_section(p, cls, prefix=f"{name}_")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m calm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
@@ -264,14 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="λ of task arithmetic (default: 0.3)")
     p.add_argument("--out", required=True, type=Path, help="output: the merged checkpoint folder")
     p.add_argument("--summary", type=Path, help="output: JSON with the settings, time and what the method learned")
-    for name, cls in _baseline_sections().items():
-        add_section(p, cls, prefix=f"{name}_")
+    _add_baseline_sections(p)
 
-    p = command("calm-base", cmd_calm_base, "CALM's efficient part: τ = λ Σ τ_t over the tasks of S.")
+    p = command("calm-base", cmd_calm_base, "CALM's efficient part: τ = λ Σ τ_t over the tasks of S, or their "
+                "merge by another single-model method (--base).")
     add_model(p)
     p.add_argument("--models", required=True, nargs="+", type=Path)
-    p.add_argument("--lam", type=float, default=0.3)
+    p.add_argument("--lam", type=float, default=0.3, help="λ of the task_arithmetic base (calm.efficient_lambda)")
+    p.add_argument("--base", default="task_arithmetic", choices=single_model_bases(),
+                   help="the merge of S (calm.base); its settings are its baselines section's flags")
     p.add_argument("--out", required=True, type=Path)
+    _add_baseline_sections(p)
 
     p = command("calm-step", cmd_calm_step, "Merge one sequential task with a consensus-aware mask.")
     add_model(p)
@@ -283,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--trace-eval", nargs="*", default=[],
                    help="TASK=INPUTS,HEAD for every task the trace evaluates (with --trace-eval-every)")
-    add_section(p, cfgmod.CalmConfig, exclude=("sequential", "efficient_lambda"))
+    add_section(p, cfgmod.CalmConfig, exclude=("sequential", "efficient_lambda", "base"))
 
     p = command("mask-parts", cmd_mask_parts,
                 "Checkpoints θ0+τ1, θ0+(1−M)τ1 and θ0+Mτ2 of a CALM step's mask analysis.")

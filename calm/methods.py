@@ -76,3 +76,9 @@ METHODS: dict[str, Method] = {
     "emr": Method("emr:emr_merge", "EMR-Merging (a model per task)", ("emr",), options=_section("emr"),
                   per_task=True),
 }
+
+
+def single_model_bases() -> list[str]:
+    """The methods CALM's efficient part may merge S with (calm.base): one model from the task
+    vectors alone, no data and no per-task checkpoint."""
+    return [name for name, m in METHODS.items() if not m.needs and not m.per_task]

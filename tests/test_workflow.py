@@ -145,6 +145,17 @@ def test_changing_the_mask_lr_reruns_only_merge_evaluation_and_table(pico_run):
     assert jobs == {"calm_step": 1, "calm_model": 1, "evaluate": 1, "table": 1, "all": 1}
 
 
+def test_another_calm_base_reruns_calm_from_its_base_with_that_methods_settings(pico_run):
+    work = pico_run
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["calm"]["base"] = "ties"
+    (work / "changed.yaml").write_text(yaml.safe_dump(config))
+    out = snakemake(work, "-n", "-p", "--configfile", str(work / "changed.yaml"))
+    jobs = planned_jobs(out.stdout + out.stderr)
+    assert jobs == {"calm_base": 1, "calm_step": 1, "calm_model": 1, "evaluate": 1, "table": 1, "all": 1}
+    assert "--lam 0.3 --base ties --ties-k 0.2 --ties-lam 0.3 --ties-merge sum --models" in out.stdout
+
+
 def test_changing_one_baseline_setting_reruns_only_the_methods_that_read_it(pico_run):
     work = pico_run
     config = yaml.safe_load((work / "config.yaml").read_text())

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from calm.config.baselines import BaselinesConfig
+from calm.config.baselines import BaselineName, BaselinesConfig
 from calm.config.section import Section
 
 
@@ -140,7 +140,12 @@ class SelectConfig(Section):
 
 class CalmConfig(Section):
     sequential: list[str] = Field(min_length=1, description="S̄: the tasks merged one at a time, in this order.")
-    efficient_lambda: float = Field(0.3, gt=0, description="λ of the task-arithmetic merge of S.")
+    efficient_lambda: float = Field(0.3, gt=0, description="λ of the task-arithmetic merge of S (base: task_arithmetic).")
+    base: BaselineName = Field(
+        "task_arithmetic", description="The efficient part's merge of S: task_arithmetic (the paper's, at "
+        "efficient_lambda) or another single-model method of the baselines that works on task vectors alone "
+        "(weight_averaging, ties, consensus_ta, consensus_ties, tsv, iso_c, iso_cts, wudi), with the settings of "
+        "its baselines section (baselines.tsv, …).")
     iterations: int = Field(100, gt=0, description="Mask-optimisation iterations per sequential task.")
     batch_size: int = Field(128, gt=0)
     batches_per_task: int = Field(2, gt=0, description="Fresh batches per visible task per iteration.")
@@ -286,6 +291,10 @@ class Config(Section):
             raise ValueError(
                 f"calm.sequential has {len(self.calm.sequential)} tasks but data.tasks has {len(tasks)}: "
                 "at least one task must be merged by task arithmetic (S may not be empty)")
+        from calm.methods import single_model_bases
+        if self.calm.base not in single_model_bases():
+            raise ValueError(f"calm.base '{self.calm.base}' is not a merge of task vectors alone into one model; "
+                             f"allowed: {', '.join(single_model_bases())}")
         for n in self.ablations.n_seq or []:
             if not 1 <= n < len(tasks):
                 raise ValueError(f"ablations.n_seq: {n} is outside 1 … {len(tasks) - 1} (T − 1)")

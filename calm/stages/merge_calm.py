@@ -14,27 +14,45 @@ import torch.nn.functional as F
 
 from calm import artifacts, provenance, resume, vectors
 from calm.config import CalmConfig
+from calm.config.baselines import BaselinesConfig
 from calm.families.base import Family
 from calm.inference import predict_logits
 from calm.io import atomic_dir, write_tensors
 from calm.merging.calm import layer_fractions, optimise_mask
 from calm.merging.mask import pack
 from calm.merging.task_arithmetic import task_arithmetic
+from calm.methods import METHODS, single_model_bases
 from calm.stages.family import task_vectors
 
 log = logging.getLogger("calm")
+# calm.base is calm_base's setting: a step only sees τ_prev, so the step's records leave it out
+# (and stay what they were before calm.base existed).
+NOT_STEP = {"base"}
 
 
-def calm_base(family: Family, model_dirs: list[str | Path], lam: float, out: str | Path) -> None:
-    """τ_seq^(0) = λ Σ_{t∈S} τ_t, the efficient part of CALM."""
+def calm_base(family: Family, model_dirs: list[str | Path], lam: float, out: str | Path,
+              base: str = "task_arithmetic", cfg: BaselinesConfig = BaselinesConfig()) -> None:
+    """τ_seq^(0), the efficient part of CALM: λ Σ_{t∈S} τ_t (base task_arithmetic, the paper's),
+    or the merge of the τ_t of S by another single-model registry method at the settings of its
+    baselines section in `cfg` (docs/design.md §1.1)."""
     theta0 = family.pretrained_state()
-    tau = task_arithmetic(list(task_vectors(family, theta0, model_dirs)), lam=lam)
-    artifacts.write_vector(tau, out, {"lambda": lam, "tasks": [str(d) for d in model_dirs]})
+    taus = list(task_vectors(family, theta0, model_dirs))
+    tasks = [str(d) for d in model_dirs]
+    if base == "task_arithmetic":
+        artifacts.write_vector(task_arithmetic(taus, lam=lam), out, {"lambda": lam, "tasks": tasks})
+        return
+    if base not in single_model_bases():
+        raise ValueError(f"calm base '{base}' is not a merge of task vectors alone into one model; "
+                         f"allowed: {', '.join(single_model_bases())}")
+    spec = METHODS[base]
+    options = spec.options(cfg)
+    family.train_mode(False)
+    artifacts.write_vector(spec(taus, **options), out, {"base": base, "settings": options, "tasks": tasks})
 
 
 def _resume_key(family: Family, cfg: CalmConfig, step: int, visible: list[dict], tensors: list) -> str:
     """Everything the mask loop's course depends on; a resume file is used only if it matches."""
-    settings = {"calm": cfg.model_dump(exclude={"checkpoint_every"}), "step": step,
+    settings = {"calm": cfg.model_dump(exclude={"checkpoint_every"} | NOT_STEP), "step": step,
                 "visible": [v["task"] for v in visible], "device": family.device.type,
                 "family": type(family).__name__,
                 "family_settings": {key: val for key, val in vars(family).items()
@@ -122,14 +140,14 @@ def calm_step(family: Family, tau_prev: str | Path, model_dir: str | Path,
         "initial_active": result.initial_active,
         "final_active_fraction": result.trace[-1]["active_fraction"] if result.trace else 0.0,
         "numel": vectors.numel(theta0),
-        "settings": cfg.model_dump(),
+        "settings": cfg.model_dump(exclude=NOT_STEP),
         "compute": provenance.family_record(family),
     }
     with atomic_dir(out_dir) as tmp:
         # Timings, machine and checkpointing stay out of the vector's metadata: same seed, same bytes.
         artifacts.write_vector(result.tau, tmp / "tau.safetensors",
                                {**{k: x for k, x in summary.items() if k not in ("seconds", "compute")},
-                                "settings": cfg.model_dump(exclude={"checkpoint_every"})})
+                                "settings": cfg.model_dump(exclude={"checkpoint_every"} | NOT_STEP)})
         write_tensors(packed, tmp / "mask.safetensors", metadata=shapes)
         pd.DataFrame(result.trace).to_csv(tmp / "trace.csv", index=False)
         pd.DataFrame(layer_fractions(result.mask)).to_csv(tmp / "layers.csv", index=False)

@@ -217,7 +217,7 @@ def visible_flag(variant, k, rep=""):
 
 
 def calm_flags(variant):
-    return render_flags(VARIANTS[variant].calm, exclude=("sequential", "efficient_lambda", "checkpoint_every"))
+    return render_flags(VARIANTS[variant].calm, exclude=("sequential", "efficient_lambda", "base", "checkpoint_every"))
 
 
 def traced(variant):

@@ -1,5 +1,20 @@
+from types import SimpleNamespace
+
+
 # A CALM run is a named variant (VARIANTS, common.smk): its settings, S̄ order and credible
 # sets. results/merge/calm/default/ is the config's own calm section.
+
+
+def calm_base_flags(variant):
+    """--base and the flags of its baselines section, for a base other than the paper's task
+    arithmetic; for that one nothing, not even in Snakemake's record of params, so that the
+    default's command and a finished run's jobs stay what they were before calm.base existed."""
+    base = VARIANTS[variant].calm.base
+    if base == "task_arithmetic":
+        return Untracked("")
+    return f"--base {base} {baseline_settings(SimpleNamespace(method=base))} "
+
+
 rule calm_base:
     input:
         model=PRETRAINED,
@@ -9,6 +24,7 @@ rule calm_base:
     params:
         model=MODEL_FLAGS,
         lam=lambda w: VARIANTS[w.variant].calm.efficient_lambda,
+        base=lambda w: calm_base_flags(w.variant),
     threads: CFG.threads
     resources:
         **job_resources("calm_base", gpu=True),
@@ -18,7 +34,7 @@ rule calm_base:
     conda:
         "../../environment.yml"
     shell:
-        "python -m calm calm-base {params.model} --threads {threads} --lam {params.lam} "
+        "python -m calm calm-base {params.model} --threads {threads} --lam {params.lam} {params.base}"
         "--models {input.finetuned} --out {output} 2> {log}"
 
 
