@@ -44,7 +44,7 @@ def cmd_fetch_data(a):
     from calm.stages.data import fetch_data
     fetch_data(a.task, a.out, a.wheels, a.n_train, a.n_pool, a.n_test, a.seed,
                custom=cfgmod.LocalTask.model_validate_json(a.custom) if a.custom else None,
-               hf=cfgmod.HFTask.model_validate_json(a.hf) if a.hf else None, cache=a.cache)
+               hf=cfgmod.HFTask.model_validate_json(a.hf) if a.hf else None, cache=a.cache, n_val=a.n_val)
 
 
 def cmd_prepare(a):
@@ -156,6 +156,13 @@ def cmd_evaluate_task_arithmetic(a):
                                       pairs(a.heads, "--heads"), a.batch_size)
     for lam, frame in frames.items():
         logging.info("λ=%s: average accuracy %.4f", lam, average(accuracy(frame)))
+
+
+def cmd_evaluate_validated(a):
+    from calm.stages.evaluation import evaluate_validated
+    summary = evaluate_validated(_family(a), a.model, a.scale, a.grid, pairs(a.inputs, "--inputs"),
+                                 pairs(a.heads, "--heads"), a.batch_size, a.out, a.curve)
+    logging.info("chosen on validation: ×%g (of %s)", summary["chosen"], a.grid)
 
 
 def cmd_table(a):
@@ -348,6 +355,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outs", required=True, nargs="+", help="LAMBDA=PREDICTIONS for each λ")
     p.add_argument("--inputs", required=True, nargs="+", help="TASK=INPUTS")
     p.add_argument("--heads", required=True, nargs="+", help="TASK=HEAD")
+    add_section(p, cfgmod.EvaluateConfig, exclude=("bootstrap", "seed"))
+
+    p = command("evaluate-validated", cmd_evaluate_validated,
+                "A merge's scale (λ or α) chosen on the tasks' val splits; test predictions at it.")
+    add_model(p)
+    p.add_argument("--model", required=True, type=Path, help="the merged checkpoint at --scale")
+    p.add_argument("--scale", required=True, type=float, help="the scale (λ or α) the checkpoint was merged at")
+    p.add_argument("--grid", required=True, type=lambda s: [float(x) for x in s.split(",") if x], metavar="A,B,...",
+                   help="the scales to choose from")
+    p.add_argument("--inputs", required=True, nargs="+", help="TASK=INPUTS (with a val split)")
+    p.add_argument("--heads", required=True, nargs="+", help="TASK=HEAD")
+    p.add_argument("--out", required=True, type=Path, help="output: test predictions at the chosen scale")
+    p.add_argument("--curve", required=True, type=Path, help="output: JSON, val accuracy at every scale, the choice")
     add_section(p, cfgmod.EvaluateConfig, exclude=("bootstrap", "seed"))
 
     p = command("table", cmd_table, "The results table (CSV, Markdown, JSON with bootstrap intervals).")

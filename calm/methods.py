@@ -37,6 +37,10 @@ class Method:
     # Not one model: fn returns an EMR-style result from which each task's own vector is built
     # (calm.merging.emr.emr_task_vector); each task is evaluated with its own checkpoint.
     per_task: bool = False
+    # The option that scales the whole merged vector (λ or α; fn is linear in it), and the
+    # grid (a BaselinesConfig key) it is chosen from on the validation split; "": no scale.
+    scale: str = ""
+    scale_grid: str = ""
 
     @property
     def fn(self) -> Callable:
@@ -52,15 +56,19 @@ def _section(name: str, drop: tuple[str, ...] = ("seed",)):
     return lambda cfg: getattr(cfg, name).model_dump(exclude=set(drop))
 
 
+_LAMBDA = {"scale": "lam", "scale_grid": "lambda_grid"}
+_ALPHA = {"scale": "alpha", "scale_grid": "alpha_grid"}
+
 METHODS: dict[str, Method] = {
     "weight_averaging": Method("weight_averaging:weight_averaging", "Weight averaging"),
     "task_arithmetic": Method("task_arithmetic:task_arithmetic", "Task arithmetic", ("task_arithmetic_lambda",),
-                              options=lambda cfg: {"lam": cfg.task_arithmetic_lambda}),
-    "ties": Method("ties:ties", "TIES", ("ties",), options=_section("ties")),
-    "consensus_ta": Method("consensus:consensus_ta", "Consensus TA", ("consensus",), options=_section("consensus")),
+                              options=lambda cfg: {"lam": cfg.task_arithmetic_lambda}, **_LAMBDA),
+    "ties": Method("ties:ties", "TIES", ("ties",), options=_section("ties"), **_LAMBDA),
+    "consensus_ta": Method("consensus:consensus_ta", "Consensus TA", ("consensus",), options=_section("consensus"),
+                           **_LAMBDA),
     "consensus_ties": Method("consensus:consensus_ties", "Consensus TIES", ("consensus", "ties"),
                              options=lambda cfg: {**cfg.consensus.model_dump(), "k": cfg.ties.k,
-                                                  "merge": cfg.ties.merge}),
+                                                  "merge": cfg.ties.merge}, **_LAMBDA),
     "localize_stitch": Method("localize_stitch:stitch", "Localize-and-Stitch", ("localize_stitch",),
                               ("inputs", "head"), adapter="localize_stitch"),
     "adamerging_task": Method("adamerging:adamerging", "AdaMerging (task-wise)", ("adamerging",),
@@ -69,10 +77,11 @@ METHODS: dict[str, Method] = {
                                ("inputs", "head"), bound={"granularity": "layer"}, adapter="adamerging"),
     "fisher": Method("fisher:fisher_merge", "Fisher", ("fisher",), ("inputs", "head", "scores"), adapter="fisher"),
     "regmean": Method("regmean:regmean", "RegMean", ("regmean",), ("inputs",), adapter="regmean"),
-    "tsv": Method("tsv:tsv_merge", "TSV-Merge", ("tsv",), options=_section("tsv")),
-    "iso_c": Method("iso:iso_c", "Iso-C", ("iso_c",), options=_section("iso_c")),
-    "iso_cts": Method("iso:iso_cts", "Iso-CTS", ("iso_cts",), options=_section("iso_cts")),
-    "wudi": Method("wudi:wudi", "WUDI-Merging", ("wudi",), options=_section("wudi")),
+    "tsv": Method("tsv:tsv_merge", "TSV-Merge", ("tsv",), options=_section("tsv"), **_ALPHA),
+    "iso_c": Method("iso:iso_c", "Iso-C", ("iso_c",), options=_section("iso_c"), **_ALPHA),
+    "iso_cts": Method("iso:iso_cts", "Iso-CTS", ("iso_cts",), options=_section("iso_cts"), **_ALPHA),
+    # WUDI has no scale of its own: α multiplies its solution on the validation split only.
+    "wudi": Method("wudi:wudi", "WUDI-Merging", ("wudi",), options=_section("wudi"), scale_grid="alpha_grid"),
     "emr": Method("emr:emr_merge", "EMR-Merging (a model per task)", ("emr",), options=_section("emr"),
                   per_task=True),
 }
@@ -82,3 +91,9 @@ def single_model_bases() -> list[str]:
     """The methods CALM's efficient part may merge S with (calm.base): one model from the task
     vectors alone, no data and no per-task checkpoint."""
     return [name for name, m in METHODS.items() if not m.needs and not m.per_task]
+
+
+def validated_methods() -> list[str]:
+    """The methods whose scale may be chosen on the validation split: one model from the task
+    vectors alone, linear in a scale (their own λ or α, or one put on their result)."""
+    return [name for name in single_model_bases() if METHODS[name].scale_grid]

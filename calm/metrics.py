@@ -19,6 +19,14 @@ def average(per_task: dict[str, float]) -> float:
     return float(np.mean(list(per_task.values())))
 
 
+def chosen_scale(scores: dict[float, float]) -> float:
+    """The scale with the highest score (validation accuracy); on a tie the first in grid order."""
+    if not scores:
+        raise ValueError("no scale to choose from: the grid is empty")
+    order = list(scores)
+    return max(order, key=lambda k: (scores[k], -order.index(k)))
+
+
 def normalised(per_task: dict[str, float], individual: dict[str, float]) -> dict[str, float]:
     """Merged accuracy divided by the individual (fine-tuned) model's, per task."""
     return {t: per_task[t] / individual[t] if individual[t] else float("nan") for t in per_task}

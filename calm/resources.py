@@ -68,6 +68,7 @@ NEEDS = {
     "calm_model": Need(3),
     "evaluate": Need(3, "all", ("test",)),
     "evaluate_task_arithmetic": Need(4, "all", ("test",)),
+    "evaluate_validated": Need(4, "all", ("test",)),
     "merge_baseline": Need(5, "all", ("train", "pool")),
     "mask_parts": Need(5),
     "ablation_topk": Need(4),
@@ -132,6 +133,9 @@ def examples(cfg: Config, rule: str) -> float:
         return test / 3
     if rule == "evaluate_task_arithmetic":
         return (len(b.lambda_grid) + 1) * test / 3
+    if rule == "evaluate_validated":
+        grid = max(len(b.lambda_grid), len(b.alpha_grid))
+        return (grid * cfg.data.n_val * len(tasks) + test) / 3
     if rule == "merge_baseline":
         t = len(tasks)
         return max(b.adamerging.steps * t * b.adamerging.batches_per_task * b.adamerging.batch_size / 3,

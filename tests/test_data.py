@@ -357,6 +357,23 @@ def test_prepare_local_task(tmp_path):
     assert (full["text"].to_numpy()[test["idx"]] == test["text"].to_numpy()).all()
 
 
+def test_prepare_with_a_val_split_writes_the_other_splits_byte_for_byte_as_without(tmp_path):
+    p = tmp_path / "reviews.csv"
+    rows = [(f"great {i}", "pos") for i in range(10)] + [(f"awful {i}", "neg") for i in range(10)]
+    pd.DataFrame(rows, columns=["review", "y"]).to_csv(p, index=False)
+    spec = {"path": str(p), "text_column": "review", "label_column": "y", "classes": ["neg", "pos"]}
+    plain = prepare_task(spec, tmp_path / "plain", tmp_path / "unused", n_train=4, n_pool=2, n_test=4, seed=0)
+    info = prepare_task(spec, tmp_path / "val", tmp_path / "unused", n_train=4, n_pool=2, n_test=4, seed=0, n_val=4)
+    for split in ("train", "pool", "test"):
+        assert (tmp_path / "val" / f"{split}.parquet").read_bytes() == (tmp_path / "plain" / f"{split}.parquet").read_bytes()
+    assert "splits" not in plain and not (tmp_path / "plain" / "val.parquet").exists()
+    assert info["splits"] == ["train", "pool", "test", "val"] and info["sizes"]["val"] == 4
+    assert info["class_counts"]["val"] == [2, 2] and info["requested"]["val"] == 4
+    val = set(pd.read_parquet(tmp_path / "val" / "val.parquet")["idx"])
+    for split in ("train", "pool", "test"):
+        assert not val & set(pd.read_parquet(tmp_path / "val" / f"{split}.parquet")["idx"])
+
+
 def test_local_task_dict_validation(tmp_path):
     with pytest.raises(ValueError, match="classes"):
         LocalTask.model_validate({"path": "x.csv", "classes": ["a"]})

@@ -68,3 +68,23 @@ def test_splits_reject_duplicate_texts():
         make_splits(df, 1, 1, 1, 0, 2)
 
 
+
+
+def test_a_val_split_leaves_train_pool_and_test_as_they_were_and_overlaps_none():
+    df = _frame([12, 12, 12])
+    plain = make_splits(df, n_train=9, n_pool=6, n_test=6, seed=0, n_classes=3)
+    with_val = make_splits(df, n_train=9, n_pool=6, n_test=6, seed=0, n_classes=3, n_val=6)
+    assert "val" not in plain and list(with_val) == ["train", "pool", "test", "val"]
+    for k in plain:
+        pd.testing.assert_frame_equal(plain[k], with_val[k])
+    val = set(with_val["val"]["idx"])
+    assert len(val) == 6 and np.bincount(with_val["val"]["label"], minlength=3).tolist() == [2, 2, 2]
+    for k in ("train", "pool", "test"):
+        assert not val & set(with_val[k]["idx"]), f"val overlaps {k}"
+
+
+def test_a_val_split_larger_than_the_rows_left_takes_them_all_and_says_so():
+    df = _frame([10, 10])
+    s, notes = split_with_notes(df, n_train=6, n_pool=6, n_test=4, seed=0, n_classes=2, n_val=10)
+    assert len(s["val"]) == 20 - 16 and "val: asked for 10 rows, only 4 left" in notes
+    assert set(s["val"]["idx"]) == set(range(20)) - set().union(*(set(s[k]["idx"]) for k in ("train", "pool", "test")))

@@ -81,6 +81,65 @@ def test_score_writes_entropy_and_pseudo_labels_of_the_logits(family, task_dir, 
     assert frame["pseudo_label"].tolist() == logits.argmax(-1).tolist()
 
 
+@pytest.fixture(scope="module")
+def val_task(family, task_dir, tmp_path_factory):
+    """The toy task with a val split that task.json lists, encoded, and its head."""
+    import json
+    import shutil
+    folder = tmp_path_factory.mktemp("val") / "task"
+    shutil.copytree(task_dir, folder)
+    write_parquet(pd.DataFrame({"idx": range(30, 38), "text": [f"{w} val {i}" for i, w in enumerate(["good", "bad"] * 4)],
+                                "label": [0, 1] * 4}), folder / "val.parquet")
+    meta = json.loads((folder / "task.json").read_text())
+    write_json({**meta, "splits": ["train", "pool", "test", "val"]}, folder / "task.json")
+    preprocess(family, folder, folder / "inputs.safetensors")
+    build_head(family, folder, folder / "head.safetensors")
+    return folder
+
+
+def test_a_val_split_that_task_json_lists_is_encoded_with_the_others(val_task):
+    val = artifacts.read_inputs(val_task / "inputs.safetensors", "val")
+    assert val["idx"].tolist() == list(range(30, 38)) and val["label"].tolist() == [0, 1] * 4
+    assert artifacts.read_inputs(val_task / "inputs.safetensors", "test")["idx"].tolist() == list(range(18, 24))
+
+
+def test_chosen_scale_is_the_best_on_validation_and_the_first_on_a_tie():
+    from calm.metrics import chosen_scale
+    assert chosen_scale({0.2: 0.5, 0.3: 0.7, 0.4: 0.7, 0.5: 0.6}) == 0.3
+    assert chosen_scale({1.4: 0.9, 0.6: 0.1}) == 1.4
+    with pytest.raises(ValueError, match="grid is empty"):
+        chosen_scale({})
+
+
+def test_a_scale_chosen_on_validation_rescales_the_merge_it_is_given(family, val_task, tmp_path):
+    """A 'merge' θ0 + 0.5 d (d: a fixed random direction) evaluated at ×0, ×1, ×4: the curve
+    holds the val accuracy of θ0 + g d built directly, and the test predictions are those of
+    θ0 + g* d at the best g."""
+    import json
+
+    from calm.metrics import accuracy, average
+    from calm.stages.evaluation import evaluate_validated
+    from calm.stages.family import predictions
+    theta0 = family.pretrained_state()
+    gen = torch.Generator().manual_seed(0)
+    d = {n: 0.5 * torch.randn(t.shape, generator=gen) * t.float().std().clamp(min=1e-3) for n, t in theta0.items()}
+    family.save({n: theta0[n] + 0.5 * d[n] for n in theta0}, tmp_path / "merged")
+    files = {"toy": val_task / "inputs.safetensors"}, {"toy": val_task / "head.safetensors"}
+    summary = evaluate_validated(family, tmp_path / "merged", 0.5, [0.0, 1.0, 4.0], *files, 16,
+                                 tmp_path / "out.parquet", tmp_path / "curve.json")
+
+    def direct(g, split):
+        params = {n: theta0[n] + g * d[n] for n in theta0}
+        return predictions(family, params, "toy", *(f["toy"] for f in files), 16, split=split)
+
+    by_hand = {g: 100 * average(accuracy(direct(g, "val"))) for g in (0.0, 1.0, 4.0)}
+    assert {r["scale"]: r["accuracy"] for r in summary["val_accuracy"]} == pytest.approx(by_hand)
+    best = max(by_hand, key=lambda g: (by_hand[g], -g))
+    assert summary["chosen"] == best and json.loads((tmp_path / "curve.json").read_text())["chosen"] == best
+    assert summary["val_examples"] == {"toy": 8}
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "out.parquet"), direct(best, "test"))
+
+
 def test_preprocess_rejects_a_label_outside_the_head(family, task_dir, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -156,6 +156,22 @@ def test_another_calm_base_reruns_calm_from_its_base_with_that_methods_settings(
     assert "--lam 0.3 --base ties --ties-k 0.2 --ties-lam 0.3 --ties-merge sum --models" in out.stdout
 
 
+def test_a_val_split_adds_a_row_chosen_on_validation_per_scaled_baseline(pico_run):
+    from calm.methods import validated_methods
+    work = pico_run
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["data"]["n_val"] = 6
+    (work / "changed.yaml").write_text(yaml.safe_dump(config))
+    out = snakemake(work, "-n", "-p", "--configfile", str(work / "changed.yaml"))
+    jobs = planned_jobs(out.stdout + out.stderr)
+    assert jobs["evaluate_validated"] == len(validated_methods()) == 8 and jobs["fetch_data"] == 3
+    text = out.stdout
+    assert "--n-val 6" in text
+    assert "--model results/merge/baselines/ties/model --scale 0.3 --grid 0.3,0.6 " in text
+    assert "--model results/merge/baselines/wudi/model --scale 1.0 --grid 0.6,0.8,1,1.2,1.4 " in text
+    assert shlex.quote("TIES (chosen on validation)=results/eval/validated/ties.parquet") in text
+
+
 def test_changing_one_baseline_setting_reruns_only_the_methods_that_read_it(pico_run):
     work = pico_run
     config = yaml.safe_load((work / "config.yaml").read_text())

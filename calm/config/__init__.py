@@ -103,6 +103,9 @@ class DataConfig(Section):
     n_train: int = Field(1000, gt=0, description="Fine-tuning examples per task.")
     n_pool: int = Field(400, gt=0, description="Unlabeled pool per task (what the merging methods may use).")
     n_test: int = Field(800, gt=0, description="Class-balanced test examples per task.")
+    n_val: int = Field(0, ge=0, description="Class-balanced validation examples per task, drawn from the rows "
+                       "train, pool and test leave (which it does not change); 0: no validation split. "
+                       "Built-in and custom tasks only.")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -113,6 +116,10 @@ class DataConfig(Section):
         both = sorted(set(self.custom) & set(self.hf))
         if both:
             raise ValueError(f"data.custom and data.hf both define {both}")
+        hf = [t for t in self.tasks if t in self.hf]
+        if self.n_val and hf:
+            raise ValueError(f"data.n_val: the validation split is drawn from built-in and custom tasks' rows; "
+                             f"the data.hf tasks {hf} have none (set data.n_val: 0)")
         return self
 
 

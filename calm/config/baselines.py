@@ -102,7 +102,12 @@ class BaselinesConfig(Section):
     task_arithmetic_lambda: float = Field(0.3, gt=0)
     lambda_grid: list[float] = Field(
         default_factory=lambda: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
-        description="λ values of the task-arithmetic sweep (the table reports the best).")
+        description="λ values of the task-arithmetic sweep (the table reports the best, an oracle); with "
+        "data.n_val, also the λ the validation split chooses for task arithmetic, TIES and Consensus TA/TIES.")
+    alpha_grid: list[float] = Field(
+        default_factory=lambda: [0.6, 0.8, 1.0, 1.2, 1.4],
+        description="With data.n_val: the α the validation split chooses for TSV-Merge, Iso-C, Iso-CTS and WUDI "
+        "(WUDI's merged vector times α).")
     methods: list[BaselineName] = Field(
         default_factory=lambda: list(typing.get_args(BaselineName)),
         description="Baselines the main table runs (task_arithmetic: its λ row and the λ sweep).")

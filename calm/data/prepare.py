@@ -11,7 +11,7 @@ from typing import Any, Mapping, Union
 import numpy as np
 import pandas as pd
 
-from calm.data.splits import SPLITS, split_with_notes
+from calm.data.splits import SPLITS, VAL, split_with_notes
 from calm.config import LocalTask
 from calm.data.tasks import (TaskSpec, check_labels, clean_frame, get_task, load_local_task, local_source,
                              wheel_source)
@@ -39,9 +39,9 @@ def class_counts(df: pd.DataFrame, n_classes: int) -> list[int]:
 
 
 def prepare_task(task: TaskLike, out_dir: Path, wheel_dir: Path, n_train: int, n_pool: int,
-                 n_test: int, seed: int, name: str = "") -> dict[str, Any]:
-    """Load, clean and split a task; write train/pool/test.parquet (idx, text, label) and
-    task.json into `out_dir`. A built-in task is given by name (or TaskSpec); a user's file by
+                 n_test: int, seed: int, name: str = "", n_val: int = 0) -> dict[str, Any]:
+    """Load, clean and split a task; write train/pool/test.parquet (idx, text, label), with
+    n_val > 0 also val.parquet, and task.json into `out_dir`. A built-in task is given by name (or TaskSpec); a user's file by
     its config section (LocalTask, or the same as a dict) and `name` (default: the file's stem).
     Returns the task.json content."""
     task = resolve_task(task)
@@ -58,9 +58,12 @@ def prepare_task(task: TaskLike, out_dir: Path, wheel_dir: Path, n_train: int, n
     n_classes = len(task.classes)
     check_labels(df, n_classes, f"task {name}")
 
-    splits, notes = split_with_notes(df, n_train, n_pool, n_test, seed, n_classes)
-    for split in SPLITS:
+    splits, notes = split_with_notes(df, n_train, n_pool, n_test, seed, n_classes, n_val)
+    for split in splits:
         write_parquet(splits[split][["idx", "text", "label"]], out_dir / f"{split}.parquet")
+    # Without a val split, task.json is what it was before val existed (the encoded splits
+    # default to SPLITS); with one, it lists the splits to encode.
+    extra = {"splits": list(splits)} if n_val else {}
 
     info = {
         "name": name,
@@ -69,13 +72,14 @@ def prepare_task(task: TaskLike, out_dir: Path, wheel_dir: Path, n_train: int, n
         "prompt": task.prompt,
         "prompts": task.prompts(),
         "seed": seed,
-        "sizes": {split: len(splits[split]) for split in SPLITS},
-        "requested": {"train": n_train, "pool": n_pool, "test": n_test},
+        "sizes": {split: len(splits[split]) for split in splits},
+        "requested": {"train": n_train, "pool": n_pool, "test": n_test, **({VAL: n_val} if n_val else {})},
         "rows_after_cleaning": len(df),
-        "class_counts": {split: class_counts(splits[split], n_classes) for split in SPLITS},
+        "class_counts": {split: class_counts(splits[split], n_classes) for split in splits},
         "class_counts_all": class_counts(df, n_classes),
         "notes": notes,
         "source": source,
+        **extra,
     }
     write_json(info, out_dir / "task.json")
     return info

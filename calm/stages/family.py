@@ -35,8 +35,8 @@ def task_vectors(family: Family, theta0: Mapping[str, torch.Tensor],
 
 
 def predictions(family: Family, params: Mapping[str, torch.Tensor], task: str, inputs: str | Path,
-                head: str | Path, batch_size: int, desc: str | None = None) -> pd.DataFrame:
-    cache = artifacts.read_inputs(inputs, "test")
+                head: str | Path, batch_size: int, desc: str | None = None, split: str = "test") -> pd.DataFrame:
+    cache = artifacts.read_inputs(inputs, split)
     logits = predict_logits(family, params, cache, artifacts.read_head(head), batch_size,
                             desc=desc or f"evaluate {task}")
     return pd.DataFrame({"task": task, "idx": cache["idx"].numpy(), "label": cache["label"].numpy(),

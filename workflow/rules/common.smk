@@ -14,7 +14,7 @@ from calm import resources, sweeps
 from calm.config import Config
 from calm.config.files import ConfigError, validate_sweep_table
 from calm.flags import interpreter_first_on_path, render_flags
-from calm.methods import METHODS
+from calm.methods import METHODS, validated_methods
 from calm.paper.registry import ITEMS, item_digest, options_json, report_label
 from calm.sweeps import MASK_ROWS
 
@@ -301,8 +301,33 @@ def table_rows(rep=""):
             rows.update({f"Task arithmetic λ={lam}": ta[lam] for lam in LAMBDAS})
         else:
             rows[spec.label] = f"results{rep}/eval/baseline_{method}.parquet"
+        if method in VALIDATED:
+            rows[f"{spec.label}{ON_VALIDATION}"] = validated_eval(method, rep)["preds"]
     rows["CALM"] = f"results{rep}/eval/calm.parquet"
     return rows
+
+
+# --- scales chosen on the validation split (data.n_val; rule evaluate_validated) -------------
+
+# Each baseline of the table whose merge is linear in a scale gets a row at the scale the
+# tasks' val splits choose; none without a val split, so the default's table is as it was.
+VALIDATED = [m for m in validated_methods() if m in CFG.baselines.methods] if CFG.data.n_val else []
+ON_VALIDATION = " (chosen on validation)"
+
+
+def validated_eval(method, rep=""):
+    prefix = f"results{rep}/eval/validated/{method}"
+    return {"preds": f"{prefix}.parquet", "curve": f"{prefix}.json"}
+
+
+def validated_scale(method):
+    """The scale the baseline's own model was merged at (1 for a method without one: WUDI)."""
+    spec = METHODS[method]
+    return spec.options(CFG.baselines)[spec.scale] if spec.scale else 1.0
+
+
+def validated_grid(method):
+    return ",".join(f"{g:g}" for g in getattr(CFG.baselines, METHODS[method].scale_grid))
 
 
 def main_table(rep=""):

@@ -7,7 +7,7 @@ rule evaluate:
     output:
         "results{rep}/eval/{method}.parquet",
     wildcard_constraints:
-        method=r"(?!task_arithmetic_lam).+",  # evaluate_task_arithmetic's
+        method=r"(?!task_arithmetic_lam|validated/).+",  # evaluate_task_arithmetic's, evaluate_validated's
     params:
         model=MODEL_FLAGS,
         pairs=lambda w: " ".join(
@@ -58,6 +58,40 @@ rule evaluate_task_arithmetic:
     shell:
         "python -m calm evaluate-task-arithmetic {params.model} --threads {threads} --models {input.finetuned} "
         "--outs {params.outs} --inputs {params.inputs} --heads {params.heads} {params.settings} 2> {log}"
+
+
+# With data.n_val: a baseline's scale (λ or α) chosen on every task's val split, from its merged
+# model (rescaled, not merged again), and its test predictions at that scale.
+rule evaluate_validated:
+    input:
+        model=PRETRAINED,
+        merged=lambda w: f"{baseline_dir(w.method, w.rep)}/model",
+        inputs=[f"results/inputs/{t}.safetensors" for t in TASKS],
+        heads=[f"results/heads/{t}.safetensors" for t in TASKS],
+    output:
+        **validated_eval("{method}", "{rep}"),
+    wildcard_constraints:
+        method="|".join(validated_methods()),
+    params:
+        model=MODEL_FLAGS,
+        scale=lambda w: validated_scale(w.method),
+        grid=lambda w: validated_grid(w.method),
+        inputs=" ".join(f"{t}=results/inputs/{t}.safetensors" for t in TASKS),
+        heads=" ".join(f"{t}=results/heads/{t}.safetensors" for t in TASKS),
+        settings=render_flags(CFG.evaluate, exclude=("bootstrap", "seed")),
+    threads: CFG.threads
+    resources:
+        **job_resources("evaluate_validated", gpu=True),
+    log:
+        "logs{rep}/evaluate/validated_{method}.log",
+    benchmark:
+        "benchmarks/rules{rep}/evaluate/validated_{method}.tsv"
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m calm evaluate-validated {params.model} --threads {threads} --model {input.merged} "
+        "--scale {params.scale} --grid {params.grid} --inputs {params.inputs} --heads {params.heads} "
+        "--out {output.preds} --curve {output.curve} {params.settings} 2> {log}"
 
 
 rule table:
