@@ -5,6 +5,7 @@ import re
 import shlex
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 from pydantic import BaseModel
@@ -218,6 +219,16 @@ def visible_flag(variant, k, rep=""):
 
 def calm_flags(variant):
     return render_flags(VARIANTS[variant].calm, exclude=("sequential", "efficient_lambda", "base", "checkpoint_every"))
+
+
+def calm_base_flags(variant):
+    """--base and the flags of its baselines section, for a base other than the paper's task
+    arithmetic; for that one nothing, not even in Snakemake's record of params, so that the
+    default's command and a finished run's jobs stay what they were before calm.base existed."""
+    base = VARIANTS[variant].calm.base
+    if base == "task_arithmetic":
+        return Untracked("")
+    return f"--base {base} {baseline_settings(SimpleNamespace(method=base))} "
 
 
 def traced(variant):

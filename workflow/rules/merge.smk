@@ -1,20 +1,5 @@
-from types import SimpleNamespace
-
-
 # A CALM run is a named variant (VARIANTS, common.smk): its settings, S̄ order and credible
 # sets. results/merge/calm/default/ is the config's own calm section.
-
-
-def calm_base_flags(variant):
-    """--base and the flags of its baselines section, for a base other than the paper's task
-    arithmetic; for that one nothing, not even in Snakemake's record of params, so that the
-    default's command and a finished run's jobs stay what they were before calm.base existed."""
-    base = VARIANTS[variant].calm.base
-    if base == "task_arithmetic":
-        return Untracked("")
-    return f"--base {base} {baseline_settings(SimpleNamespace(method=base))} "
-
-
 rule calm_base:
     input:
         model=PRETRAINED,
