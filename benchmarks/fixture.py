@@ -149,7 +149,7 @@ def _synthetic_tau(theta0: dict[str, torch.Tensor], name: str) -> dict[str, torc
 
 def _credible(idx: np.ndarray, labels: np.ndarray, ratio: float, seed: int, out: Path) -> None:
     scores = pd.DataFrame({"idx": idx, "label": labels, "pseudo_label": labels, "entropy": 0.0})
-    write_parquet(sampling.select(scores, "random", ratio, seed), out)
+    write_parquet(sampling.draw_credible(scores, "random", ratio, seed), out)
 
 
 def _vectors(family: Family, tasks: list[str], lam: float, root: Path,

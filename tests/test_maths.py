@@ -74,13 +74,13 @@ def test_supervised_trains_on_true_labels():
 def test_only_the_seeded_samplers_change_with_the_seed():
     """The sampler sweep's repeats share a deterministic sampler's credible set (sampling.SEEDED)."""
     for name in sampling.SAMPLERS:
-        draws = {tuple(sampling.select(scores_table(), name, 0.5, seed)["idx"]) for seed in range(20)}
+        draws = {tuple(sampling.draw_credible(scores_table(), name, 0.5, seed)["idx"]) for seed in range(20)}
         assert (len(draws) > 1) == (name in sampling.SEEDED), name
 
 
 def test_sampler_rejects_bad_ratio():
     with pytest.raises(ValueError, match="ratio"):
-        sampling.select(scores_table(), "cb_ems", 1.5)
+        sampling.draw_credible(scores_table(), "cb_ems", 1.5)
 
 
 # --- task arithmetic ---------------------------------------------------------------------------

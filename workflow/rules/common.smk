@@ -14,6 +14,7 @@ from calm.config import Config
 from calm.config.files import ConfigError, validate_sweep_table
 from calm.flags import interpreter_first_on_path, render_flags
 from calm.methods import METHODS
+from calm.sampling import SAMPLERS
 
 # What two or more rule files use (tests/test_workflow.py checks it). A helper that one rule file
 # alone uses is in workflow/rules/helpers/ under that file's name, which the rule file includes
@@ -82,7 +83,7 @@ wildcard_constraints:
     task="|".join(TASKS),
     k=r"[0-9]+",
     variant="|".join(re.escape(v) for v in VARIANTS),
-    sampler="cb_ems|ems|supervised|random",
+    sampler="|".join(SAMPLERS),
     seed=r"[0-9]+",
     ratio=r"[0-9.e-]+",
 
