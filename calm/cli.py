@@ -30,24 +30,24 @@ def _family(args: argparse.Namespace):
 # --- commands ---------------------------------------------------------------------------------
 
 def cmd_fetch_model(a):
-    from calm.stages.data import fetch_model
+    from calm.stages.fetch import fetch_model
     fetch_model(a.source, a.out, model_section(a))
 
 
 def cmd_fetch_finetuned(a):
-    from calm.stages.data import fetch_finetuned
+    from calm.stages.fetch import fetch_finetuned
     fetch_finetuned(a.source, a.out, model_section(a), a.pretrained, head=a.head or None)
 
 
 def cmd_fetch_data(a):
-    from calm.stages.data import fetch_data
+    from calm.stages.fetch import fetch_data
     fetch_data(a.task, a.out, a.wheels, a.n_train, a.n_pool, a.n_test, a.seed,
                custom=cfgmod.LocalTask.model_validate_json(a.custom) if a.custom else None,
                hf=cfgmod.HFTask.model_validate_json(a.hf) if a.hf else None, cache=a.cache)
 
 
 def cmd_prepare(a):
-    from calm.stages.data import prepare
+    from calm.stages.prepare import prepare
     prepare(_family(a), a.data, a.inputs, a.head, model_dir=a.finetuned)
 
 
@@ -58,14 +58,14 @@ def cmd_finetune(a):
 
 
 def cmd_score(a):
-    from calm.stages.selection import score
+    from calm.stages.score import score
     frame = score(_family(a), a.model, a.inputs, a.head, a.batch_size, a.out)
     logging.info("scored %d samples, mean entropy %.3f, pseudo-label accuracy %.3f", len(frame),
                  frame["entropy"].mean(), (frame["label"] == frame["pseudo_label"]).mean())
 
 
 def cmd_select(a):
-    from calm.stages.selection import select
+    from calm.stages.score import select
     chosen = select(a.scores, a.sampler, a.ratio, a.seed, a.out)
     logging.info("selected %d samples; target accuracy vs true labels %.3f", len(chosen),
                  (chosen["target"] == chosen["label"]).mean())
@@ -92,12 +92,12 @@ def cmd_merge_baseline(a):
 
 
 def cmd_calm_base(a):
-    from calm.stages.merge_calm import calm_base
+    from calm.stages.merge import calm_base
     calm_base(_family(a), a.models, a.lam, a.out)
 
 
 def cmd_calm_step(a):
-    from calm.stages.merge_calm import calm_step
+    from calm.stages.merge import calm_step
     visible = records(a.visible, "--visible", "task", ("inputs", "head", "credible"))
     cfg = cfgmod.CalmConfig(sequential=[visible[-1]["task"]], **{
         n: getattr(a, n) for n in cfgmod.CalmConfig.model_fields if n not in ("sequential", "efficient_lambda")})
@@ -132,13 +132,13 @@ def cmd_grid(a):
 
 
 def cmd_calm_model(a):
-    from calm.stages.merge_calm import calm_model
+    from calm.stages.merge import calm_model
     calm_model(_family(a), a.tau, a.out)
 
 
 def cmd_evaluate(a):
     from calm.metrics import accuracy
-    from calm.stages.evaluation import evaluate
+    from calm.stages.evaluate import evaluate
     frame = evaluate(_family(a), pairs(a.models, "--models"), pairs(a.inputs, "--inputs"),
                      pairs(a.heads, "--heads"), a.batch_size, a.out)
     logging.info("accuracy: %s", {k: round(v, 4) for k, v in accuracy(frame).items()})
@@ -146,7 +146,7 @@ def cmd_evaluate(a):
 
 def cmd_evaluate_task_arithmetic(a):
     from calm.metrics import accuracy, average
-    from calm.stages.evaluation import evaluate_task_arithmetic
+    from calm.stages.evaluate import evaluate_task_arithmetic
     frames = evaluate_task_arithmetic(_family(a), a.models, pairs(a.outs, "--outs"), pairs(a.inputs, "--inputs"),
                                       pairs(a.heads, "--heads"), a.batch_size)
     for lam, frame in frames.items():
@@ -154,14 +154,14 @@ def cmd_evaluate_task_arithmetic(a):
 
 
 def cmd_table(a):
-    from calm.stages.evaluation import table
+    from calm.stages.evaluate import table
     print(table(pairs(a.eval, "--eval"), a.out_prefix, sweep_prefix=a.sweep_prefix,
                 insert_best_after=a.insert_best_after, individual=a.individual, target=a.target,
                 bootstrap=a.bootstrap, seed=a.seed))
 
 
 def cmd_seeds(a):
-    from calm.stages.evaluation import seeds
+    from calm.stages.evaluate import seeds
     print(seeds(json_arg(a.runs, "--runs"), a.out_prefix, sweep_prefix=a.sweep_prefix,
                 insert_best_after=a.insert_best_after, individual=a.individual, target=a.target,
                 bootstrap=a.bootstrap, seed=a.seed, ablations=json_arg(a.ablations, "--ablations")))

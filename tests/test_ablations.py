@@ -11,7 +11,7 @@ import torch
 from calm import sweeps
 from calm.stages import ablations
 from calm.config import CalmConfig, Config
-from calm.merging.calm import optimise_mask
+from calm.merging.mask_optimisation import optimise_mask
 from calm.merging.mask import commit, dmix_dm, mix
 
 

@@ -9,8 +9,8 @@ import torch
 
 from calm import sampling, scoring, vectors
 from calm.config import CalmConfig
-import calm.merging.calm as calm_loop
-from calm.merging.calm import optimise_mask
+import calm.merging.mask_optimisation as calm_loop
+from calm.merging.mask_optimisation import optimise_mask
 from calm.merging.mask import binarise, commit, init_mask_logits, pack, unpack, update_logits
 from calm.merging.task_arithmetic import task_arithmetic
 

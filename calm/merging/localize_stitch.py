@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Literal, Mapping, Sequence
 import torch
 
 from calm.config import CalmConfig
-from calm.merging.calm import LossTerm, MaskResult, optimise_mask
+from calm.merging.mask_optimisation import LossTerm, MaskResult, optimise_mask
 from calm.vectors import StateDict, zeros_like
 
 

@@ -17,7 +17,7 @@ from calm.config import CalmConfig
 from calm.families.base import Family
 from calm.inference import predict_logits
 from calm.io import atomic_dir, write_tensors
-from calm.merging.calm import layer_fractions, optimise_mask
+from calm.merging.mask_optimisation import layer_fractions, optimise_mask
 from calm.merging.mask import pack
 from calm.merging.task_arithmetic import task_arithmetic
 from calm.stages.family import task_vectors
