@@ -16,6 +16,9 @@ MATHS = re.compile(r"^calm\.(vectors|scoring|sampling|merging)(\.|$)")
 # What the maths may never import: model families, data sources, the stages (calm.stages and
 # whatever calm.stages* modules or packages hold them), the CLI.
 NOT_FOR_MATHS = re.compile(r"^calm\.(families|data|stages\w*|cli)(\.|$)")
+# The merging maths takes its settings as its own types (mask_optimisation.MaskSettings), never the config's.
+MERGING = re.compile(r"^calm\.merging(\.|$)")
+CONFIG = re.compile(r"^calm\.config(\.|$)")
 # Families and data know nothing of merging, of the stages or of the CLI.
 MODELS_AND_DATA = re.compile(r"^calm\.(families|data)(\.|$)")
 NOT_FOR_MODELS_AND_DATA = re.compile(r"^calm\.(merging|stages\w*|cli)(\.|$)")
@@ -74,6 +77,7 @@ def import_graph(root: Path = CALM) -> dict[str, tuple[Path, list[tuple[str, int
 def violations(graph, root: Path = CALM) -> list[str]:
     rules = [
         ("the maths never imports families, data, stages or the CLI", MATHS.match, NOT_FOR_MATHS),
+        ("the merging maths never imports the config", MERGING.match, CONFIG),
         ("families and data never import merging, stages or the CLI", MODELS_AND_DATA.match,
          NOT_FOR_MODELS_AND_DATA),
         ("the library never imports the workflow or Snakemake", lambda m: True, WORKFLOW),

@@ -277,9 +277,9 @@ def tiny_problem(seed: int = 0):
 
 
 def test_mask_loop_resumed_from_a_checkpoint_is_bitwise_the_uninterrupted_one(tmp_path):
-    from calm.merging.mask_optimisation import optimise_mask
+    from calm.merging.mask_optimisation import MaskSettings, optimise_mask
     theta0, prev, new, loss_terms = tiny_problem()
-    cfg = CalmConfig(sequential=["t"], iterations=7, lr=50.0, alpha=0.01, init_fraction=0.3, checkpoint_every=3)
+    cfg = MaskSettings(iterations=7, lr=50.0, alpha=0.01, init_fraction=0.3, init_value=5.0, checkpoint_every=3)
     full = optimise_mask(theta0, prev, new, loss_terms(torch.Generator().manual_seed(1)), cfg, progress=False)
 
     saved, path = [], tmp_path / "state.pt"
