@@ -50,7 +50,7 @@ def merge_baseline(family: Family, method: str, model_dirs: list[str | Path], ou
     family.train_mode(False)
     start = time.perf_counter()
     if spec.per_task:
-        return _merge_per_task(family, spec, theta0, taus, model_dirs, out_dir, cfg, summary_out)
+        return _merge_per_task(family, method, spec, theta0, taus, model_dirs, out_dir, cfg, summary_out)
     if spec.adapter:
         tau, info = ADAPTERS[spec.adapter](spec.fn, family, theta0, taus, tasks, cfg)
     else:
@@ -69,7 +69,7 @@ def _summary(spec, method: str, start: float, model_dirs: list[str | Path], cfg:
                          for s in spec.sections for v in [getattr(cfg, s)]}}
 
 
-def _merge_per_task(family: Family, spec, theta0, taus, model_dirs: list[str | Path], out_dir: str | Path,
+def _merge_per_task(family: Family, method: str, spec, theta0, taus, model_dirs: list[str | Path], out_dir: str | Path,
                     cfg: BaselinesConfig, summary_out: str | Path | None) -> dict:
     """EMR-Merging: one unified vector, and per task a sign mask and a rescaler. Task t is
     evaluated with θ0 + λ_t M_t ⊙ τ_uni, so it has a checkpoint of its own; what the method
@@ -79,7 +79,7 @@ def _merge_per_task(family: Family, spec, theta0, taus, model_dirs: list[str | P
         raise ValueError(f"{spec.label}: each model folder's name names its task's checkpoint; got {names}")
     start = time.perf_counter()
     emr = spec(taus, **spec.options(cfg))
-    summary = _summary(spec, "emr", start, model_dirs, cfg) | {
+    summary = _summary(spec, method, start, model_dirs, cfg) | {
         "rescalers": dict(zip(names, emr.rescalers)),
         "extra_bits_per_parameter": emr_storage_bits(len(taus), vectors.numel(theta0)),
         "active_fraction": {n: sum(int(m.sum()) for m in mask.values()) / vectors.numel(theta0)

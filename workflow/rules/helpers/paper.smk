@@ -31,12 +31,12 @@ def runtime_rows():
         name = f"CALM, |S̄| = {n} (mean of {len(runs)} order{'s' * (len(runs) > 1)})"
         rows[name] = ([step_benchmark(r["variant"], k) for r in runs for k in range(1, n + 1)],
                       int(runs[0]["iterations"]) * int(n))
-    # The data-driven baselines the main run made (iterations: L&S epochs per task, AdaMerging steps).
-    for m in ("localize_stitch", "adamerging_task", "adamerging_layer"):
-        if m in CFG.baselines.methods:
-            iters = (CFG.baselines.localize_stitch.epochs * len(TASKS) if m == "localize_stitch"
-                     else CFG.baselines.adamerging.steps)
-            rows[METHODS[m].label] = ([f"benchmarks/rules/merge/baseline_{m}.tsv"], iters)
+    # The baselines the main run made that learn from data in steps (iterations: L&S epochs per
+    # task, AdaMerging steps), in registry order.
+    steps = {"localize_stitch": CFG.baselines.localize_stitch.epochs * len(TASKS), "adamerging": CFG.baselines.adamerging.steps}
+    for m, spec in METHODS.items():
+        if m in CFG.baselines.methods and spec.adapter in steps:
+            rows[spec.label] = ([f"benchmarks/rules/merge/baseline_{m}.tsv"], steps[spec.adapter])
     return rows
 
 
