@@ -157,3 +157,12 @@ def test_the_workflow_parses_without_importing_torch():
     code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + "print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
     assert out.stdout.strip() == "False", f"importing {modules} loads torch"
+
+
+def test_no_module_or_rule_file_is_over_400_lines():
+    """A file past 400 lines holds more than one thing; the generated schema is data, not code."""
+    root = CALM.parent
+    files = [*CALM.rglob("*.py"), *(root / "workflow").rglob("*.smk"), root / "workflow" / "Snakefile"]
+    assert len(files) > 50 and root / "workflow" / "rules" / "common.smk" in files
+    long = {str(f.relative_to(root)): n for f in files if (n := len(f.read_text().splitlines())) > 400}
+    assert not long, f"files over 400 lines: {long}"
