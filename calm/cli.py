@@ -11,8 +11,8 @@ import argparse
 import logging
 import sys
 import typing
-from typing import Any, Callable
 from pathlib import Path
+from typing import Any, Callable
 
 import yaml
 from pydantic import BaseModel
@@ -38,17 +38,17 @@ def command(name: str, help_: str, *flags: Flag, model: bool = False, sections: 
     return register
 
 
-def out(help_: str | None = None, flag: str = "--out") -> Flag:
-    """A required output path."""
-    return flag, {"required": True, "type": Path, **({"help": help_} if help_ else {})}
-
-
 def path(flag: str, help_: str | None = None, **kwargs) -> Flag:
-    """A required input path."""
+    """A required path."""
     return flag, {"required": True, "type": Path, **({"help": help_} if help_ else {}), **kwargs}
 
 
-def task_pairs(flag: str, help_: str) -> Flag:
+def out(help_: str | None = None, flag: str = "--out") -> Flag:
+    return path(flag, help_)
+
+
+def several(flag: str, help_: str) -> Flag:
+    """A required flag of one or more values (TASK=PATH pairs and the like)."""
     return flag, {"required": True, "nargs": "+", "help": help_}
 
 
@@ -180,7 +180,7 @@ def cmd_calm_base(a):
 @command("calm-step", "Merge one sequential task with a consensus-aware mask.",
          path("--tau-prev", "merged task vector so far (safetensors)"),
          path("--model", "the new task's fine-tuned checkpoint"),
-         task_pairs("--visible", "TASK=INPUTS,HEAD,CREDIBLE for every visible task, the new one last"),
+         several("--visible", "TASK=INPUTS,HEAD,CREDIBLE for every visible task, the new one last"),
          ("--step", {"type": int, "default": 1, "help": "position in S̄ (seeds the batches)"}), out(),
          ("--trace-eval", {"nargs": "*", "default": [],
                            "help": "TASK=INPUTS,HEAD for every task the trace evaluates (with --trace-eval-every)"}),
@@ -214,7 +214,7 @@ def cmd_mask_parts(a):
 
 
 @command("ablation-topk", "Share of each step's active mask entries within the top k % of its task's |τ|.",
-         task_pairs("--steps", "K:TASK=MASK,CHECKPOINT for every step"),
+         several("--steps", "K:TASK=MASK,CHECKPOINT for every step"),
          ("--top-percent", {"type": lambda s: [float(x) for x in s.split(",") if x], "default": [1.0, 5.0, 10.0, 20.0, 50.0],
                             "metavar": "A,B,...", "help": "k values (default: 1,5,10,20,50)"}), out(), model=True)
 def cmd_ablation_topk(a):
@@ -236,7 +236,7 @@ def cmd_ablation_table(a):
 @command("grid", "A sweep grid's tidy CSV and its plot of accuracy against the swept keys.",
          ("--points", {"required": True, "help": "JSON list of grid rows: each its swept keys, row, variant and 'path' "
                        "(its predictions)"}),
-         task_pairs("--keys", "the swept keys (the grid's columns), one panel each"),
+         several("--keys", "the swept keys (the grid's columns), one panel each"),
          path("--individual", "individual models' predictions (adds 'normalised')"),
          out("writes PREFIX.csv, PREFIX.png and PREFIX.pdf", "--out-prefix"))
 def cmd_grid(a):
@@ -245,8 +245,8 @@ def cmd_grid(a):
     logging.info("%s.csv: %d rows", a.out_prefix, len(frame))
 
 
-@command("evaluate", "Per-example test predictions of each task.", task_pairs("--models", "TASK=CHECKPOINT for every task"),
-         task_pairs("--inputs", "TASK=INPUTS"), task_pairs("--heads", "TASK=HEAD"), out(),
+@command("evaluate", "Per-example test predictions of each task.", several("--models", "TASK=CHECKPOINT for every task"),
+         several("--inputs", "TASK=INPUTS"), several("--heads", "TASK=HEAD"), out(),
          model=True, sections=((cfgmod.EvaluateConfig, "", ("bootstrap", "seed")),))
 def cmd_evaluate(a):
     from calm.metrics import accuracy
@@ -258,8 +258,8 @@ def cmd_evaluate(a):
 
 @command("evaluate-task-arithmetic", "Test predictions of task arithmetic at each λ of a sweep, one process for all.",
          ("--models", {"required": True, "nargs": "+", "type": Path, "help": "fine-tuned checkpoint folders"}),
-         task_pairs("--outs", "LAMBDA=PREDICTIONS for each λ"), task_pairs("--inputs", "TASK=INPUTS"),
-         task_pairs("--heads", "TASK=HEAD"), model=True, sections=((cfgmod.EvaluateConfig, "", ("bootstrap", "seed")),))
+         several("--outs", "LAMBDA=PREDICTIONS for each λ"), several("--inputs", "TASK=INPUTS"),
+         several("--heads", "TASK=HEAD"), model=True, sections=((cfgmod.EvaluateConfig, "", ("bootstrap", "seed")),))
 def cmd_evaluate_task_arithmetic(a):
     from calm.metrics import accuracy, average
     from calm.stages.evaluate import evaluate_task_arithmetic
@@ -270,7 +270,7 @@ def cmd_evaluate_task_arithmetic(a):
 
 
 @command("table", "The results table (CSV, Markdown, JSON with bootstrap intervals).",
-         task_pairs("--eval", "ROW NAME=PREDICTIONS in table order"), *TABLE_FLAGS,
+         several("--eval", "ROW NAME=PREDICTIONS in table order"), *TABLE_FLAGS,
          ("--sweep-prefix", {"default": "Task arithmetic λ=", "help": "rows of a λ sweep: only the best is shown"}),
          ("--out-prefix", {"required": True, "help": "writes PREFIX.csv, PREFIX.md, PREFIX.json"}),
          sections=((cfgmod.EvaluateConfig, "", ("batch_size",)),))
@@ -312,7 +312,7 @@ def _paper_commands() -> None:
         what = "CSV, Markdown and LaTeX" if kind == "table" else "PNG and PDF"
         command(f"paper-{kind}", f"Build one of the paper's {kind}s ({what}) from result files.",
                 ("name", {"choices": names, "help": f"the {kind}"}),
-                task_pairs("--inputs", "the input file, or LABEL=PATH per file for the items that stack several"),
+                several("--inputs", "the input file, or LABEL=PATH per file for the items that stack several"),
                 ("--out-prefix", {"required": True,
                                   "help": f"writes PREFIX.{{{'csv,md,tex' if kind == 'table' else 'png,pdf'}}}"}),
                 ("--options", {"default": "{}", "help": "JSON object of the builder's keyword options"}))(cmd_paper)
