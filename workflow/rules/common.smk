@@ -579,8 +579,12 @@ def paper_sources(name):
     """(input files, LABEL=PATH pairs or None, options or None) of one item."""
     if name in SWEEP_TABLE:
         return [f"results/ablations/{SWEEP_TABLE[name]}.csv"], None, None
-    if name in ("table1_main", "fig3_normalised"):
+    if name == "table1_main":
         return [main_table()["csv"]], None, None
+    if name == "fig3_normalised":  # the seeds table's s.d. as error bars, once `seeds` has run
+        seeds = "results/tables/seeds.csv"
+        pairs = [("main", main_table()["csv"])] + ([("seeds", seeds)] if Path(seeds).exists() else [])
+        return [f for _, f in pairs], pairs, None
     if name == "table8_runtime":
         rows = runtime_rows()
         pairs = [(row, f) for row, (files, _) in rows.items() for f in files]
