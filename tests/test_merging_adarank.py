@@ -170,3 +170,12 @@ def test_adarank_unknown_base():
     theta0, taus, loss_terms = softmax_model()
     with pytest.raises(ValueError, match="unknown AdaRank base 'ties'"):
         adarank(theta0, taus, loss_terms, base="ties", steps=1, progress=False)
+
+
+def test_adarank_config_takes_the_bases_starting_values():
+    from calm.config.baselines import ADARANK_BASES, AdaRankConfig
+    from calm.merging.adarank import BASE_DEFAULTS
+    assert ADARANK_BASES == BASE_DEFAULTS
+    assert (AdaRankConfig(base="task_arithmetic").prior, AdaRankConfig(base="task_arithmetic").initial_rank_ratio) == (0.3, 1.0)
+    assert AdaRankConfig(base="tsv", prior=0.5).prior == 0.5
+    assert (AdaRankConfig().prior, AdaRankConfig().initial_rank_ratio) == (2.3, 0.16)

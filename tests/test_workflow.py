@@ -54,7 +54,8 @@ def test_every_baseline_writes_a_model_and_what_it_learned(pico_run):
 
     base = pico_run / "results/merge/baselines"
     for method in ("weight_averaging", "task_arithmetic", "ties", "consensus_ta", "consensus_ties", "localize_stitch",
-                   "adamerging_task", "adamerging_layer", "fisher", "regmean", "tsv", "iso_c", "iso_cts", "wudi"):
+                   "adamerging_task", "adamerging_layer", "fisher", "regmean", "tsv", "iso_c", "iso_cts", "wudi",
+                   "cart", "adarank"):
         AutoModel.from_pretrained(base / method / "model")
         summary = json.loads((base / method / "summary.json").read_text())
         assert summary["method"] == method
@@ -65,6 +66,9 @@ def test_every_baseline_writes_a_model_and_what_it_learned(pico_run):
     assert [t["task"] for t in stitched["localize"]] == list(WORDS)
     assert all(t["examples"] == 8 for t in stitched["localize"])
     assert json.loads((base / "fisher/summary.json").read_text())["examples"] == {t: 4 for t in WORDS}
+    adarank = json.loads((base / "adarank/summary.json").read_text())
+    assert adarank["base"] == "cart" and len(adarank["trace"]) == 2 and set(adarank["kept"]) == set(WORDS)
+    assert all(0.0 <= k["kept_fraction"] <= 1.0 for k in adarank["kept"].values())
     regmean = json.loads((base / "regmean/summary.json").read_text())
     assert "encoder.layer.0.attention.self.query.weight" in regmean["closed_form_tensors"]
 
