@@ -266,8 +266,8 @@ def test_default_config_dry_run_plans_the_whole_pipeline(tmp_path):
     jobs = planned_jobs(proc.stdout + proc.stderr)
     assert jobs["finetune"] == 6 and jobs["score"] == 6 and jobs["select"] == 6
     assert jobs["calm_step"] == 2 and jobs["evaluate_task_arithmetic"] == 1  # all 9 λ values
-    assert jobs["merge_baseline"] == 15  # every registry method, task arithmetic at λ = 0.3 included
-    assert jobs["evaluate"] == 17  # pretrained, individual, CALM, 14 baselines
+    assert jobs["merge_baseline"] == 17  # every registry method, task arithmetic at λ = 0.3 included
+    assert jobs["evaluate"] == 19  # pretrained, individual, CALM, 16 baselines
 
 
 def test_the_baseline_wildcard_accepts_exactly_the_registry_names(tmp_path):

@@ -452,11 +452,12 @@ def runtime_rows():
         name = f"CALM, |S̄| = {n} (mean of {len(runs)} order{'s' * (len(runs) > 1)})"
         rows[name] = ([step_benchmark(r["variant"], k) for r in runs for k in range(1, n + 1)],
                       int(runs[0]["iterations"]) * int(n))
-    # The data-driven baselines the main run made (iterations: L&S epochs per task, AdaMerging steps).
-    for m in ("localize_stitch", "adamerging_task", "adamerging_layer"):
+    # The data-driven baselines the main run made (iterations: L&S epochs per task, AdaMerging's and
+    # AdaRank's steps).
+    for m in ("localize_stitch", "adamerging_task", "adamerging_layer", "adarank"):
         if m in CFG.baselines.methods:
             iters = (CFG.baselines.localize_stitch.epochs * len(TASKS) if m == "localize_stitch"
-                     else CFG.baselines.adamerging.steps)
+                     else CFG.baselines.adarank.steps if m == "adarank" else CFG.baselines.adamerging.steps)
             rows[METHODS[m].label] = ([f"benchmarks/rules/merge/baseline_{m}.tsv"], iters)
     return rows
 
