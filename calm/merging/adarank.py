@@ -51,7 +51,6 @@ from typing import Callable, Iterable, Literal, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from calm.merging.calm import LossTerm
 from calm.merging.spectral import is_matrix, polar, working
 from calm.merging.weight_averaging import weight_averaging
 from calm.vectors import StateDict
@@ -62,6 +61,8 @@ Base = Literal["task_arithmetic", "tsv", "cart"]
 BASE_DEFAULTS: dict[str, tuple[float, float]] = {"task_arithmetic": (0.3, 1.0), "tsv": (1.0, 1.0),
                                                   "cart": (2.3, 0.16)}
 LOGIT = 0.1  # the mask logits start at ±LOGIT
+# (name, loss of θ) of one batch, as CALM's and AdaMerging's loops take them.
+BatchLoss = tuple[str, Callable[[StateDict], torch.Tensor]]
 
 
 @dataclass
@@ -182,7 +183,7 @@ def gradients(names: Sequence[str], parts: Sequence[Mapping[str, Part]], lam: to
 
 
 def adarank(theta0: Mapping[str, torch.Tensor], vectors: Sequence[Mapping[str, torch.Tensor]],
-            loss_terms: Callable[[int], Iterable[LossTerm]], base: Base = "cart", steps: int = 10000,
+            loss_terms: Callable[[int], Iterable[BatchLoss]], base: Base = "cart", steps: int = 10000,
             lr: float = 1e-3, mask_temperature: float = 10.0, prior: float | None = None,
             initial_rank_ratio: float | None = None, learn_coefficients: bool = True,
             exclude: Sequence[str] = ("embed",), progress: bool = True) -> AdaRankResult:
