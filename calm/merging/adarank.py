@@ -73,7 +73,10 @@ class Components:
     vh: torch.Tensor
 
     def build(self, keep: torch.Tensor) -> torch.Tensor:
-        return (self.u * (self.s * keep)) @ self.vh
+        """U diag(keep ⊙ s) Vᵀ for a bool `keep`, from the kept components alone (CART's masks
+        start on 16 % of them, so most of the product is skipped)."""
+        kept = keep.nonzero().squeeze(1)
+        return (self.u[:, kept] * self.s[kept]) @ self.vh[kept]
 
     def projections(self, grad: torch.Tensor) -> torch.Tensor:
         """u_iᵀ G v_i for each component i."""
@@ -156,7 +159,7 @@ def combine(theta0: Mapping[str, torch.Tensor], offset: Mapping[str, torch.Tenso
     for i, n in enumerate(theta0):
         total = working(theta0[n]) + offset[n]
         for t, p in enumerate(parts):
-            piece = p[n].build(masks[n][t].to(p[n].s.dtype)) if isinstance(p[n], Components) else p[n]
+            piece = p[n].build(masks[n][t]) if isinstance(p[n], Components) else p[n]
             total = total + float(coefficients[t, i]) * piece
         out[n] = total.to(theta0[n].dtype)
     return out
