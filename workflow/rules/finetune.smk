@@ -8,7 +8,7 @@ rule finetune:
     params:
         model=MODEL_FLAGS,
         # a replicate (`snakemake seeds`) differs from the main run in finetune.seed alone
-        settings=lambda w: finetune_flags(w.rep),
+        settings=lambda w: render_flags(CFG.finetune.model_copy(update={"seed": finetune_seed(w.rep)})),
     threads: CFG.threads
     resources:
         **job_resources("finetune", gpu=True),
