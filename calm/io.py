@@ -107,6 +107,11 @@ def _closed(made: tuple[int, str]) -> str:
 OWN_OUTPUT = ".calm-output"
 
 
+def mark_own_output(folder: str | os.PathLike) -> None:
+    """Mark `folder` as an output a stage wrote (atomic_dir marks its own)."""
+    (Path(folder) / OWN_OUTPUT).write_text("written by calm-merge; replaced when this output is written again\n")
+
+
 def check_replaceable(path: str | os.PathLike) -> None:
     """Refuse, in one line, a `path` that atomic_dir may not replace (see OWN_OUTPUT)."""
     path = Path(path)
@@ -130,7 +135,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         with _writing(path, "folder"):
             yield tmp
-            (tmp / OWN_OUTPUT).write_text("written by calm-merge; replaced when this output is written again\n")
+            mark_own_output(tmp)
             os.chmod(tmp, 0o777 & ~_umask())
             check_replaceable(path)
             if path.exists():

@@ -15,7 +15,7 @@ from calm.checkpoints import check_finite, first_line
 from calm.config import HFTask, LocalTask, ModelConfig
 from calm.families import get_family
 from calm.families.base import Family
-from calm.io import atomic_dir, write_tensors
+from calm.io import atomic_dir, mark_own_output, write_tensors
 from calm.stages.family import open_family
 
 
@@ -97,11 +97,15 @@ def fetch_data(task: str, out: str | Path, wheels: str | Path, n_train: int, n_p
     if hf is not None:
         from calm.data.hf import prepare_hf_task
 
-        return prepare_hf_task(task, hf, out, seed=seed, cache_dir=cache)
-    from calm.data.prepare import prepare_task
+        info = prepare_hf_task(task, hf, out, seed=seed, cache_dir=cache)
+    else:
+        from calm.data.prepare import prepare_task
 
-    return prepare_task(custom if custom is not None else task, out, wheels, n_train, n_pool, n_test, seed,
-                        name=task)
+        info = prepare_task(custom if custom is not None else task, out, wheels, n_train, n_pool, n_test, seed,
+                            name=task)
+    # written file by file, not by atomic_dir: marked here, so that a rerun may replace the folder
+    mark_own_output(out)
+    return info
 
 
 def prepare(family: Family, data_dir: str | Path, inputs: str | Path, head: str | Path,
