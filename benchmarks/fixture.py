@@ -1,8 +1,8 @@
 """The files a mask step reads, built once per model and cached under benchmarks/results/cache.
 
 Text models (pico BERT, MiniLM) use the embedded default's real tasks: the raw splits the
-workflow's fetch_data rule writes (resources/data/<task>), tokenised with calm.stages.data.preprocess,
-heads from calm.stages.data.build_head. The ViT-B/32-shaped tower uses synthetic PNG images.
+workflow's fetch_data rule writes (resources/data/<task>), tokenised with calm.stages.prepare.preprocess,
+heads from calm.stages.prepare.build_head. The ViT-B/32-shaped tower uses synthetic PNG images.
 
 Task vectors are synthetic unless --task-vectors names a folder of fine-tuned checkpoints
 (e.g. results/models/finetuned): a mask step costs the same whatever the values of τ, and
@@ -27,7 +27,7 @@ from calm import artifacts, sampling
 from calm.config import CalmConfig, Config, ModelConfig
 from calm.families.base import Family, use_bf16
 from calm.io import write_json, write_parquet
-from calm.stages.data import pypi_model_dir
+from calm.stages.fetch import pypi_model_dir
 from calm.testing import EMBEDDED_MODEL, make_pico_bert
 
 from .common import ModelPlan
@@ -149,7 +149,7 @@ def _synthetic_tau(theta0: dict[str, torch.Tensor], name: str) -> dict[str, torc
 
 def _credible(idx: np.ndarray, labels: np.ndarray, ratio: float, seed: int, out: Path) -> None:
     scores = pd.DataFrame({"idx": idx, "label": labels, "pseudo_label": labels, "entropy": 0.0})
-    write_parquet(sampling.select(scores, "random", ratio, seed), out)
+    write_parquet(sampling.draw_credible(scores, "random", ratio, seed), out)
 
 
 def _vectors(family: Family, tasks: list[str], lam: float, root: Path,
@@ -179,18 +179,18 @@ def ensure_text_data(cfg: Config, tasks: list[str], data_root: Path, wheels: Pat
     missing = [t for t in tasks if not (data_root / t / "task.json").exists()]
     if not missing:
         return
-    from calm.data.prepare import prepare_task
+    from calm.data.task_splits import write_task_splits
 
     for t in missing:
         log(f"fetching task {t} into {data_root / t} (wheels in {wheels})")
         spec = cfg.data.custom.get(t)
-        prepare_task({**spec.model_dump(), "name": t} if spec else t, data_root / t, wheels,
+        write_task_splits({**spec.model_dump(), "name": t} if spec else t, data_root / t, wheels,
                      cfg.data.n_train, cfg.data.n_pool, cfg.data.n_test, cfg.data.seed)
 
 
 def _build_text(plan: ModelPlan, cfg: Config, root: Path, tasks: list[str], data_root: Path, wheels: Path,
                 task_vectors: Path | None, log: Callable[[str], None]) -> int:
-    from calm.stages.data import build_head, preprocess
+    from calm.stages.prepare import build_head, preprocess
     from calm.stages.family import open_family
 
     ensure_text_data(cfg, tasks, data_root, wheels, log)

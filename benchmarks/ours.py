@@ -1,5 +1,5 @@
-"""Our mask step, through the library's own code path: calm.stages.merge_calm.calm_step (which builds the
-loss terms from the cached tokenised pools and calls calm.merging.calm.optimise_mask)."""
+"""Our mask step, through the library's own code path: calm.stages.merge.calm_step (which builds the
+loss terms from the cached tokenised pools and calls calm.merging.mask_optimisation.optimise_mask)."""
 from __future__ import annotations
 
 import shutil
@@ -14,7 +14,7 @@ from safetensors import safe_open
 from calm.config import CalmConfig
 from calm.families.base import Family
 from calm.merging.mask import unpack
-from calm.stages.merge_calm import calm_step
+from calm.stages.merge import calm_step
 
 from .common import sync
 from .fixture import Setup

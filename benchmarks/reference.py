@@ -173,6 +173,3 @@ class OfficialStyleLoop:
             sync(self.device.type)
             seconds.append(time.perf_counter() - start)
         return R, seconds
-
-    def binary_mask(self, R: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {n: torch.round(torch.sigmoid(r)).bool() for n, r in R.items()}

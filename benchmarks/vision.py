@@ -1,5 +1,5 @@
 """A ViT-B/32-shaped image family for the benchmarks: transformers' CLIPVisionModel with the
-B/32 config and random weights, behind calm's Family interface, so `calm.stages.merge_calm.calm_step`
+B/32 config and random weights, behind calm's Family interface, so `calm.stages.merge.calm_step`
 runs on it unchanged.
 
 No wheel ships image weights and the benchmarks must run offline, so the weights are random:

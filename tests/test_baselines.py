@@ -243,7 +243,53 @@ def test_each_data_driven_method_names_its_adapter_and_only_those_do():
     for name, spec in METHODS.items():
         assert bool(spec.needs) == bool(spec.adapter), name
         if spec.adapter:
-            assert callable(getattr(baselines, spec.adapter)), name
+            assert spec.adapter in baselines.ADAPTERS, name
+
+
+# A data-free method added as docs/design.md §6.2 says: its module in calm.merging and one registry
+# entry (a method with settings adds its section to BaselinesConfig too). The config, the schema,
+# the CLI and the workflow's jobs and table rows take it up with nothing else changed.
+TOY_METHOD = """
+import sys, types
+import torch
+import calm.methods as methods
+
+toy = types.ModuleType("calm.merging.toy")
+toy.half_sum = lambda taus: {n: sum(t[n] for t in taus) / 2 for n in taus[0]}
+sys.modules["calm.merging.toy"] = toy
+methods.METHODS["toy_half_sum"] = methods.Method("toy:half_sum", "Toy (half sum)")
+
+import typing
+from calm.cli import build_parser
+from calm.config.baselines import BaselineName, BaselinesConfig
+from calm.config.files import json_schema
+
+assert "toy_half_sum" in typing.get_args(BaselineName)
+assert BaselinesConfig().methods[-1] == "toy_half_sum"
+assert json_schema()["$defs"]["BaselinesConfig"]["properties"]["methods"]["items"]["enum"][-1] == "toy_half_sum"
+build_parser().parse_args(["merge-baseline", "--method", "toy_half_sum", "--models", "a", "--out", "b", "--pretrained", "p"])
+tau = methods.METHODS["toy_half_sum"]([{"w": torch.tensor([2.0, 4.0])}, {"w": torch.tensor([6.0, -2.0])}])
+assert tau["w"].tolist() == [4.0, 1.0]
+
+from snakemake.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_a_new_method_is_its_module_and_one_registry_entry(tmp_path):
+    import subprocess
+    import sys
+
+    from pico_workflow import ROOT, planned_jobs
+
+    proc = subprocess.run([sys.executable, "-c", TOY_METHOD, "all", "-n", "--directory", str(tmp_path), "-s",
+                           str(ROOT / "Snakefile"), "--configfile", str(ROOT / "config/config.yaml")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    jobs = planned_jobs(proc.stdout + proc.stderr)
+    # the default's 15 baselines and 17 evaluations (test_workflow.py), each one more
+    assert jobs["merge_baseline"] == 16 and jobs["evaluate"] == 18
+    assert "results/eval/baseline_toy_half_sum.parquet" in proc.stdout + proc.stderr
 
 
 def test_a_data_driven_method_without_its_files_names_what_is_missing(pico_model, tmp_path):

@@ -16,7 +16,7 @@ import pytest
 
 from calm.data import tasks as T
 from calm.data import wheels as W
-from calm.data.prepare import prepare_task
+from calm.data.task_splits import write_task_splits
 from calm.config import LocalTask
 from calm.data.tasks import (TASKS, clean_frame, load_local_task, load_task,
                              parse_orange_tab)
@@ -324,7 +324,7 @@ def test_prepare_builtin_task_refuses_a_test_split_without_a_class(fake_pins, tm
     the task, the class and the counts, and nothing written."""
     out = tmp_path / "out" / "ng20"
     with pytest.raises(ValueError) as info:
-        prepare_task("ng20", out, fake_pins, n_train=1, n_pool=1, n_test=20, seed=0)
+        write_task_splits("ng20", out, fake_pins, n_train=1, n_pool=1, n_test=20, seed=0)
     per_class = [1, 0, 0, 0, 1] + [0] * 14 + [1]
     assert str(info.value) == (
         "task ng20: class 'atheism' has 1 row, too few for the test split, which takes 1 per class but at most "
@@ -340,7 +340,7 @@ def test_prepare_local_task(tmp_path):
     rows = [(f"great {i}", "pos") for i in range(6)] + [(f"awful {i}", "neg") for i in range(6)]
     pd.DataFrame(rows, columns=["review", "y"]).to_csv(p, index=False)
     out = tmp_path / "prep"
-    info = prepare_task({"path": str(p), "text_column": "review", "label_column": "y",
+    info = write_task_splits({"path": str(p), "text_column": "review", "label_column": "y",
                          "classes": ["neg", "pos"], "prompt": "a {} review"},
                         out, tmp_path / "unused", n_train=4, n_pool=2, n_test=4, seed=0)
     on_disk = json.loads((out / "task.json").read_text())
@@ -361,8 +361,8 @@ def test_a_class_too_small_for_the_test_split_is_an_error_naming_the_file(tmp_pa
     rows = [(f"meow {i}", "cat") for i in range(20)] + [(f"woof {i}", "dog") for i in range(20)] + [("tweet", "bird")]
     pd.DataFrame(rows, columns=["text", "y"]).to_csv(p, index=False)
     with pytest.raises(ValueError) as info:
-        prepare_task({"path": str(p), "text_column": "text", "label_column": "y", "classes": ["cat", "dog", "bird"]},
-                     tmp_path / "prep", tmp_path / "unused", n_train=10, n_pool=10, n_test=12, seed=0)
+        write_task_splits({"path": str(p), "text_column": "text", "label_column": "y", "classes": ["cat", "dog", "bird"]},
+                          tmp_path / "prep", tmp_path / "unused", n_train=10, n_pool=10, n_test=12, seed=0)
     assert str(info.value) == (f"{p}: class 'bird' has 1 row, too few for the test split, which takes 4 per class "
                                "but at most half of a class's rows: it would hold [4, 4, 0] per class (rows per "
                                "class: [20, 20, 1])")

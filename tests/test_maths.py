@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from calm import sampling, scoring, vectors
-from calm.config import CalmConfig
-import calm.merging.calm as calm_loop
-from calm.merging.calm import optimise_mask
+import calm.merging.mask_optimisation as calm_loop
+from calm.merging.mask_optimisation import MaskSettings, optimise_mask
 from calm.merging.mask import binarise, commit, init_mask_logits, pack, unpack, update_logits
 from calm.merging.task_arithmetic import task_arithmetic
 
@@ -74,13 +73,13 @@ def test_supervised_trains_on_true_labels():
 def test_only_the_seeded_samplers_change_with_the_seed():
     """The sampler sweep's repeats share a deterministic sampler's credible set (sampling.SEEDED)."""
     for name in sampling.SAMPLERS:
-        draws = {tuple(sampling.select(scores_table(), name, 0.5, seed)["idx"]) for seed in range(20)}
+        draws = {tuple(sampling.draw_credible(scores_table(), name, 0.5, seed)["idx"]) for seed in range(20)}
         assert (len(draws) > 1) == (name in sampling.SEEDED), name
 
 
 def test_sampler_rejects_bad_ratio():
     with pytest.raises(ValueError, match="ratio"):
-        sampling.select(scores_table(), "cb_ems", 1.5)
+        sampling.draw_credible(scores_table(), "cb_ems", 1.5)
 
 
 # --- task arithmetic ---------------------------------------------------------------------------
@@ -145,7 +144,7 @@ def test_one_optimisation_step_by_hand(reduction, regulariser, chunk, monkeypatc
         yield "t", lambda p: (w1 * p["w"]).sum()
         yield "t", lambda p: (w2 * p["w"]).sum()
 
-    cfg = CalmConfig(sequential=["t"], iterations=1, lr=100.0, alpha=2.0, init_fraction=0.0,
+    cfg = MaskSettings(iterations=1, lr=100.0, alpha=2.0, init_fraction=0.0, init_value=5.0,
                      grad_reduction=reduction, regulariser=regulariser)
     res = optimise_mask(theta0, prev, new, terms, cfg, progress=False)
     divisor = 2 if reduction == "mean" else 1
@@ -168,7 +167,7 @@ def test_gradient_that_favours_the_new_task_turns_the_mask_on():
     def terms(_):
         yield "t", lambda p: (p["w"] * 10.0).sum()  # lower θ is better: prefer τ_new
 
-    cfg = CalmConfig(sequential=["t"], iterations=1, lr=1e4, alpha=1.0, init_fraction=0.0)
+    cfg = MaskSettings(iterations=1, lr=1e4, alpha=1.0, init_fraction=0.0, init_value=5.0)
     res = optimise_mask(theta0, prev, new, terms, cfg, progress=False)
     # g = 10 · (−1 − 1) = −20; R = −5 + 1e4 · 20 · σ'(−5) − σ'(−5) > 0
     assert res.logits["w"].item() == pytest.approx(-5 + 1e4 * 20 * dsig(-5) - dsig(-5))
@@ -205,6 +204,6 @@ def test_a_tensor_no_batch_reaches_only_feels_the_regulariser():
     def terms(_):
         yield "t", lambda p: p["used"].sum()  # "unused" plays no part, as a model's unused pooler
 
-    cfg = CalmConfig(sequential=["t"], iterations=1, lr=1.0, alpha=1.0, init_fraction=0.0)
+    cfg = MaskSettings(iterations=1, lr=1.0, alpha=1.0, init_fraction=0.0, init_value=5.0)
     res = optimise_mask(theta0, prev, new, terms, cfg, progress=False)
     assert res.logits["unused"].item() == pytest.approx(-5 - dsig(-5), abs=1e-6)  # polarised further off

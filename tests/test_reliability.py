@@ -19,12 +19,12 @@ from calm import artifacts, resume
 from calm.checkpoints import load_torch_file, read_checkpoint_dir, read_tensors
 from calm.config import CalmConfig, FinetuneConfig, ModelConfig
 from calm.io import write_json, write_parquet
-from calm.stages.data import build_head, preprocess
-from calm.stages.evaluation import evaluate
+from calm.stages.prepare import build_head, preprocess
+from calm.stages.evaluate import evaluate
 from calm.stages.family import open_family
 from calm.stages.finetune import finetune
-from calm.stages.merge_calm import calm_step
-from calm.stages.selection import select
+from calm.stages.merge import calm_step
+from calm.stages.score import select
 from conftest import same_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,21 +210,21 @@ def test_empty_split_is_named(family, toy, tmp_path):
 
 
 def test_missing_label_column_is_named(tmp_path):
-    from calm.data.prepare import prepare_task
+    from calm.data.task_splits import write_task_splits
     path = tmp_path / "reviews.csv"
     pd.DataFrame({"review": ["a", "b", "c", "d"], "stars": [0, 1, 0, 1]}).to_csv(path, index=False)
     with pytest.raises(ValueError, match=r"reviews.csv: missing column\(s\) \['y'\]; has \['review', 'stars'\]"):
-        prepare_task({"path": str(path), "text_column": "review", "label_column": "y", "classes": ["n", "p"],
+        write_task_splits({"path": str(path), "text_column": "review", "label_column": "y", "classes": ["n", "p"],
                       "prompt": "{}"}, tmp_path / "out", tmp_path, n_train=2, n_pool=1, n_test=2, seed=0)
     assert not (tmp_path / "out").exists()
 
 
 def test_label_outside_the_classes_is_named(tmp_path):
-    from calm.data.prepare import prepare_task
+    from calm.data.task_splits import write_task_splits
     path = tmp_path / "reviews.csv"
     pd.DataFrame({"review": ["a", "b", "c", "d"], "y": [0, 1, 2, 1]}).to_csv(path, index=False)
     with pytest.raises(ValueError, match=r"reviews.csv: label 2 is not a class index \(0..1\)"):
-        prepare_task({"path": str(path), "text_column": "review", "label_column": "y", "classes": ["n", "p"],
+        write_task_splits({"path": str(path), "text_column": "review", "label_column": "y", "classes": ["n", "p"],
                       "prompt": "{}"}, tmp_path / "out", tmp_path, n_train=2, n_pool=1, n_test=2, seed=0)
 
 
@@ -281,9 +281,9 @@ def tiny_problem(seed: int = 0):
 
 
 def test_mask_loop_resumed_from_a_checkpoint_is_bitwise_the_uninterrupted_one(tmp_path):
-    from calm.merging.calm import optimise_mask
+    from calm.merging.mask_optimisation import MaskSettings, optimise_mask
     theta0, prev, new, loss_terms = tiny_problem()
-    cfg = CalmConfig(sequential=["t"], iterations=7, lr=50.0, alpha=0.01, init_fraction=0.3, checkpoint_every=3)
+    cfg = MaskSettings(iterations=7, lr=50.0, alpha=0.01, init_fraction=0.3, init_value=5.0, checkpoint_every=3)
     full = optimise_mask(theta0, prev, new, loss_terms(torch.Generator().manual_seed(1)), cfg, progress=False)
 
     saved, path = [], tmp_path / "state.pt"

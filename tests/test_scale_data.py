@@ -12,9 +12,9 @@ pytest.importorskip("datasets", reason="HF datasets is not installed; pip instal
 
 from calm import artifacts  # noqa: E402
 from calm.config import ModelConfig  # noqa: E402
-from calm.data.hf import prepare_hf_task  # noqa: E402
+from calm.data.hf import write_hf_task_splits  # noqa: E402
 from calm.data.vision_tasks import VISION_TASKS  # noqa: E402
-from calm.stages.data import build_head, preprocess  # noqa: E402
+from calm.stages.prepare import build_head, preprocess  # noqa: E402
 from calm.stages.family import open_family  # noqa: E402
 
 from picos import COLOURS, make_clip, png, save_images_parquet, save_images_to_disk  # noqa: E402
@@ -28,7 +28,7 @@ def sources(tmp_path_factory):
 
 
 def test_save_to_disk_source_with_the_pool_aliasing_the_test_split(sources, tmp_path):
-    info = prepare_hf_task("colours", {"source": str(sources["disk"])}, tmp_path / "task", cache_dir=tmp_path / "c")
+    info = write_hf_task_splits("colours", {"source": str(sources["disk"])}, tmp_path / "task", cache_dir=tmp_path / "c")
     assert info["classes"] == ["red", "blue"]  # the ClassLabel names
     assert info["templates"] == ["{}"] and info["aliases"] == {"pool": "test"}
     assert sorted(p.name for p in (tmp_path / "task").iterdir()) == ["task.json", "test.parquet", "train.parquet"]
@@ -40,7 +40,7 @@ def test_save_to_disk_source_with_the_pool_aliasing_the_test_split(sources, tmp_
 def test_parquet_source_with_distinct_pool_split_and_limits(sources, tmp_path):
     spec = {"source": str(sources["parquet"]), "pool_split": "train", "test_limit": 5,
             "classes": ["r", "b", "g"], "templates": ["a {} thing.", "the {}."]}
-    info = prepare_hf_task("colours", spec, tmp_path / "task", seed=3, cache_dir=tmp_path / "c")
+    info = write_hf_task_splits("colours", spec, tmp_path / "task", seed=3, cache_dir=tmp_path / "c")
     assert info["aliases"] == {} and info["sizes"] == {"train": 6, "pool": 6, "test": 5}
     test = pd.read_parquet(tmp_path / "task" / "test.parquet")
     assert len(set(test["idx"])) == 5 and test["idx"].is_monotonic_increasing
@@ -49,7 +49,7 @@ def test_parquet_source_with_distinct_pool_split_and_limits(sources, tmp_path):
 
 def test_built_in_task_names_bring_fusionbench_classes_and_templates(sources, tmp_path):
     # the two-class disk data stands in for mnist: labels 0 and 1 are the digits "0" and "1"
-    info = prepare_hf_task("mnist", {"source": str(sources["disk"])}, tmp_path / "task", cache_dir=tmp_path / "c")
+    info = write_hf_task_splits("mnist", {"source": str(sources["disk"])}, tmp_path / "task", cache_dir=tmp_path / "c")
     assert info["classes"] == list(VISION_TASKS["mnist"].classes)
     assert info["templates"] == ['a photo of the number: "{}".']
 
@@ -61,7 +61,7 @@ def test_image_folder_source_and_rows_without_a_label(tmp_path):
             folder.mkdir(parents=True)
             for i in range(n):
                 (folder / f"{i}.png").write_bytes(png(COLOURS[1 - c], seed=i))
-    info = prepare_hf_task("folder", {"source": str(tmp_path / "folder")}, tmp_path / "task", cache_dir=tmp_path / "c")
+    info = write_hf_task_splits("folder", {"source": str(tmp_path / "folder")}, tmp_path / "task", cache_dir=tmp_path / "c")
     assert info["classes"] == ["blue", "red"] and info["sizes"]["test"] == 6
 
 
@@ -72,14 +72,14 @@ def test_text_pairs_and_unlabelled_rows_are_handled(tmp_path):
     datasets.DatasetDict({"validation": ds}).save_to_disk(str(tmp_path / "nli"))
     spec = {"source": str(tmp_path / "nli"), "input_column": "premise", "pair_column": "hypothesis",
             "pool_split": "validation", "test_split": "validation", "train_split": "", "classes": ["yes", "no"]}
-    info = prepare_hf_task("nli", spec, tmp_path / "task", cache_dir=tmp_path / "c")
+    info = write_hf_task_splits("nli", spec, tmp_path / "task", cache_dir=tmp_path / "c")
     frame = pd.read_parquet(tmp_path / "task" / "test.parquet")
     assert frame[["text", "text_pair", "label"]].values.tolist() == [["a", "x", 0], ["c", "z", 1]]
     assert info["notes"] == ["test: dropped 1 rows with no label (< 0)"]
 
 
 def test_prepare_caches_uint8_pixels_once_and_the_pool_reads_the_test_rows(sources, tmp_path):
-    prepare_hf_task("colours", {"source": str(sources["disk"])}, tmp_path / "task", cache_dir=tmp_path / "c")
+    write_hf_task_splits("colours", {"source": str(sources["disk"])}, tmp_path / "task", cache_dir=tmp_path / "c")
     family = open_family(ModelConfig(family="clip_hf", logit_scale=100.0),
                                 make_clip(tmp_path / "clip"), device="cpu")
     preprocess(family, tmp_path / "task", tmp_path / "inputs.safetensors")

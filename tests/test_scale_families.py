@@ -11,7 +11,8 @@ import torch
 from calm import artifacts, vectors
 from calm.config import Config, ModelConfig
 from calm.data.images import decode_images, resize_center_crop
-from calm.stages.data import build_head, fetch_finetuned, preprocess
+from calm.stages.fetch import fetch_finetuned
+from calm.stages.prepare import build_head, preprocess
 from calm.stages.family import open_family
 
 from picos import make_clip, make_clip_finetuned, make_roberta, png

@@ -11,7 +11,7 @@ pytest.importorskip("open_clip", reason="open-clip-torch (and torchvision) are n
 from calm import vectors  # noqa: E402
 from calm.config import ModelConfig  # noqa: E402
 from calm.families.openclip import load_release_file  # noqa: E402
-from calm.stages.data import fetch_finetuned, fetch_model  # noqa: E402
+from calm.stages.fetch import fetch_finetuned, fetch_model  # noqa: E402
 from calm.stages.family import open_family  # noqa: E402
 
 from picos import make_release, open_clip_arch, png  # noqa: E402

@@ -1,4 +1,4 @@
-"""The SLURM profile on a real cluster: the one-machine cluster of ci/slurm-up (partitions `cpu`,
+"""The SLURM profile on a real cluster: the one-machine cluster of .ci/slurm-up (partitions `cpu`,
 no GPU, and `gpu`, GRES gpu:h100), which `.ci/run` starts before the test suite. A pico config
 runs through `profiles/slurm` as the README says, job by job through sbatch, to the same
 results as a local run; a user's sweep grid runs its variants side by side; a cancelled and
@@ -27,7 +27,7 @@ from conftest import same_tensors
 from test_scale_workflow import planned_resources
 from pico_workflow import ROOT, SNAKEMAKE, pico_config, planned_jobs
 
-# What the README tells users to export, for ci/slurm-up's cluster.
+# What the README tells users to export, for .ci/slurm-up's cluster.
 SLURM_ENV = {"SLURM_ACCOUNT": "calm", "SLURM_PARTITION": "cpu", "SLURM_GPU_PARTITION": "gpu", "SLURM_GPU_MODEL": "h100"}
 # The README's poll interval for a small idle cluster (the plugin's default is 40 s).
 POLL = ["--slurm-init-seconds-before-status-checks", "2"]
@@ -42,13 +42,13 @@ GPU_RULES = {"finetune", "score", "calm_base", "calm_step", "calm_model", "merge
 def missing_cluster() -> str | None:
     """Why the Slurm tests cannot run here, or None."""
     if shutil.which("sbatch") is None:
-        return "no sbatch on PATH (ci/slurm-up installs and starts a one-machine Slurm cluster)"
+        return "no sbatch on PATH (.ci/slurm-up installs and starts a one-machine Slurm cluster)"
     try:
         proc = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=30)
     except subprocess.TimeoutExpired:
         return "sinfo did not answer within 30 s"
     if proc.returncode != 0 or not {"cpu", "gpu"} <= set(proc.stdout.split()):
-        return "no Slurm cluster with partitions cpu and gpu answers (run ci/slurm-up)"
+        return "no Slurm cluster with partitions cpu and gpu answers (run .ci/slurm-up)"
     return None
 
 

@@ -10,10 +10,10 @@ import torch
 from calm import artifacts
 from calm.config import FinetuneConfig, ModelConfig
 from calm.io import write_json, write_parquet
-from calm.stages.data import build_head, preprocess
+from calm.stages.prepare import build_head, preprocess
 from calm.stages.family import open_family
 from calm.stages.finetune import finetune
-from calm.stages.selection import score
+from calm.stages.score import score
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,10 @@ from pydantic import Field, field_validator, model_validator
 
 from calm.config.baselines import BaselinesConfig
 from calm.config.section import Section
+from calm.sampling import SAMPLERS
+
+# The names of calm.sampling.SAMPLERS, written there alone.
+SamplerName = Literal[tuple(SAMPLERS)]
 
 
 # Families whose task heads come from the fine-tuned checkpoints (not from class prompts).
@@ -132,7 +136,7 @@ class ScoreConfig(Section):
 
 
 class SelectConfig(Section):
-    sampler: Literal["cb_ems", "ems", "supervised", "random"] = Field(
+    sampler: SamplerName = Field(
         "cb_ems", description="How the credible set is drawn from the scored pool.")
     ratio: float = Field(0.9, gt=0, le=1, description="Fraction kept (per pseudo-class for cb_ems).")
     seed: int = 0
@@ -174,8 +178,7 @@ class AblationsConfig(Section):
     iterations: int | None = Field(
         None, gt=0, description="Mask iterations of every sweep variant but the iterations sweep's (null: calm.iterations); "
         "fewer makes the sweeps cheaper but no longer comparable with the main table's CALM.")
-    samplers: list[Literal["cb_ems", "ems", "supervised", "random"]] = Field(
-        default_factory=lambda: ["cb_ems", "ems", "supervised", "random"], min_length=1)
+    samplers: list[SamplerName] = Field(default_factory=lambda: list(SAMPLERS), min_length=1)
     ratios: list[float] = Field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9, 1.0], min_length=1,
                                 description="Sampling ratios of the sampler sweep, each in (0, 1].")
     sampler_repeats: int = Field(

@@ -8,13 +8,12 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from calm.config.section import Section
+from calm.methods import METHODS
 
 
-# The names of calm.methods.METHODS (a test keeps the two equal; the schema's enum and the
-# workflow's wildcard constraint come from here and from the registry).
-BaselineName = Literal["weight_averaging", "task_arithmetic", "ties", "consensus_ta", "consensus_ties",
-                       "localize_stitch", "adamerging_task", "adamerging_layer", "fisher", "regmean",
-                       "tsv", "iso_c", "iso_cts", "wudi", "emr"]
+# The names of calm.methods.METHODS, written there alone: the schema's enum, the CLI's choices and
+# the workflow's wildcard constraint come from the registry.
+BaselineName = Literal[tuple(METHODS)]
 
 
 class TiesConfig(Section):

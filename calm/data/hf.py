@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 
 from calm.config import HFTask
-from calm.data.prepare import class_counts
+from calm.data.task_splits import class_counts
 from calm.data.vision_tasks import VISION_TASKS
 from calm.io import write_json, write_parquet
 
-__all__ = ["prepare_hf_task", "load_split"]
+__all__ = ["write_hf_task_splits", "load_split"]
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def _templates(name: str, spec: HFTask) -> list[str]:
     return ["{}"]
 
 
-def prepare_hf_task(name: str, spec: HFTask | dict, out_dir: Path, seed: int = 0,
+def write_hf_task_splits(name: str, spec: HFTask | dict, out_dir: Path, seed: int = 0,
                     cache_dir: str | Path | None = None) -> dict[str, Any]:
     """Write train.parquet (unless train_split is ''), pool.parquet (unless it aliases test),
     test.parquet and task.json into out_dir."""

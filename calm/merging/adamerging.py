@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Literal, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from calm.merging.calm import LossTerm
+from calm.merging.mask_optimisation import LossTerm
 from calm.vectors import StateDict
 
 Granularity = Literal["task", "layer"]

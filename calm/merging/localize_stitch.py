@@ -12,8 +12,7 @@ from typing import Callable, Iterable, Literal, Mapping, Sequence
 
 import torch
 
-from calm.config import CalmConfig
-from calm.merging.calm import LossTerm, MaskResult, optimise_mask
+from calm.merging.mask_optimisation import LossTerm, MaskResult, MaskSettings, optimise_mask
 from calm.vectors import StateDict, zeros_like
 
 
@@ -25,9 +24,8 @@ def localize(theta0: Mapping[str, torch.Tensor], tau: Mapping[str, torch.Tensor]
 
     With τ_prev = 0, CALM's merge rule (1 − m) τ_prev + m τ_t is exactly σ(R) ⊙ τ_t.
     """
-    cfg = CalmConfig(sequential=["localize"], iterations=epochs, lr=lr, alpha=alpha, init_value=init_value,
-                     init_fraction=init_fraction, grad_reduction="mean", regulariser=regulariser,
-                     strategy="both")
+    cfg = MaskSettings(iterations=epochs, lr=lr, alpha=alpha, init_value=init_value, init_fraction=init_fraction,
+                       grad_reduction="mean", regulariser=regulariser, strategy="both")
     return optimise_mask(theta0, zeros_like(tau), tau, loss_terms, cfg, progress=progress)
 
 

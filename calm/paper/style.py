@@ -10,6 +10,7 @@ import pandas as pd
 from matplotlib import cycler
 from matplotlib.figure import Figure
 
+from calm import sampling
 from calm.io import atomic_path
 from calm.paper.tables import AVERAGE
 
@@ -41,7 +42,7 @@ STYLE = {
     "axes.prop_cycle": cycler(color=PALETTE),
     "pdf.fonttype": 42,  # embed TrueType, so the PDF's text stays text in a paper
 }
-SAMPLERS = {"cb_ems": "CB-EMS", "ems": "EMS", "supervised": "Supervised (true labels)", "random": "Random"}
+SAMPLERS = {name: s.label for name, s in sampling.SAMPLERS.items()}
 
 
 def styled(builder):

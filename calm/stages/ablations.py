@@ -117,7 +117,7 @@ def seeds_ablations(sweeps: Mapping[str, list[dict]], out_prefix: str | Path, bo
         if sweep == "strategy":
             preds = [{k: pd.read_parquet(v) for k, v in r["predictions"].items()} for r in runs]
             comparisons = strategy_intervals(preds, bootstrap, seed)
-        frame = seed_averages(per_seed, sweep)
+        frame = sweep_averages_per_seed(per_seed, sweep)
         parts.append(seed_summary(frame, sweep, comparisons))
         text.append(seed_summary_markdown(parts[-1], sweep))
         if sweep == "n_seq":
@@ -131,7 +131,7 @@ def seeds_ablations(sweeps: Mapping[str, list[dict]], out_prefix: str | Path, bo
     return markdown
 
 
-def seed_averages(tables: Mapping[int, pd.DataFrame], sweep: str) -> pd.DataFrame:
+def sweep_averages_per_seed(tables: Mapping[int, pd.DataFrame], sweep: str) -> pd.DataFrame:
     """seed, setting, accuracy: each setting's average accuracy under each seed, from the seeds'
     tidy tables; an |S̄| is the mean over its task orders (as Fig. 6 averages them)."""
     rows = []

@@ -50,9 +50,9 @@ def merge_baseline(family: Family, method: str, model_dirs: list[str | Path], ou
     family.train_mode(False)
     start = time.perf_counter()
     if spec.per_task:
-        return _merge_per_task(family, spec, theta0, taus, model_dirs, out_dir, cfg, summary_out)
+        return _merge_per_task(family, method, spec, theta0, taus, model_dirs, out_dir, cfg, summary_out)
     if spec.adapter:
-        tau, info = globals()[spec.adapter](spec.fn, family, theta0, taus, tasks, cfg)
+        tau, info = ADAPTERS[spec.adapter](spec.fn, family, theta0, taus, tasks, cfg)
     else:
         tau, info = spec(taus, **spec.options(cfg)), {}
     summary = _summary(spec, method, start, model_dirs, cfg) | info
@@ -69,7 +69,7 @@ def _summary(spec, method: str, start: float, model_dirs: list[str | Path], cfg:
                          for s in spec.sections for v in [getattr(cfg, s)]}}
 
 
-def _merge_per_task(family: Family, spec, theta0, taus, model_dirs: list[str | Path], out_dir: str | Path,
+def _merge_per_task(family: Family, method: str, spec, theta0, taus, model_dirs: list[str | Path], out_dir: str | Path,
                     cfg: BaselinesConfig, summary_out: str | Path | None) -> dict:
     """EMR-Merging: one unified vector, and per task a sign mask and a rescaler. Task t is
     evaluated with θ0 + λ_t M_t ⊙ τ_uni, so it has a checkpoint of its own; what the method
@@ -79,7 +79,7 @@ def _merge_per_task(family: Family, spec, theta0, taus, model_dirs: list[str | P
         raise ValueError(f"{spec.label}: each model folder's name names its task's checkpoint; got {names}")
     start = time.perf_counter()
     emr = spec(taus, **spec.options(cfg))
-    summary = _summary(spec, "emr", start, model_dirs, cfg) | {
+    summary = _summary(spec, method, start, model_dirs, cfg) | {
         "rescalers": dict(zip(names, emr.rescalers)),
         "extra_bits_per_parameter": emr_storage_bits(len(taus), vectors.numel(theta0)),
         "active_fraction": {n: sum(int(m.sum()) for m in mask.values()) / vectors.numel(theta0)
@@ -105,7 +105,7 @@ def _sample(n: int, k: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k]
 
 
-def localize_stitch(fn: Callable, family: Family, theta0, taus, tasks, cfg: BaselinesConfig):
+def feed_localize_stitch(fn: Callable, family: Family, theta0, taus, tasks, cfg: BaselinesConfig):
     """Each task's mask learnt on a few labelled train examples, then the masked vectors stitched."""
     c = cfg.localize_stitch
     masks, per_task = [], []
@@ -133,7 +133,7 @@ def localize_stitch(fn: Callable, family: Family, theta0, taus, tasks, cfg: Base
     return fn(taus, masks), {"localize": per_task}
 
 
-def adamerging(fn: Callable, family: Family, theta0, taus, tasks, cfg: BaselinesConfig):
+def feed_adamerging(fn: Callable, family: Family, theta0, taus, tasks, cfg: BaselinesConfig):
     """Merging coefficients learnt by entropy minimisation on every task's unlabelled pool."""
     c = cfg.adamerging
     pools = [(t["task"], artifacts.read_inputs(t["inputs"], "pool"),
@@ -160,7 +160,7 @@ def adamerging(fn: Callable, family: Family, theta0, taus, tasks, cfg: Baselines
     return result.tau, {"coefficients": coefficients, "trace": result.trace}
 
 
-def fisher(fn: Callable, family: Family, theta0, taus, tasks, cfg: BaselinesConfig):
+def feed_fisher(fn: Callable, family: Family, theta0, taus, tasks, cfg: BaselinesConfig):
     """Each model's diagonal Fisher on pseudo-labelled pool examples, then the Fisher-weighted mean."""
     c = cfg.fisher
     fishers, used = [], {}
@@ -188,7 +188,7 @@ def fisher(fn: Callable, family: Family, theta0, taus, tasks, cfg: BaselinesConf
     return fn(taus, fishers, c.epsilon), {"examples": used}
 
 
-def regmean(fn: Callable, family: Family, theta0, taus, tasks, cfg: BaselinesConfig):
+def feed_regmean(fn: Callable, family: Family, theta0, taus, tasks, cfg: BaselinesConfig):
     """Each model's input Gram matrices of its linear layers on pool examples, then RegMean's closed form."""
     c = cfg.regmean
     grams, used = [], {}
@@ -204,3 +204,12 @@ def regmean(fn: Callable, family: Family, theta0, taus, tasks, cfg: BaselinesCon
         grams.append(total)
         used[t["task"]] = len(rows)
     return fn(taus, grams, c.alpha), {"examples": used, "closed_form_tensors": sorted(grams[0])}
+
+
+# Method.adapter -> its adapter; a new data-driven method names one of these, or adds its own.
+ADAPTERS: dict[str, Callable] = {
+    "localize_stitch": feed_localize_stitch,
+    "adamerging": feed_adamerging,
+    "fisher": feed_fisher,
+    "regmean": feed_regmean,
+}

@@ -3,6 +3,8 @@
 # CSV under results/ablations/. `snakemake --cores 2 ablations` runs them all; the
 # ablation_* targets run one each.
 
+include: "helpers/ablations.smk"
+
 
 rule ablation_accuracy:
     input:

@@ -1,3 +1,6 @@
+include: "helpers/evaluate.smk"
+
+
 rule evaluate:
     input:
         model=PRETRAINED,

@@ -1,6 +1,8 @@
 # Fetch rules need the network (PyPI, or the HF hub for paper-scale configs): on a
 # cluster they run on the submitting node, everything after reads only resources/.
 
+include: "helpers/fetch.smk"
+
 
 rule fetch_model:
     output:

@@ -9,7 +9,7 @@ rule finetune:
         model=MODEL_FLAGS,
         lineage=lambda w: finetuned_lineage(w.task, w.rep),
         # a replicate (`snakemake seeds`) differs from the main run in finetune.seed alone
-        settings=lambda w: finetune_flags(w.rep),
+        settings=lambda w: render_flags(CFG.finetune.model_copy(update={"seed": finetune_seed(w.rep)})),
     threads: CFG.threads
     resources:
         **job_resources("finetune", gpu=True),

@@ -1,5 +1,9 @@
 # A CALM run is a named variant (VARIANTS, common.smk): its settings, S̄ order and credible
 # sets. results/merge/calm/default/ is the config's own calm section.
+
+include: "helpers/merge.smk"
+
+
 rule calm_base:
     input:
         model=PRETRAINED,

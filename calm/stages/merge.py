@@ -17,7 +17,7 @@ from calm.config import CalmConfig
 from calm.families.base import Family
 from calm.inference import predict_logits
 from calm.io import atomic_dir, write_tensors
-from calm.merging.calm import layer_fractions, optimise_mask
+from calm.merging.mask_optimisation import MaskSettings, layer_fractions, optimise_mask
 from calm.merging.mask import pack
 from calm.merging.task_arithmetic import task_arithmetic
 from calm.stages.family import task_vectors
@@ -110,7 +110,7 @@ def calm_step(family: Family, tau_prev: str | Path, model_dir: str | Path,
 
     family.train_mode(False)
     start = time.perf_counter()
-    result = optimise_mask(theta0, prev, tau_new, loss_terms, cfg, resume=state,
+    result = optimise_mask(theta0, prev, tau_new, loss_terms, MaskSettings.of(cfg), resume=state,
                            on_checkpoint=(lambda st: resume.save_state(resume_file, st, generator, resume_key))
                            if cfg.checkpoint_every else None,
                            trace_eval=_trace_evaluator(family, theta0, cfg, trace_tasks))

@@ -30,7 +30,7 @@ def score(family: Family, model_dir: str | Path, inputs: str | Path, head: str |
 
 def select(scores: str | Path, sampler: str, ratio: float, seed: int, out: str | Path) -> pd.DataFrame:
     frame = pd.read_parquet(scores)
-    chosen = sampling.select(frame.drop(columns=["logits"]), sampler, ratio, seed)
+    chosen = sampling.draw_credible(frame.drop(columns=["logits"]), sampler, ratio, seed)
     if chosen.empty:
         raise ValueError(f"{scores}: the {sampler} sampler at ratio {ratio} selected no sample "
                          f"from a pool of {len(frame)}")

@@ -11,16 +11,36 @@ temporaries stay small even for a tensor as large as a word-embedding matrix (ha
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Iterable, Literal, Mapping
 
 import torch
 from tqdm.auto import tqdm
 
-from calm.config import CalmConfig
-from calm.merging.mask import (active_fraction, binarise, commit, dmix_dm, init_mask_logits, mix,
+from calm.merging.mask import (Strategy, active_fraction, binarise, commit, dmix_dm, init_mask_logits, mix,
                                update_logits)
 from calm.vectors import StateDict
+
+@dataclass(frozen=True)
+class MaskSettings:
+    """What the mask optimisation reads: CALM's step builds it from the calm section
+    (calm.config.CalmConfig), Localize-and-Stitch from its own settings."""
+    iterations: int
+    lr: float  # SGD learning rate on the mask logits R
+    alpha: float  # regulariser strength
+    init_value: float  # R starts at ±init_value
+    init_fraction: float  # the fraction of entries (largest |τ_new|) that start on
+    grad_reduction: Literal["sum", "mean"] = "sum"  # the batches' gradients added, or averaged
+    regulariser: Literal["polarise", "l1"] = "polarise"
+    strategy: Strategy = "both"
+    checkpoint_every: int = 0  # iterations between on_checkpoint calls (0: none)
+    trace_eval_every: int = 0  # iterations between trace_eval calls (0: none)
+
+    @classmethod
+    def of(cls, section: Any) -> "MaskSettings":
+        """The settings of a config section that has (at least) these fields."""
+        return cls(**{f.name: getattr(section, f.name) for f in fields(cls)})
+
 
 # One term of the objective: a named batch loss as a function of the merged parameters.
 LossTerm = tuple[str, Callable[[StateDict], torch.Tensor]]
@@ -44,7 +64,7 @@ def _soft_merge_into(out: torch.Tensor, theta0: torch.Tensor, tau_prev: torch.Te
 
 
 def _step_logits(r: torch.Tensor, grad: torch.Tensor | None, tau_prev: torch.Tensor, tau_new: torch.Tensor,
-                 scale: float, cfg: CalmConfig) -> None:
+                 scale: float, cfg: MaskSettings) -> None:
     """R ← update_logits(R, ∂L/∂θ ⊙ ∂mix/∂m · scale) in place, slice by slice. A tensor no batch
     reaches (an unused pooler) has no gradient: its mask only feels the regulariser."""
     for x, g, p, q in _slices(r, grad, tau_prev, tau_new):
@@ -73,7 +93,7 @@ class MaskState:
 
 def optimise_mask(theta0: Mapping[str, torch.Tensor], tau_prev: Mapping[str, torch.Tensor],
                   tau_new: Mapping[str, torch.Tensor], loss_terms: Callable[[int], Iterable[LossTerm]],
-                  cfg: CalmConfig, progress: bool = True, resume: MaskState | None = None,
+                  cfg: MaskSettings, progress: bool = True, resume: MaskState | None = None,
                   on_checkpoint: Callable[[MaskState], None] | None = None,
                   trace_eval: Callable[[StateDict], dict[str, float]] | None = None) -> MaskResult:
     """Learn the mask for merging τ_new into τ_prev, then binarise and commit it.

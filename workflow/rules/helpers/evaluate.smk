@@ -1,0 +1,107 @@
+# The helpers of the rules in workflow/rules/evaluate.smk, which alone use them (what two or more
+# rule files use is in common.smk). Snakemake's linter wants rules and functions in separate files.
+
+def variant_model(variant, rep=""):
+    return f"{variant_dir(variant, rep)}/model"
+
+
+def variant_eval_models(method, rep=""):
+    """calm/<variant>: its merged model; calm/<variant>/<part>: a mask-analysis model of its
+    last step (tau2: the step's fine-tuned model)."""
+    _, variant, *part = method.split("/")
+    if variant not in VARIANTS or len(part) > 1:
+        raise ValueError(f"unknown evaluation target '{method}'")
+    if not part:
+        return {t: variant_model(variant, rep) for t in TASKS}
+    if part[0] == "tau2":
+        return {t: finetuned(VARIANTS[variant].sequential[-1], rep) for t in TASKS}
+    if part[0] in ANALYSIS_PARTS:
+        return {t: f"{variant_dir(variant, rep)}/analysis/{part[0]}" for t in TASKS}
+    raise ValueError(f"unknown evaluation target '{method}'")
+
+
+def eval_models(method, rep=""):
+    """The checkpoint each task is evaluated with under a method name."""
+    if method == "individual":
+        return {t: finetuned(t, rep) for t in TASKS}
+    if method == "pretrained":
+        return {t: PRETRAINED for t in TASKS}
+    if method == "calm":
+        return {t: variant_model("default", rep) for t in TASKS}
+    if method.startswith("calm/"):
+        return variant_eval_models(method, rep)
+    name = method.removeprefix("baseline_")
+    if method.startswith("baseline_") and name in METHODS:
+        # A per-task method (EMR) writes one checkpoint per task inside its model folder.
+        model = f"{baseline_dir(name, rep)}/model"
+        return {t: f"{model}/{t}" if METHODS[name].per_task else model for t in TASKS}
+    raise ValueError(f"unknown evaluation target '{method}'")
+
+
+def eval_checkpoints(method, rep=""):
+    """The folders a method's evaluation reads: the job outputs that hold its checkpoints."""
+    name = method.removeprefix("baseline_")
+    if method.startswith("baseline_") and name in METHODS and METHODS[name].per_task:
+        return [f"{baseline_dir(name, rep)}/model"]
+    return sorted(set(eval_models(method, rep).values()))
+
+
+def replicates():
+    """The `rep` of every replicate `snakemake seeds` reads, the main run's first."""
+    if CFG.model.finetuned:
+        sys.exit(NO_REPLICATES)
+    return [replicate(r) for r in range(CFG.replicates.seeds)]
+
+
+def seed_runs():
+    """Per replicate: its fine-tuning seed and its results table's rows (name -> predictions)."""
+    return [{"seed": finetune_seed(rep), "rows": table_rows(rep)} for rep in replicates()]
+
+
+def seed_ablations():
+    """Per sweep of replicates.ablations, per replicate: its seed, its tidy table (ablation_accuracy)
+    and, for the strategy sweep, each strategy's predictions (for the intervals between them)."""
+    out = {}
+    for sweep in CFG.replicates.ablations:
+        out[sweep] = []
+        for rep in replicates():
+            run = {"seed": finetune_seed(rep), "table": f"results{rep}/ablations/{sweep}.csv"}
+            if sweep == "strategy":
+                run["predictions"] = {r["strategy"]: variant_eval(r["variant"], rep) for r in sweep_rows(sweep)}
+            out[sweep].append(run)
+    return out
+
+
+def seeds_inputs():
+    """Every replicate's predictions of the main table's rows, and its own results table."""
+    files = [path for run in seed_runs() for path in run["rows"].values()]
+    files += [path for rep in replicates() for path in main_table(rep).values()]
+    for runs in seed_ablations().values():
+        files += [path for run in runs for path in [run["table"], *run.get("predictions", {}).values()]]
+    return list(dict.fromkeys(files))
+
+
+def seeds_outputs():
+    """The seeds table (CSV in the report, Markdown, JSON with the intervals) and its figure; the
+    sweeps' table over seeds when replicates.ablations names one, and the |S̄| curve for n_seq."""
+    prefix = "results/tables/seeds"
+    out = {
+        "csv": report(f"{prefix}.csv", caption="../report/seeds.rst", category="Fine-tuning seeds"),
+        "md": f"{prefix}.md",
+        "json": f"{prefix}.json",
+        "png": report(f"{prefix}.png", caption="../report/seeds_figure.rst", category="Fine-tuning seeds"),
+        "pdf": f"{prefix}.pdf",
+    }
+    if CFG.replicates.ablations:
+        out["ablations_csv"] = report(f"{prefix}_ablations.csv", caption="../report/seeds_ablations.rst",
+                                      category="Fine-tuning seeds")
+        out["ablations_md"] = f"{prefix}_ablations.md"
+    if "n_seq" in CFG.replicates.ablations:
+        out["n_seq_png"] = report(f"{prefix}_n_seq.png", caption="../report/seeds_n_seq.rst",
+                                  category="Fine-tuning seeds")
+        out["n_seq_pdf"] = f"{prefix}_n_seq.pdf"
+    return out
+
+
+def table_lineage(rep=""):
+    return digest("table", {name: path_lineage(path) for name, path in table_rows(rep).items()})

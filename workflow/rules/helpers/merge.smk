@@ -1,0 +1,42 @@
+# The helpers of the rules in workflow/rules/merge.smk, which alone use them (what two or more
+# rule files use is in common.smk). Snakemake's linter wants rules and functions in separate files.
+
+def variant_credible(variant, task, rep=""):
+    v = VARIANTS[variant]
+    return credible(v.sampler, v.ratio, task, v.select_seed, rep)
+
+
+def visible_tasks(variant, k):
+    """S, then the sequential tasks up to and including the k-th."""
+    v = VARIANTS[variant]
+    return v.efficient(TASKS) + v.sequential[:k]
+
+
+def step_task(w):
+    """The task a calm_step job merges; the folder name must agree with the variant's order."""
+    seq = VARIANTS[w.variant].sequential
+    k = int(w.k)
+    if not 1 <= k <= len(seq) or seq[k - 1] != w.task:
+        raise ValueError(f"CALM variant '{w.variant}' has no step {k} merging '{w.task}' (its order: {seq})")
+    return w.task
+
+
+def visible_flag(variant, k, rep=""):
+    return " ".join(
+        f"{t}=results/inputs/{t}.safetensors,results/heads/{t}.safetensors,{variant_credible(variant, t, rep)}"
+        for t in visible_tasks(variant, k)
+    )
+
+
+def calm_flags(variant):
+    return render_flags(VARIANTS[variant].calm, exclude=("sequential", "efficient_lambda", "checkpoint_every"))
+
+
+def traced(variant):
+    """Tracing variants evaluate every task's test split inside the mask loop."""
+    return TASKS if VARIANTS[variant].calm.trace_eval_every else []
+
+
+def trace_flag(variant):
+    pairs = [f"{t}=results/inputs/{t}.safetensors,results/heads/{t}.safetensors" for t in traced(variant)]
+    return "--trace-eval " + " ".join(pairs) if pairs else ""
