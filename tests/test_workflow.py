@@ -410,3 +410,59 @@ def test_run_killed_in_the_mask_step_resumes_and_equals_the_uninterrupted_run(pi
                                   pd.read_parquet(pico_run / "results/eval/calm.parquet"))
     assert (work / "results/tables/main.csv").read_text() == (pico_run / "results/tables/main.csv").read_text()
     assert not list(work.glob("results/**/.*.tmp")), "no temporary left behind"
+
+
+def step_process(work: Path) -> int | None:
+    """The pid of the `python -m calm calm-step` job running in `work`, if any."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"calm-step" in cmd and b"-m" in cmd and (proc / "cwd").resolve() == work:
+                return int(proc.name)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def test_a_changed_setting_survives_its_step_killed_and_make_resume_recomputes_it(pico_run, tmp_path):
+    """The user's case: on a finished run, set calm.lr and run; the CALM step's python is killed
+    (kill -9, as the OOM killer would), so Snakemake deletes its outputs, and with them the record
+    that lr changed. `make resume` then recomputes the step, the CALM model, its evaluation and
+    the table with the new lr, bit for bit as a run that was never interrupted (before: "Nothing
+    to be done", the old lr's model and table standing)."""
+    import os
+    import signal
+    import time
+
+    from test_make import make
+
+    work, reference = (tmp_path / "work", tmp_path / "reference")
+    for folder in (work, reference):
+        shutil.copytree(pico_run, folder, symlinks=True)
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        config["calm"]["lr"] = 3e6
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    for name in ("Makefile", "Snakefile", "workflow", "profiles", "requirements.txt", "pyproject.toml"):
+        (work / name).symlink_to(ROOT / name)
+    step = Path("results/merge/calm/default/step1-mood")
+    checkpoint = work / "results/merge/calm/default/step1-mood.resume.pt"
+    run = subprocess.Popen(SNAKEMAKE + ["--cores", "2", "--configfile", "config.yaml"], cwd=work,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not checkpoint.exists() or (pid := step_process(work.resolve())) is None:
+        assert run.poll() is None, "the run ended before the mask loop's first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    assert run.wait() != 0
+    assert not (work / step / "tau.safetensors").exists(), "Snakemake removed the failed step's outputs"
+
+    proc = make(work, "resume")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    snakemake(reference)
+    assert json.loads((work / step / "summary.json").read_text())["settings"]["lr"] == 3e6
+    assert (work / step / "tau.safetensors").read_bytes() == (reference / step / "tau.safetensors").read_bytes()
+    pd.testing.assert_frame_equal(pd.read_parquet(work / "results/eval/calm.parquet"),
+                                  pd.read_parquet(reference / "results/eval/calm.parquet"))
+    assert (work / "results/tables/main.csv").read_text() == (reference / "results/tables/main.csv").read_text()
+    assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(snakemake(work, "-n"))

@@ -295,7 +295,19 @@ class Config(Section):
         if self.ablations.mask_task is not None and self.ablations.mask_task not in tasks:
             raise ValueError(f"ablations.mask_task '{self.ablations.mask_task}' is not in data.tasks {tasks}")
         self._check_checkpoints()
+        self._check_test_size()
         return self
+
+    def _check_test_size(self) -> None:
+        """The test split takes n_test // C rows of each of a task's C classes: at least one."""
+        from calm.data.tasks import TASKS as BUILT_IN
+
+        for task in self.data.tasks:
+            spec = self.data.custom.get(task) or (BUILT_IN.get(task) if task not in self.data.hf else None)
+            if spec is not None and self.data.n_test < len(spec.classes):
+                raise ValueError(f"data.n_test {self.data.n_test} is below the {len(spec.classes)} classes of task "
+                                 f"'{task}': the class-balanced test split takes n_test // {len(spec.classes)} = 0 "
+                                 "rows of each class")
 
     def _check_checkpoints(self) -> None:
         model, tasks = self.model, self.data.tasks

@@ -101,3 +101,7 @@ def seeds_outputs():
                                   category="Fine-tuning seeds")
         out["n_seq_pdf"] = f"{prefix}_n_seq.pdf"
     return out
+
+
+def table_lineage(rep=""):
+    return digest("table", {name: path_lineage(path) for name, path in table_rows(rep).items()})
