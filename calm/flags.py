@@ -26,8 +26,12 @@ def path(flag: str, help_: str | None = None, **kwargs) -> Flag:
     return flag, {"required": True, "type": Path, **({"help": help_} if help_ else {}), **kwargs}
 
 
-def out(help_: str | None = None, flag: str = "--out") -> Flag:
-    return path(flag, help_)
+class OutFolder(type(Path())):
+    """A folder --out: before any work, calm.cli's main() checks that the stage may replace it (calm.io)."""
+
+
+def out(help_: str | None = None, flag: str = "--out", folder: bool = False) -> Flag:
+    return path(flag, help_, **({"type": OutFolder} if folder else {}))
 
 
 def floats(text: str) -> list[float]:

@@ -86,6 +86,9 @@ METHODS: dict[str, Method] = {
     "wudi": Method("wudi:wudi", "WUDI-Merging", ("wudi",), options=_section("wudi"), scale_grid="alpha_grid"),
     "emr": Method("emr:emr_merge", "EMR-Merging (a model per task)", ("emr",), options=_section("emr"),
                   per_task=True),
+    # CALM's closest peers (issue 26): CART, and AdaRank on top of a base (adarank.base).
+    "cart": Method("cart:cart", "CART", ("cart",), options=_section("cart")),
+    "adarank": Method("adarank:adarank", "AdaRank", ("adarank",), ("inputs", "head"), adapter="adarank"),
 }
 
 

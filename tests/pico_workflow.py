@@ -51,7 +51,7 @@ def pico_config(model: Path, folder: Path, **calm) -> dict:
                       "localize_stitch": {"n_shot": 8, "epochs": 2, "batch_size": 4, "lr": 1e6},
                       "adamerging": {"steps": 2, "batch_size": 4, "batches_per_task": 1},
                       "fisher": {"n_examples": 4}, "regmean": {"n_examples": 8, "batch_size": 4},
-                      "wudi": {"steps": 3}},
+                      "wudi": {"steps": 3}, "adarank": {"steps": 2, "batch_size": 4}},
         "evaluate": {"batch_size": 16, "bootstrap": 200},
     }
 

@@ -60,6 +60,13 @@ def test_base_config_is_valid():
     (base_config(replicates={"ablations": ["n_seq", "n_seq"]}), "replicates.ablations names a sweep twice"),
     (base_config(data={"custom": {"x": {"path": "x.csv", "classes": ["p", "q"], "labels": 1}}}),
      "data.custom.x.labels: unknown key (allowed: path, text_column, label_column, classes, prompt)"),
+    # n_test below a task's classes: said when the config is read, not after the data jobs as a
+    # split "too few rows" for a task that has plenty
+    (base_config(data={"n_test": 2, "custom": {"a": {"path": "a.csv", "classes": ["p", "q", "r"]}}}),
+     "data.n_test 2 is below the 3 classes of task 'a': the class-balanced test split takes n_test // 3 = 0 rows "
+     "of each class"),
+    (base_config(data={"tasks": ["ng20", "r8"], "n_test": 10}, calm={"sequential": ["r8"]}),
+     "data.n_test 10 is below the 20 classes of task 'ng20'"),
 ])
 def test_bad_config_is_one_line_naming_the_key(cfg, expected):
     assert expected in config_error(cfg)
@@ -135,7 +142,7 @@ def test_sweep_table_rows_come_back_typed(tmp_path):
     ("sampler\tratio\nbest\t0.5\n", "row 1 column 'sampler': expected 'cb_ems', 'ems', 'supervised' or 'random', got 'best'"),
     ("sampler\tratio\ncb_ems\thalf\n", "row 1 column 'ratio': expected a valid number"),
     ("sampler\tratio\ncb_ems\t\n", "row 1 column 'ratio' is empty"),
-    ("sampler\tratio\nems\t0.5\nems\t0.5\n", "row 2 repeats an earlier row"),
+    ("sampler\tratio\nems\t0.5\nems\t0.5\n", "row 2 repeats row 1"),
     ("sampler\tratio\n", "the sweep table has no rows"),
 ])
 def test_bad_sweep_table_is_one_line_naming_file_row_and_column(tmp_path, text, expected):

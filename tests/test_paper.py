@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from matplotlib.container import ErrorbarContainer
 from matplotlib.collections import PathCollection
 
-from calm.paper import figures, registry, style
+from calm.paper import comparison, figures, registry, style
 from calm.paper import tables as pt
 from calm.render import to_latex, to_markdown
 
@@ -213,10 +214,33 @@ def test_a_figure_without_its_rows_says_so():
 
 
 def test_fig3_is_relative_to_the_individual_model():
-    fig = figures.normalised_accuracy(tiny_inputs()["fig3_normalised"])
-    heights = sorted(round(p.get_height(), 3) for p in fig.axes[0].patches)
-    # TA: 80/90, 70/80, avg 88.2; CALM: 85/90, 78/80, avg 96.0 (all in %)
-    assert heights == sorted([88.889, 87.5, 88.2, 94.444, 97.5, 96.0])
+    fig = comparison.normalised_accuracy(tiny_inputs()["fig3_normalised"])
+    bars, heat = fig.axes[:2]
+    # TA: 80/90, 70/80, avg 88.2; CALM: 85/90, 78/80, avg 96.0 (all in %); CALM's row first
+    assert sorted(round(p.get_width(), 3) for p in bars.patches) == [88.2, 96.0]
+    assert heat.images[0].get_array().round(3).tolist() == [[94.444, 97.5, 96.0], [88.889, 87.5, 88.2]]
+
+
+def test_fig3_groups_methods_by_kind_sorts_them_by_average_and_draws_the_seeds_spread():
+    names = ["Weight averaging", "TIES", "AdaMerging (layer-wise)", "RegMean", "EMR-Merging (a model per task)",
+             "CALM"]
+    averages = [80.0, 90.0, 85.0, 88.0, 95.0, 92.0]
+    main = pd.DataFrame({"method": ["Individual"] + names, "a": [100.0] + averages, "Avg": [100.0] + averages,
+                         "Norm. avg": [100.0] + averages})
+    seeds = pd.DataFrame({"method": ["TIES", "CALM"], "Avg": [90.0, 92.0], "Norm. avg s.d.": [0.5, 0.25]})
+    frame = pd.concat([main.assign(source="main"), seeds.assign(source="seeds")], ignore_index=True)
+    bars = comparison.normalised_accuracy(frame).axes[0]
+    order = [t.get_text() for t in bars.get_yticklabels()]
+    assert order == ["CALM", "TIES", "Weight averaging", "RegMean", "AdaMerging (layer-wise)",
+                     "EMR-Merging (a model per task)"]
+    colours = [tuple(p.get_facecolor()) for p in bars.patches]
+    assert colours[1] == colours[2] and colours[3] == colours[4]  # one colour per kind
+    assert len({colours[0], colours[1], colours[3], colours[5]}) == 4  # each kind its own
+    errorbars = next(c for c in bars.containers if isinstance(c, ErrorbarContainer))
+    spans = sorted(round(float(seg[1][0] - seg[0][0]), 6) for seg in errorbars.lines[2][0].get_segments())
+    assert spans == [0.0, 0.0, 0.0, 0.0, 0.5, 1.0]  # ± s.d. where the seeds table has the method
+    assert comparison.method_kind("Task arithmetic λ=0.6 (best λ, oracle)") == "data-free"
+    assert comparison.method_kind("Iso-CTS") == "data-free" and comparison.method_kind("AdaRank") == "data-driven"
 
 
 def test_fig5_shows_mean_and_sd_over_seeds_where_a_setting_repeats():

@@ -4,6 +4,10 @@ CPU. (Config errors: tests/test_config_errors.py.)"""
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -364,3 +368,137 @@ def test_a_failed_write_leaves_nothing_and_a_killed_writers_temporaries_are_clea
     os.umask(umask)
     assert (tmp_path / "out.json").stat().st_mode & 0o777 == 0o666 & ~umask
     assert (tmp_path / "model").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+# --- outputs: a user's folder is never replaced; a refused write is one line ---------------
+
+def calm_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "calm", *args], capture_output=True, text=True)
+
+
+def pico_flags(pico_model: Path) -> list[str]:
+    return ["--pretrained", str(pico_model), "--model-max-length", "16", "--model-logit-scale", "10",
+            "--device", "cpu", "--threads", "1"]
+
+
+def users_folder(path: Path) -> Path:
+    (path / "sub").mkdir(parents=True)
+    (path / "important.txt").write_text("mine")
+    (path / "sub" / "notes.md").write_text("also mine")
+    return path
+
+
+def untouched(path: Path) -> bool:
+    return (sorted(str(p.relative_to(path)) for p in path.rglob("*")) == ["important.txt", "sub", "sub/notes.md"]
+            and (path / "important.txt").read_text() == "mine")
+
+
+def test_atomic_dir_replaces_only_its_own_output(tmp_path):
+    from calm.io import OutputError, atomic_dir
+    mine = users_folder(tmp_path / "mine")
+    with pytest.raises(OutputError) as info:
+        with atomic_dir(mine) as tmp:
+            (tmp / "weights").write_text("w")
+    assert str(info.value) == f"{mine}: exists and holds files this command did not write; give --out a new folder " \
+                              "(or empty this one)"
+    assert untouched(mine) and [p.name for p in tmp_path.iterdir()] == ["mine"]
+    (tmp_path / "empty").mkdir()
+    for _ in range(2):  # an empty folder, then its own earlier output, are replaced
+        with atomic_dir(tmp_path / "empty") as tmp:
+            (tmp / "weights").write_text("w")
+    assert (tmp_path / "empty" / "weights").read_text() == "w"
+    (tmp_path / "file").write_text("a file")
+    with pytest.raises(OutputError, match="file: exists and is not a folder this command wrote"):
+        with atomic_dir(tmp_path / "file"):
+            pass
+
+
+# Every stage that writes a folder, with arguments that parse: the refusal comes before any work.
+FOLDER_STAGES = {
+    "fetch-model": ["--source", "hf:some/model"],
+    "fetch-finetuned": ["--source", "hf:some/model", "--pretrained", "p"],
+    "fetch-data": ["--task", "ng20", "--wheels", "w"],
+    "finetune": ["--pretrained", "p", "--inputs", "i", "--head", "h"],
+    "merge-baseline": ["--pretrained", "p", "--method", "task_arithmetic", "--models", "a", "b"],
+    "calm-step": ["--pretrained", "p", "--tau-prev", "t", "--model", "m", "--visible", "t=a,b,c"],
+    "calm-model": ["--pretrained", "p", "--tau", "t"],
+}
+
+
+@pytest.mark.parametrize("stage", FOLDER_STAGES)
+def test_out_onto_a_users_folder_is_refused_in_one_line_and_keeps_it(stage, tmp_path):
+    """Before: `calm-model --out DIR` replaced DIR (its important.txt and sub/notes.md gone), exit 0."""
+    out = users_folder(tmp_path / "merged-model")
+    proc = calm_cli(stage, *FOLDER_STAGES[stage], "--out", str(out))
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {out}: exists and holds files this command did not write; give --out a new folder (or empty this one)"]
+    assert untouched(out)
+
+
+def test_mask_parts_refuses_a_users_part_folder_before_writing_any(pico_model, toy, tmp_path):
+    from calm.merging.mask import pack
+    from calm.io import write_tensors
+    theta0 = load_file(str(pico_model / "model.safetensors"))
+    packed, shapes = pack({n: torch.ones(t.shape, dtype=torch.bool) for n, t in theta0.items()})
+    write_tensors(packed, tmp_path / "mask.safetensors", metadata=shapes)
+    out = tmp_path / "analysis"
+    users_folder(out / "not_m_tau1")
+    proc = calm_cli("mask-parts", *pico_flags(pico_model), "--tau-prev", str(toy / "prev.safetensors"),
+                    "--model", str(toy / "ft"), "--mask", str(tmp_path / "mask.safetensors"), "--out", str(out))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (f"error: {out / 'not_m_tau1'}: exists and holds files this "
+                                                    "command did not write; give --out a new folder (or empty this one)")
+    assert untouched(out / "not_m_tau1") and sorted(p.name for p in out.iterdir()) == ["not_m_tau1"]
+
+
+def in_mount(folder: Path, options: str, command: list[str], fill: bool = False) -> subprocess.CompletedProcess:
+    """`command` with a tmpfs mounted on `folder` (its own mount namespace: nothing else sees
+    it); with `fill`, a file first takes all its space."""
+    folder.mkdir(parents=True, exist_ok=True)
+    filler = f"dd if=/dev/zero of={folder}/filler bs=4k 2>/dev/null; " if fill else ""
+    return subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o {options} none {folder} && {filler}"
+                           'exec "$@"', "sh", *command], capture_output=True, text=True)
+
+
+needs_mounts = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                                  reason="mounts a small or read-only tmpfs (root, unshare)")
+
+
+@needs_mounts
+@pytest.mark.parametrize("mount, cause", [("size=1m", "no space left on the device"), ("ro", "read-only file system")])
+def test_a_full_disk_or_an_unwritable_folder_is_one_line_naming_the_output(pico_model, toy, tmp_path, mount, cause):
+    """Before: safetensors' errno 28 traceback (40 lines) naming no file; for a folder one may
+    not write in, a 28-line PermissionError naming only the temporary file. (As root, whom
+    file modes do not stop, that folder is a read-only mount.)"""
+    disk = tmp_path / "disk"
+    proc = in_mount(disk, mount, [sys.executable, "-m", "calm", "calm-model", *pico_flags(pico_model),
+                                  "--tau", str(toy / "prev.safetensors"), "--out", str(disk / "model")])
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {disk / 'model'}: cannot write this folder: {cause}"
+    assert "Traceback" not in proc.stderr
+
+
+@needs_mounts
+def test_a_full_disk_under_a_parquet_file_names_the_file(tmp_path):
+    """Before: pyarrow's '[Errno 28] Error writing bytes to file', naming no file."""
+    write = ("import pandas as pd, sys; from calm.io import write_parquet; "
+             "write_parquet(pd.DataFrame({'a': range(100)}), sys.argv[1])")
+    disk = tmp_path / "disk"
+    proc = in_mount(disk, "size=64k", [sys.executable, "-c", write, str(disk / "scores.parquet")], fill=True)
+    assert proc.stderr.strip().splitlines()[-1] == f"calm.io.OutputError: {disk / 'scores.parquet'}: cannot write " \
+                                                   "this file: no space left on the device"
+
+
+def test_a_task_vector_with_nan_stops_the_merge_stage_naming_its_file(pico_model, toy, tmp_path):
+    """Before: NaN in base.safetensors reached the merged model and `evaluate` reported it there."""
+    tau = artifacts.read_vector(toy / "prev.safetensors")
+    name = sorted(tau)[3]
+    tau[name].view(-1)[[0, 2]] = float("nan")
+    artifacts.write_vector(tau, tmp_path / "base.safetensors")
+    proc = calm_cli("calm-model", *pico_flags(pico_model), "--tau", str(tmp_path / "base.safetensors"),
+                    "--out", str(tmp_path / "model"))
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (f"error: tensor '{name}' of the task vector "
+                                                    f"{tmp_path / 'base.safetensors'} holds 2 NaN and 0 Inf values")
+    assert not (tmp_path / "model").exists()

@@ -25,16 +25,16 @@ def with_config(work, name: str, **sections) -> str:
 
 def test_a_replicate_plans_the_pipeline_again_except_what_no_seed_changes(pico_run):
     """On the finished main run, a second seed adds one fine-tuning and scoring and one credible
-    set per task (T = 3), its CALM chain (|S̄| = 1), the 14 baselines that have a checkpoint
-    (task arithmetic's row comes from the λ sweep), 16 evaluations (individual, CALM and those
-    14; the pretrained model's are the main run's), the λ sweep, its table, and the seeds table;
+    set per task (T = 3), its CALM chain (|S̄| = 1), the 16 baselines that have a checkpoint
+    (task arithmetic's row comes from the λ sweep), 18 evaluations (individual, CALM and those
+    16; the pretrained model's are the main run's), the λ sweep, its table, and the seeds table;
     no fetch, no prepare, and nothing of the main run. The replicates section leaves the
     default target as it was."""
     seeds = with_config(pico_run, "seeds2.yaml", replicates={"seeds": 2})
     out = snakemake(pico_run, "seeds", "-n", "-p", "--configfile", seeds)
     assert planned_jobs(out.stdout + out.stderr) == {
         "finetune": 3, "score": 3, "select": 3, "calm_base": 1, "calm_step": 1, "calm_model": 1,
-        "merge_baseline": 14, "evaluate": 16, "evaluate_task_arithmetic": 1, "table": 1, "seeds": 1}
+        "merge_baseline": 16, "evaluate": 18, "evaluate_task_arithmetic": 1, "table": 1, "seeds": 1}
     assert "--seed 1 " in out.stdout and "results/seeds/seed1/models/finetuned/mood" in out.stdout
     out = snakemake(pico_run, "-n", "--configfile", seeds)
     assert "Nothing to be done" in out.stdout + out.stderr
@@ -49,7 +49,7 @@ def test_sweeps_over_seeds_plan_each_seeds_variants(pico_run):
     out = snakemake(pico_run, "seeds", "-n", "--configfile", seeds)
     assert planned_jobs(out.stdout + out.stderr) == {
         "finetune": 3, "score": 3, "select": 3, "calm_base": 7 + 8, "calm_step": 10 + 11, "calm_model": 7 + 8,
-        "merge_baseline": 14, "evaluate": 7 + 16 + 7, "evaluate_task_arithmetic": 1, "table": 1,
+        "merge_baseline": 16, "evaluate": 7 + 18 + 7, "evaluate_task_arithmetic": 1, "table": 1,
         "ablation_accuracy": 2 * 2, "seeds": 1}
 
 

@@ -9,8 +9,10 @@ CALM_REQUIRE_SLURM=1 (set by .ci/run) the module fails instead.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -214,14 +216,35 @@ def test_a_cancelled_and_an_out_of_memory_calm_step_are_retried_and_end_as_the_u
         assert same_tensors(work / STEP / "mask.safetensors", runs["cluster"] / STEP / "mask.safetensors")
 
 
-def test_a_sweep_grid_runs_its_variants_side_by_side_with_the_profile_spelling(runs, tmp_path):
-    """A user's grid of three mask learning rates on the finished run, through `--profile
-    profiles/slurm` (the spelling users type; Snakemake then also reads the workflow's
-    profiles/default): row 1 is the config's own calm section (the run's variant, no job), rows 2
-    and 3 are two new variants whose jobs run at the same time; one tidy CSV and a plot."""
-    work = copy_run(runs["cluster"], tmp_path / "work", [])
-    (work / "grid.csv").write_text("lr,ratio\n1e6,0.9\n2e6,0.9\n4e6,0.9\n")
-    jobs = slurm_jobs(submitted(on_cluster(work, "grid", "--config", "grid=grid.csv", spelling="--profile")))
+def readme_command(comment: str) -> list[str]:
+    """The words of the README's command line that ends in `# <comment>`."""
+    lines = [line for line in (ROOT / "README.md").read_text().splitlines() if line.endswith(f"# {comment}")]
+    assert len(lines) == 1, lines
+    return shlex.split(lines[0].rsplit("#", 1)[0])
+
+
+def as_checkout(work: Path) -> Path:
+    """`work` laid out as the README's commands expect their folder: the repository's files and
+    its .venv, linked."""
+    for name in ("Snakefile", "workflow", "profiles", ".venv"):
+        (work / name).symlink_to(ROOT / name)
+    return work
+
+
+def test_the_readmes_grid_command_runs_the_variants_side_by_side(runs, tmp_path):
+    """The README's grid command, exactly as printed (with the test's poll interval after it),
+    on a grid of three mask learning rates over the finished run, through `--profile
+    profiles/slurm` (Snakemake then also reads the workflow's profiles/default): row 1 is the
+    config's own calm section (the run's variant, no job), rows 2 and 3 are two new variants
+    whose jobs run at the same time; one tidy CSV and a plot. (The README's old line, with `grid`
+    after `--configfile my.yaml`, read `grid` as a second config file.)"""
+    work = as_checkout(copy_run(runs["cluster"], tmp_path / "work", []))
+    (work / "config.yaml").rename(work / "my.yaml")
+    (work / "my-grid.csv").write_text("lr,ratio\n1e6,0.9\n2e6,0.9\n4e6,0.9\n")
+    words = readme_command("a sweep grid")
+    assert words[:2] == [".venv/bin/snakemake", "grid"] and "my.yaml" in words and "grid=my-grid.csv" in words
+    out = finished(started(words + POLL, tmp_path / "grid.out", cwd=work, env={**os.environ, **SLURM_ENV}))
+    jobs = slurm_jobs(submitted(out))
     grid = pd.read_csv(work / "results/grid/grid.csv")
     assert list(grid.columns) == ["row", "lr", "ratio", "variant", "task", "accuracy", "normalised"]
     assert grid["row"].tolist() == [r for r in (1, 2, 3) for _ in TASKS + ["average"]]
@@ -233,3 +256,37 @@ def test_a_sweep_grid_runs_its_variants_side_by_side_with_the_profile_spelling(r
                  for j in jobs if v in j["Comment"]] for v in variants[1:]}
     assert any(a[0] < b[1] and b[0] < a[1] for a in spans[variants[1]] for b in spans[variants[2]]), spans
     assert (work / "results/grid/grid.png").stat().st_size > 5000
+
+
+def test_a_changed_setting_whose_step_fails_on_every_attempt_is_recomputed_once_the_cause_is_gone(runs, tmp_path):
+    """On the finished run, calm.lr and calm.iterations change, and the CALM step's input
+    base.safetensors is corrupt: the step fails on each of the profile's attempts, and Snakemake
+    deletes its outputs, the only record that the settings changed. The user deletes the corrupt
+    file and runs the same command again: it recomputes the base, the step, the CALM model, its
+    evaluation and the table under the new settings, as a local run of them that never failed
+    (before: "Nothing to be done", the old settings' model and table standing)."""
+    base = Path("results/merge/calm/default/base.safetensors")
+    work = copy_run(runs["cluster"], tmp_path / "work", [])
+    reference = copy_run(runs["local"], tmp_path / "reference", [])
+    for folder in (work, reference):
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        config["calm"].update(lr=3e6, iterations=20)
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    (work / base).write_bytes(b"not a safetensors file")
+    local = started(SNAKEMAKE + ["-s", str(ROOT / "Snakefile"), "--directory", str(reference), "--configfile",
+                                 str(reference / "config.yaml"), "--cores", "1"], tmp_path / "reference.out",
+                    cwd=reference)
+    failing = start_on_cluster(work)
+    failing.wait(timeout=900)
+    assert failing.returncode != 0
+    attempts = [j for j in slurm_jobs(submitted(failing.output.read_text())) if j["rule"] == "calm_step"]
+    assert [j["JobState"] for j in attempts] == ["FAILED"] * 3, attempts
+    assert not (work / STEP / "tau.safetensors").exists()
+
+    (work / base).unlink()
+    rules = sorted(j["rule"] for j in slurm_jobs(submitted(on_cluster(work))))
+    assert rules == ["calm_base", "calm_model", "calm_step", "evaluate", "table"]
+    finished(local)
+    assert json.loads((work / STEP / "summary.json").read_text())["settings"]["lr"] == 3e6
+    assert (work / STEP / "tau.safetensors").read_bytes() == (reference / STEP / "tau.safetensors").read_bytes()
+    assert (work / "results/tables/main.csv").read_bytes() == (reference / "results/tables/main.csv").read_bytes()

@@ -64,7 +64,11 @@ def test_the_table_json_says_what_produced_it(pico_run):
     assert torch.__version__.startswith(made_by["torch"]) and made_by["transformers"] != "unknown"
     assert {r["torch"] for r in made_by["rows"].values()} == {torch.__version__}
     assert [m["device"] for m in made_by["machines"]] == ["cpu"] and made_by["machines"][0]["cpu"]
-    assert set(made_by["rows"]) == set(pd.read_csv(pico_run / "results/tables/main.csv", index_col=0).index)
+    # every predictions file the table read: the λ sweep's rows, which the table shows as their best
+    table = set(pd.read_csv(pico_run / "results/tables/main.csv", index_col=0).index)
+    best = {row for row in table if row.endswith(" (best λ, oracle)")}
+    assert len(best) == 1
+    assert set(made_by["rows"]) == (table - best) | {"Task arithmetic λ=0.3", "Task arithmetic λ=0.6"}
     step = json.loads((pico_run / "results/merge/calm/default/step1-mood/summary.json").read_text())
     assert step["compute"]["precision"] == made_by["precision"][0]
 
@@ -74,7 +78,8 @@ def test_every_baseline_writes_a_model_and_what_it_learned(pico_run):
 
     base = pico_run / "results/merge/baselines"
     for method in ("weight_averaging", "task_arithmetic", "ties", "consensus_ta", "consensus_ties", "localize_stitch",
-                   "adamerging_task", "adamerging_layer", "fisher", "regmean", "tsv", "iso_c", "iso_cts", "wudi"):
+                   "adamerging_task", "adamerging_layer", "fisher", "regmean", "tsv", "iso_c", "iso_cts", "wudi",
+                   "cart", "adarank"):
         AutoModel.from_pretrained(base / method / "model")
         summary = json.loads((base / method / "summary.json").read_text())
         assert summary["method"] == method
@@ -85,6 +90,9 @@ def test_every_baseline_writes_a_model_and_what_it_learned(pico_run):
     assert [t["task"] for t in stitched["localize"]] == list(WORDS)
     assert all(t["examples"] == 8 for t in stitched["localize"])
     assert json.loads((base / "fisher/summary.json").read_text())["examples"] == {t: 4 for t in WORDS}
+    adarank = json.loads((base / "adarank/summary.json").read_text())
+    assert adarank["base"] == "cart" and len(adarank["trace"]) == 2 and set(adarank["kept"]) == set(WORDS)
+    assert all(0.0 <= k["kept_fraction"] <= 1.0 for k in adarank["kept"].values())
     regmean = json.loads((base / "regmean/summary.json").read_text())
     assert "encoder.layer.0.attention.self.query.weight" in regmean["closed_form_tensors"]
 
@@ -353,8 +361,8 @@ def test_default_config_dry_run_plans_the_whole_pipeline(tmp_path):
     jobs = planned_jobs(proc.stdout + proc.stderr)
     assert jobs["finetune"] == 6 and jobs["score"] == 6 and jobs["select"] == 6
     assert jobs["calm_step"] == 2 and jobs["evaluate_task_arithmetic"] == 1  # all 9 λ values
-    assert jobs["merge_baseline"] == 15  # every registry method, task arithmetic at λ = 0.3 included
-    assert jobs["evaluate"] == 17  # pretrained, individual, CALM, 14 baselines
+    assert jobs["merge_baseline"] == 17  # every registry method, task arithmetic at λ = 0.3 included
+    assert jobs["evaluate"] == 19  # pretrained, individual, CALM, 16 baselines
 
 
 def test_the_baseline_wildcard_accepts_exactly_the_registry_names(tmp_path):
@@ -453,3 +461,59 @@ def test_run_killed_in_the_mask_step_resumes_and_equals_the_uninterrupted_run(pi
                                   pd.read_parquet(pico_run / "results/eval/calm.parquet"))
     assert (work / "results/tables/main.csv").read_text() == (pico_run / "results/tables/main.csv").read_text()
     assert not list(work.glob("results/**/.*.tmp")), "no temporary left behind"
+
+
+def step_process(work: Path) -> int | None:
+    """The pid of the `python -m calm calm-step` job running in `work`, if any."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"calm-step" in cmd and b"-m" in cmd and (proc / "cwd").resolve() == work:
+                return int(proc.name)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def test_a_changed_setting_survives_its_step_killed_and_make_resume_recomputes_it(pico_run, tmp_path):
+    """The user's case: on a finished run, set calm.lr and run; the CALM step's python is killed
+    (kill -9, as the OOM killer would), so Snakemake deletes its outputs, and with them the record
+    that lr changed. `make resume` then recomputes the step, the CALM model, its evaluation and
+    the table with the new lr, bit for bit as a run that was never interrupted (before: "Nothing
+    to be done", the old lr's model and table standing)."""
+    import os
+    import signal
+    import time
+
+    from test_make import make
+
+    work, reference = (tmp_path / "work", tmp_path / "reference")
+    for folder in (work, reference):
+        shutil.copytree(pico_run, folder, symlinks=True)
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        config["calm"]["lr"] = 3e6
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    for name in ("Makefile", "Snakefile", "workflow", "profiles", "requirements.txt", "pyproject.toml"):
+        (work / name).symlink_to(ROOT / name)
+    step = Path("results/merge/calm/default/step1-mood")
+    checkpoint = work / "results/merge/calm/default/step1-mood.resume.pt"
+    run = subprocess.Popen(SNAKEMAKE + ["--cores", "2", "--configfile", "config.yaml"], cwd=work,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not checkpoint.exists() or (pid := step_process(work.resolve())) is None:
+        assert run.poll() is None, "the run ended before the mask loop's first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    assert run.wait() != 0
+    assert not (work / step / "tau.safetensors").exists(), "Snakemake removed the failed step's outputs"
+
+    proc = make(work, "resume")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    snakemake(reference)
+    assert json.loads((work / step / "summary.json").read_text())["settings"]["lr"] == 3e6
+    assert (work / step / "tau.safetensors").read_bytes() == (reference / step / "tau.safetensors").read_bytes()
+    pd.testing.assert_frame_equal(pd.read_parquet(work / "results/eval/calm.parquet"),
+                                  pd.read_parquet(reference / "results/eval/calm.parquet"))
+    assert (work / "results/tables/main.csv").read_text() == (reference / "results/tables/main.csv").read_text()
+    assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(snakemake(work, "-n"))

@@ -155,7 +155,7 @@ class CalmConfig(Section):
     base: BaselineName = Field(
         "task_arithmetic", description="The efficient part's merge of S: task_arithmetic (the paper's, at "
         "efficient_lambda) or another single-model method of the baselines that works on task vectors alone "
-        "(weight_averaging, ties, consensus_ta, consensus_ties, tsv, iso_c, iso_cts, wudi), with the settings of "
+        "(weight_averaging, ties, consensus_ta, consensus_ties, tsv, iso_c, iso_cts, wudi, cart), with the settings of "
         "its baselines section (baselines.tsv, …).")
     iterations: int = Field(100, gt=0, description="Mask-optimisation iterations per sequential task.")
     batch_size: int = Field(128, gt=0)
@@ -311,7 +311,19 @@ class Config(Section):
         if self.ablations.mask_task is not None and self.ablations.mask_task not in tasks:
             raise ValueError(f"ablations.mask_task '{self.ablations.mask_task}' is not in data.tasks {tasks}")
         self._check_checkpoints()
+        self._check_test_size()
         return self
+
+    def _check_test_size(self) -> None:
+        """The test split takes n_test // C rows of each of a task's C classes: at least one."""
+        from calm.data.tasks import TASKS as BUILT_IN
+
+        for task in self.data.tasks:
+            spec = self.data.custom.get(task) or (BUILT_IN.get(task) if task not in self.data.hf else None)
+            if spec is not None and self.data.n_test < len(spec.classes):
+                raise ValueError(f"data.n_test {self.data.n_test} is below the {len(spec.classes)} classes of task "
+                                 f"'{task}': the class-balanced test split takes n_test // {len(spec.classes)} = 0 "
+                                 "rows of each class")
 
     def _check_checkpoints(self) -> None:
         model, tasks = self.model, self.data.tasks

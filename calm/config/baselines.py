@@ -97,6 +97,47 @@ class EmrConfig(Section):
                                                    "authors' code: per-tensor means added up) or sum (the paper).")
 
 
+class CartConfig(Section):
+    lam: float = Field(2.0, gt=0, description="λ on the summed low-rank centred vectors (the authors' 8-task "
+                       "ViT-B/32 config; 1.9 for 20 tasks).")
+    rank_ratio: float = Field(0.12, gt=0, le=1, description="Share of each matrix's rank kept of every centred "
+                              "vector (the authors' 8-task config; the paper's rank study: about 0.08).")
+    exclude: list[str] = Field(default_factory=lambda: ["embed"], description="2-D tensors whose names contain one "
+                               "of these stay at the average (the authors' code low-ranks attention and MLP weights).")
+
+
+# AdaRank's starting λ and rank share per base (calm.merging.adarank.BASE_DEFAULTS, repeated here so
+# that the config parses without importing torch; tests/test_merging_adarank.py keeps them equal).
+ADARANK_BASES = {"task_arithmetic": (0.3, 1.0), "tsv": (1.0, 1.0), "cart": (2.3, 0.16)}
+
+
+class AdaRankConfig(Section):
+    base: Literal["task_arithmetic", "tsv", "cart"] = Field(
+        "cart", description="The merge whose singular components the masks select (cart: the paper's best).")
+    steps: int = Field(10000, gt=0, description="Adam steps on the masks and coefficients.")
+    batch_size: int = Field(16, gt=0)
+    batches_per_task: int = Field(1, gt=0, description="Unlabeled pool batches per task per step.")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    mask_temperature: float = Field(10.0, gt=0, description="The mask is σ(m / T) in the straight-through gradient.")
+    prior: float = Field(2.3, gt=0, description="λ the layer-wise coefficients start at; left out, the base's "
+                         "(task_arithmetic 0.3, tsv 1.0, cart 2.3).")
+    initial_rank_ratio: float = Field(0.16, ge=0, le=1, description="Share of each matrix's components the mask "
+                                      "starts on; left out, the base's (task_arithmetic 1.0, tsv 1.0, cart 0.16).")
+    learn_coefficients: bool = Field(True, description="true: λ learns alongside the masks (the authors' code); "
+                                     "false: only the masks learn.")
+    exclude: list[str] = Field(default_factory=lambda: ["embed"], description="2-D tensors whose names contain one "
+                               "of these are not masked (kept whole, with their coefficient).")
+    seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _base_defaults(cls, data):
+        if isinstance(data, dict) and data.get("base") in ADARANK_BASES:
+            prior, ratio = ADARANK_BASES[data["base"]]
+            data = {"prior": prior, "initial_rank_ratio": ratio, **data}
+        return data
+
+
 class BaselinesConfig(Section):
     task_arithmetic_lambda: float = Field(0.3, gt=0)
     lambda_grid: list[float] = Field(
@@ -121,6 +162,8 @@ class BaselinesConfig(Section):
     iso_cts: IsoCTSConfig = IsoCTSConfig()
     wudi: WudiConfig = WudiConfig()
     emr: EmrConfig = EmrConfig()
+    cart: CartConfig = CartConfig()
+    adarank: AdaRankConfig = AdaRankConfig()
 
     @model_validator(mode="after")
     def _distinct_methods(self) -> "BaselinesConfig":

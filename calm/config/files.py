@@ -15,9 +15,6 @@ from pydantic.fields import FieldInfo
 
 from calm.config import Config
 
-if TYPE_CHECKING:
-    import pandas as pd
-
 
 class ConfigError(ValueError):
     """A bad config value, as one line naming the file and the key."""
@@ -145,20 +142,47 @@ def _section_name(model: type[BaseModel]) -> str:
     return model.__name__
 
 
-def _read_table(path: Path) -> "pd.DataFrame":
-    """A sweep table as text cells: comma-separated if its name ends in .csv, else tab-separated."""
-    import pandas as pd
+# The other separators a sweep table is likely written with, for the hint when its header
+# reads as one unknown column.
+SEPARATORS = {",": "comma", "\t": "tab", ";": "semicolon", "|": "vertical bar"}
+
+
+def _read_table(path: Path) -> tuple[str, list[str], list[list[str]]]:
+    """A sweep table as text cells: its kind of separator, header and rows (blank lines
+    skipped). Comma-separated if its name ends in .csv, else tab-separated. Rows are numbered
+    from 1, the first after the header, in every message, as the rows of a spreadsheet below
+    its header row."""
+    import csv
 
     if not path.is_file():
         raise ConfigError(f"{path}: no such sweep table")
     kind, sep = ("comma", ",") if path.suffix.lower() == ".csv" else ("tab", "\t")
+    lines: list[list[str]] = []
     try:
-        table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not a readable {kind}-separated table: {str(exc).splitlines()[0]}") from None
-    if table.columns.empty or table.empty:
-        raise ConfigError(f"{path}: the sweep table has no {'columns' if table.columns.empty else 'rows'}")
-    return table
+        with path.open(newline="") as f:
+            for line in csv.reader(f, delimiter=sep, skipinitialspace=True, strict=True):
+                if any(cell.strip() for cell in line):
+                    lines.append(line)
+    except (csv.Error, UnicodeDecodeError) as exc:
+        where = f"row {len(lines)}: " if lines else ""  # the row being read: the header is lines[0]
+        raise ConfigError(f"{path}: {where}not a readable {kind}-separated table: {exc}") from None
+    header = [c.strip() for c in lines[0]] if lines else []
+    if not header or len(lines) < 2:
+        raise ConfigError(f"{path}: the sweep table has no {'columns' if not header else 'rows'}")
+    for i, row in enumerate(lines[1:], start=1):
+        if len(row) != len(header):
+            raise ConfigError(f"{path}: row {i} has {len(row)} {kind}-separated values, the header "
+                              f"{len(header)} columns")
+    return kind, header, [[c.strip() for c in row] for row in lines[1:]]
+
+
+def _separator_hint(column: str, kind: str) -> str:
+    """Why one column's name holds several keys: the table uses another separator."""
+    other = [name for s, name in SEPARATORS.items() if s in column and name != kind]
+    if not other:
+        return ""
+    return (f"; the table is read as {kind}-separated ({'a .csv name' if kind == 'comma' else 'not a .csv name'}), "
+            f"but its header is separated by {other[0]}s")
 
 
 def validate_sweep_table(path: str | Path, section_model: type[BaseModel],
@@ -172,31 +196,41 @@ def validate_sweep_table(path: str | Path, section_model: type[BaseModel],
     naming only tasks of data.tasks, ...) hold for every row. With `sections` (and
     `section_model` Config), a column is a key of one of those sections, dotted ('calm.lr') or
     bare ('lr', where only one section has it), and rows are keyed by the dotted name.
-    Raises one `ConfigError`: one line for a bad column, else one line per bad row, each naming
-    the file, row and column.
+    Raises one `ConfigError`: one line per bad column and per bad row (rows numbered from 1, the
+    first below the header), each naming the file, row and column.
     """
     path = Path(path)
-    table = _read_table(path)
+    kind, header, records = _read_table(path)
     where = " or ".join(sections) or _section_name(section_model)
     allowed = [f"{sec}.{k}" if sec else k for sec in sections or ("",)
                for k in (Config.model_fields[sec].annotation if sec else section_model).model_fields]
-    keys, fields = {}, {}
-    for column in table.columns:
+    keys, fields, errors = {}, {}, []
+    for n, column in enumerate(header):
         key = _sweep_column(column, sections) if sections else column
         field = _field_path(section_model, key) if key else None
-        if field is None or _is_model(_inner(field.annotation)):
+        if column in header[:n]:
+            errors.append(f"{path}: column '{column}' appears twice in the header")
+        elif field is None or _is_model(_inner(field.annotation)):
             both = [sec for sec in sections if column in Config.model_fields[sec].annotation.model_fields]
-            raise ConfigError(f"{path}: column '{column}' " + (
+            errors.append(f"{path}: column '{column}' " + (
                 f"is a key of both {' and '.join(both)}: write {' or '.join(f'{sec}.{column}' for sec in both)}"
-                if len(both) > 1 else f"is not a key of {where} (allowed: {', '.join(allowed)})"))
-        keys[column], fields[column] = key, field
+                if len(both) > 1 else f"is not a key of {where} (allowed: {', '.join(allowed)})"
+                + _separator_hint(column, kind)))
+        else:
+            keys[column], fields[column] = key, field
     prefix = "" if section_model is Config else f"{where}."
-    rows, errors = [], []
-    for i, record in enumerate(table.to_dict("records"), start=1):
+    rows, seen = [], {}
+    # The rows are checked on the good columns even when a column is bad, so that one run
+    # reports every error; but rows read without a bad column may differ only in it.
+    complete = len(keys) == len(header)
+    for i, cells in enumerate(records, start=1):
+        record = {column: cell for column, cell in zip(header, cells) if column in keys}
         try:
             row = _typed_row(path, i, record, keys, fields)
-            if row in rows:
-                raise ConfigError(f"{path}: row {i} repeats an earlier row")
+            key = repr(sorted(row.items()))
+            if complete and key in seen:
+                raise ConfigError(f"{path}: row {i} repeats row {seen[key]}")
+            seen[key] = i
             if base is not None:
                 merged = _deep_update(base.model_dump(), {prefix + k: v for k, v in row.items()})
                 try:

@@ -48,8 +48,11 @@ def balanced_allocation(available: np.ndarray, total: int, rng: np.random.Genera
 
 
 def split_with_notes(df: pd.DataFrame, n_train: int, n_pool: int, n_test: int, seed: int,
-                     n_classes: int, n_val: int = 0) -> tuple[dict[str, pd.DataFrame], list[str]]:
-    """`make_splits`, also returning human-readable notes on every shortfall."""
+                     n_classes: int, n_val: int = 0, classes: list[str] | None = None
+                     ) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """`make_splits`, also returning human-readable notes on every shortfall. A test split
+    that would lack a class (n_test below the number of classes, or a class with fewer than 2
+    rows) is an error: accuracy on it says nothing about that class."""
     for key, value in (("n_train", n_train), ("n_pool", n_pool), ("n_test", n_test), ("n_val", n_val)):
         if value < 0:
             raise ValueError(f"{key} must be >= 0, got {value}")
@@ -75,6 +78,9 @@ def split_with_notes(df: pd.DataFrame, n_train: int, n_pool: int, n_test: int, s
     # test: n_test // C per class, never more than half of a class, so the class is
     # still present in pool and train.
     per_class = n_test // n_classes
+    if per_class == 0:
+        raise ValueError(f"n_test {n_test} is below the {n_classes} classes: the class-balanced test split takes "
+                         f"n_test // {n_classes} = 0 rows of each class")
     if n_test % n_classes:
         notes.append(f"test: {n_test} is not a multiple of {n_classes} classes; "
                      f"using {per_class} per class")
@@ -85,6 +91,13 @@ def split_with_notes(df: pd.DataFrame, n_train: int, n_pool: int, n_test: int, s
             notes.append(f"test: class {c} has only {len(rows)} rows; took {take} of the "
                          f"{per_class} asked, leaving half for the other splits")
         test_rows.append(rows[:take])
+    lacking = [c for c, rows in enumerate(test_rows) if len(rows) == 0]
+    if lacking:
+        c = lacking[0]
+        name = f"'{classes[c]}'" if classes else str(c)
+        raise ValueError(f"class {name} has {len(by_class[c])} row{'s' * (len(by_class[c]) != 1)}, too few for the test "
+                         f"split, which takes {per_class} per class but at most half of a class's rows: it would hold "
+                         f"{[len(r) for r in test_rows]} per class (rows per class: {[len(r) for r in by_class]})")
     test_pos = np.concatenate(test_rows) if test_rows else np.array([], dtype=np.int64)
     used[test_pos] = True
 

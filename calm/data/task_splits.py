@@ -58,7 +58,10 @@ def write_task_splits(task: TaskLike, out_dir: Path, wheel_dir: Path, n_train: i
     n_classes = len(task.classes)
     check_labels(df, n_classes, f"task {name}")
 
-    splits, notes = split_with_notes(df, n_train, n_pool, n_test, seed, n_classes, n_val)
+    try:
+        splits, notes = split_with_notes(df, n_train, n_pool, n_test, seed, n_classes, n_val, list(task.classes))
+    except ValueError as exc:
+        raise ValueError(f"{source.get('path', f'task {name}')}: {exc}") from None
     for split in splits:
         write_parquet(splits[split][["idx", "text", "label"]], out_dir / f"{split}.parquet")
     # Without a val split, task.json is what it was before val existed (the encoded splits

@@ -15,42 +15,6 @@ from calm.paper.style import (AVERAGE_COLOUR, OURS_COLOUR, PALETTE, SAMPLERS, _a
                               _mean_std, _nonempty, _percent_axis, styled)
 from calm.paper.tables import AVERAGE, REFERENCES, step_labels
 
-# --- Fig. 3 ----------------------------------------------------------------------------------
-
-@styled
-def normalised_accuracy(main: pd.DataFrame) -> Figure:
-    """Fig. 3: each merged method's accuracy relative to the individual fine-tuned model (%),
-    per task and on average, methods side by side (from the results table)."""
-    frame = main.set_index("method") if "method" in main.columns else main
-    if "Individual" not in frame.index:
-        raise ValueError("results table: no 'Individual' row to normalise by")
-    tasks = [c for c in frame.columns if c not in ("Avg", "Norm. avg")]
-    methods = [m for m in frame.index if m not in REFERENCES]
-    _nonempty(frame.loc[methods], "results table without references")
-    rel = frame.loc[methods, tasks].div(frame.loc["Individual", tasks]) * 100
-    rel["Average"] = frame.loc[methods, "Norm. avg"] if "Norm. avg" in frame else rel.mean(axis=1)
-    groups = list(rel.columns)
-    width = 0.8 / len(methods)
-    fig = Figure(figsize=(min(11.0, max(6.0, 0.16 * len(groups) * len(methods) + 2)), 3.6), layout="constrained")
-    ax = fig.add_subplot()
-    x = np.arange(len(groups))
-    for i, m in enumerate(methods):
-        ours = m.startswith("CALM")  # outlined, so the method under study stands out
-        ax.bar(x - 0.4 + width * (i + 0.5), rel.loc[m].to_numpy(float), width, label=m,
-               color=OURS_COLOUR if ours else PALETTE[i % len(PALETTE)], edgecolor="black" if ours else "white",
-               linewidth=0.8 if ours else 0.3)
-    ax.axhline(100, color="black", linestyle="--", linewidth=1, label="Individual model")
-    tilt = len(groups) > 5 or max(len(g) for g in groups) > 14
-    ax.set_xticks(x, groups, rotation=25 if tilt else 0, ha="right" if tilt else "center", rotation_mode="anchor")
-    ax.set_ylabel("Accuracy relative to individual model (%)")
-    low = float(np.nanmin(rel.to_numpy(float)))
-    ax.set_ylim(max(0.0, np.floor(low / 5) * 5 - 5), max(105.0, float(np.nanmax(rel.to_numpy(float))) + 3))
-    ax.grid(axis="x", visible=False)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18 if len(groups) <= 6 else -0.3),
-              ncol=min(3, len(methods) + 1))
-    return fig
-
-
 # --- Figs. 4 and 5 ---------------------------------------------------------------------------
 
 @styled

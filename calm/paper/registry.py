@@ -22,7 +22,7 @@ import pandas as pd
 
 @dataclass(frozen=True)
 class Item:
-    module: str  # "tables" or "figures" (calm.paper.<module>)
+    module: str  # "tables", or a figures module: "figures", "comparison" (calm.paper.<module>)
     builder: str
     columns: tuple[str, ...]  # what every input file must hold
     label: str | None = None  # None: one input file; else LABEL=PATH inputs stacked under this column
@@ -43,7 +43,7 @@ ITEMS: dict[str, Item] = {
                            title="Update switches"),
     "table7_topk": Item("tables", "magnitude_ranks", ("step", "task", "top_percent", "share")),
     "table8_runtime": Item("tables", "run_times", ("s",), label="method"),
-    "fig3_normalised": Item("figures", "normalised_accuracy", ("method", "Avg")),
+    "fig3_normalised": Item("comparison", "normalised_accuracy", ("method", "Avg"), label="source"),
     "fig4_ratio": Item("figures", "sampling_ratio", ("sampler", "ratio", "task", "accuracy")),
     "fig5_samplers": Item("figures", "sampler_comparison", ("sampler", "ratio", "task", "accuracy")),
     "fig6_n_seq": Item("figures", "sequential_count", ("n_seq", "task", "accuracy")),

@@ -15,7 +15,7 @@ import torch
 
 from calm import artifacts, vectors
 from calm.families.base import Family
-from calm.io import atomic_path, write_text
+from calm.io import atomic_path, check_replaceable, write_text
 from calm.metrics import accuracy, hierarchical_bootstrap, normalised
 from calm.render import to_markdown
 from calm.sweeps import AXES
@@ -28,7 +28,10 @@ def mask_parts(family: Family, tau_prev: str | Path, model_dir: str | Path, mask
     theta0 = family.pretrained_state()
     prev = artifacts.read_vector(tau_prev, family.device)
     tau_new = vectors.task_vector(family.load_state(Path(model_dir)), theta0)
-    for part, tau in analysis_vectors(prev, tau_new, artifacts.read_mask(mask)).items():
+    parts = analysis_vectors(prev, tau_new, artifacts.read_mask(mask))
+    for part in parts:  # all before the first is written: a refusal leaves no part replaced
+        check_replaceable(Path(out_dir) / part)
+    for part, tau in parts.items():
         family.save(vectors.add(theta0, tau), Path(out_dir) / part)
 
 

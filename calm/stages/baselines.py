@@ -133,9 +133,9 @@ def feed_localize_stitch(fn: Callable, family: Family, theta0, taus, tasks, cfg:
     return fn(taus, masks), {"localize": per_task}
 
 
-def feed_adamerging(fn: Callable, family: Family, theta0, taus, tasks, cfg: BaselinesConfig):
-    """Merging coefficients learnt by entropy minimisation on every task's unlabelled pool."""
-    c = cfg.adamerging
+def _entropy_terms(family: Family, tasks, c):
+    """loss_terms(step) of the entropy-minimising methods: per task, `batches_per_task` batches of
+    `batch_size` unlabelled pool inputs, each term its batch's mean prediction entropy (section c)."""
     pools = [(t["task"], artifacts.read_inputs(t["inputs"], "pool"),
               artifacts.head_to(artifacts.read_head(t["head"]), family.device)) for t in tasks]
     generator = torch.Generator().manual_seed(c.seed)
@@ -151,13 +151,34 @@ def feed_adamerging(fn: Callable, family: Family, theta0, taus, tasks, cfg: Base
                 yield task, lambda params, batch=batch, head=head: scoring.entropy(
                     _logits(family, params, batch, head)).mean()
 
-    result = fn(theta0, taus, loss_terms, steps=c.steps, lr=c.lr, init=c.init)
+    return loss_terms
+
+
+def feed_adamerging(fn: Callable, family: Family, theta0, taus, tasks, cfg: BaselinesConfig):
+    """Merging coefficients learnt by entropy minimisation on every task's unlabelled pool."""
+    c = cfg.adamerging
+    result = fn(theta0, taus, _entropy_terms(family, tasks, c), steps=c.steps, lr=c.lr, init=c.init)
     coefficients = result.coefficients.tolist()
     if result.coefficients.dim() == 2:  # layer-wise: one coefficient per task and tensor
         coefficients = {t["task"]: dict(zip(result.names, row)) for t, row in zip(tasks, coefficients)}
     else:
         coefficients = {t["task"]: v for t, v in zip(tasks, coefficients)}
     return result.tau, {"coefficients": coefficients, "trace": result.trace}
+
+
+def feed_adarank(fn: Callable, family: Family, theta0, taus, tasks, cfg: BaselinesConfig):
+    """Masks over the base's singular components (and layer-wise coefficients) learnt by entropy
+    minimisation on the same unlabelled pools as AdaMerging's."""
+    c = cfg.adarank
+    result = fn(theta0, taus, _entropy_terms(family, tasks, c), base=c.base, steps=c.steps, lr=c.lr,
+                mask_temperature=c.mask_temperature, prior=c.prior, initial_rank_ratio=c.initial_rank_ratio,
+                learn_coefficients=c.learn_coefficients, exclude=c.exclude)
+    names = [t["task"] for t in tasks]
+    kept = {task: {"kept_fraction": sum(r.values()) / max(1, sum(len(result.masks[n][i]) for n in r)),
+                   "ranks": r}
+            for i, (task, r) in enumerate(zip(names, result.ranks()))}
+    coefficients = {task: dict(zip(result.names, row)) for task, row in zip(names, result.coefficients.tolist())}
+    return result.tau, {"base": c.base, "kept": kept, "coefficients": coefficients, "trace": result.trace}
 
 
 def feed_fisher(fn: Callable, family: Family, theta0, taus, tasks, cfg: BaselinesConfig):
@@ -210,6 +231,7 @@ def feed_regmean(fn: Callable, family: Family, theta0, taus, tasks, cfg: Baselin
 ADAPTERS: dict[str, Callable] = {
     "localize_stitch": feed_localize_stitch,
     "adamerging": feed_adamerging,
+    "adarank": feed_adarank,
     "fisher": feed_fisher,
     "regmean": feed_regmean,
 }

@@ -12,7 +12,7 @@ from calm.checkpoints import check_finite, first_line
 from calm.config import HFTask, LocalTask, ModelConfig
 from calm.families import get_family
 from calm.families.base import Family
-from calm.io import atomic_dir, write_tensors
+from calm.io import atomic_dir, mark_own_output, write_tensors
 from calm.stages.family import open_family
 
 
@@ -97,11 +97,15 @@ def fetch_data(task: str, out: str | Path, wheels: str | Path, n_train: int, n_p
                              "task's rows; a data.hf task has none (set data.n_val: 0)")
         from calm.data.hf import write_hf_task_splits
 
-        return write_hf_task_splits(task, hf, out, seed=seed, cache_dir=cache)
-    from calm.data.task_splits import write_task_splits
+        info = write_hf_task_splits(task, hf, out, seed=seed, cache_dir=cache)
+    else:
+        from calm.data.task_splits import write_task_splits
 
-    return write_task_splits(custom if custom is not None else task, out, wheels, n_train, n_pool, n_test, seed,
-                             name=task, n_val=n_val)
+        info = write_task_splits(custom if custom is not None else task, out, wheels, n_train, n_pool, n_test, seed,
+                                 name=task, n_val=n_val)
+    # written file by file, not by atomic_dir: marked here, so that a rerun may replace the folder
+    mark_own_output(out)
+    return info
 
 
 def fetch_checkpoint(source: str, out_dir: str | Path, family: Family) -> None:

@@ -15,6 +15,7 @@ rule ablation_accuracy:
         "results{rep}/ablations/{sweep}.csv",
     params:
         points=lambda w: quoted(accuracy_points(w.sweep, w.rep)),
+        lineage=lambda w: points_lineage(accuracy_points(w.sweep, w.rep)),
     wildcard_constraints:
         sweep="|".join(sweeps.AXES),
     resources:
@@ -56,6 +57,7 @@ rule mask_parts:
     params:
         model=MODEL_FLAGS,
         out=lambda w: f"{variant_dir(w.variant)}/analysis",
+        lineage=lambda w: analysis_lineage(w.variant),
     threads: CFG.threads
     resources:
         **job_resources("mask_parts", gpu=True),
@@ -161,6 +163,7 @@ rule grid:
         pdf="results/grid/grid.pdf",
     params:
         points=lambda w: quoted(grid_points()),
+        lineage=lambda w: points_lineage(grid_points()),
         swept=lambda w: " ".join(shlex.quote(k) for k in sweeps.grid_keys(GRID).values()),
         prefix=lambda w, output: output.csv.removesuffix(".csv"),
     resources:

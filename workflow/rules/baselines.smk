@@ -19,6 +19,7 @@ rule merge_baseline:
         model=MODEL_FLAGS,
         data=baseline_data_flags,
         settings=baseline_settings,
+        lineage=lambda w: baseline_lineage(w.method, w.rep),
     threads: CFG.threads
     resources:
         **job_resources("merge_baseline", gpu=True),

@@ -19,6 +19,7 @@ rule evaluate:
         inputs=" ".join(f"{t}=results/inputs/{t}.safetensors" for t in TASKS),
         heads=" ".join(f"{t}=results/heads/{t}.safetensors" for t in TASKS),
         settings=render_flags(CFG.evaluate, exclude=("bootstrap", "seed")),
+        lineage=lambda w: eval_lineage(w.method, w.rep),
     threads: CFG.threads
     resources:
         **job_resources("evaluate", gpu=True),
@@ -49,6 +50,7 @@ rule evaluate_task_arithmetic:
         inputs=" ".join(f"{t}=results/inputs/{t}.safetensors" for t in TASKS),
         heads=" ".join(f"{t}=results/heads/{t}.safetensors" for t in TASKS),
         settings=render_flags(CFG.evaluate, exclude=("bootstrap", "seed")),
+        lineage=lambda w: ta_eval_lineage(w.rep),
     threads: CFG.threads
     resources:
         **job_resources("evaluate_task_arithmetic", gpu=True),
@@ -82,6 +84,7 @@ rule evaluate_validated:
         inputs=" ".join(f"{t}=results/inputs/{t}.safetensors" for t in TASKS),
         heads=" ".join(f"{t}=results/heads/{t}.safetensors" for t in TASKS),
         settings=render_flags(CFG.evaluate, exclude=("bootstrap", "seed")),
+        lineage=lambda w: validated_lineage(w.method, w.rep),
     threads: CFG.threads
     resources:
         **job_resources("evaluate_validated", gpu=True),
@@ -109,6 +112,7 @@ rule table:
         prefix=lambda w, output: output.md.removesuffix(".md"),
         ta=shlex.quote(f"Task arithmetic (λ={TA_LAMBDA})"),
         settings=render_flags(CFG.evaluate, exclude=("batch_size",)),
+        lineage=lambda w: table_lineage(w.rep),
     resources:
         **job_resources("table"),
     log:

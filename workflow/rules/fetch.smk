@@ -51,9 +51,7 @@ rule fetch_data:
     params:
         custom=custom_flag,
         hf=hf_flag,
-        # n_val only when it is set: the command (and so a finished run) without a val split is
-        # the one from before data.n_val existed.
-        flags=render_flags(CFG.data, exclude=("tasks", "custom", "hf") + (() if CFG.data.n_val else ("n_val",))),
+        flags=DATA_FLAGS,
     log:
         "logs/fetch_data/{task}.log",
     localrule: True

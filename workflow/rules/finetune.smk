@@ -7,6 +7,7 @@ rule finetune:
         directory("results{rep}/models/finetuned/{task}"),
     params:
         model=MODEL_FLAGS,
+        lineage=lambda w: finetuned_lineage(w.task, w.rep),
         # a replicate (`snakemake seeds`) differs from the main run in finetune.seed alone
         settings=lambda w: render_flags(CFG.finetune.model_copy(update={"seed": finetune_seed(w.rep)})),
     threads: CFG.threads

@@ -14,6 +14,7 @@ rule calm_base:
         model=MODEL_FLAGS,
         lam=lambda w: VARIANTS[w.variant].calm.efficient_lambda,
         base=lambda w: calm_base_flags(w.variant),
+        lineage=lambda w: base_lineage(w.variant, w.rep),
     threads: CFG.threads
     resources:
         **job_resources("calm_base", gpu=True),
@@ -52,6 +53,7 @@ rule calm_step:
         model=MODEL_FLAGS,
         visible=lambda w: visible_flag(w.variant, int(w.k), w.rep),
         settings=lambda w: calm_flags(w.variant),
+        lineage=lambda w: step_lineage(w.variant, int(w.k), w.rep),
         trace=lambda w: trace_flag(w.variant),
         out=lambda w, output: str(Path(output.tau).parent),
         # Checkpointing does not change results: a function of `threads` is a derived param,
@@ -83,6 +85,7 @@ rule calm_model:
         directory("results{rep}/merge/calm/{variant}/model"),
     params:
         model=MODEL_FLAGS,
+        lineage=lambda w: variant_lineage(w.variant, w.rep),
     threads: CFG.threads
     resources:
         **job_resources("calm_model", gpu=True),

@@ -13,6 +13,7 @@ rule prepare:
         head="results/heads/{task}.safetensors",
     params:
         model=MODEL_FLAGS,
+        lineage=lambda w: prepared_lineage(w.task),
         finetuned=lambda w, input: f"--finetuned {input.finetuned}" if "finetuned" in input.keys() else "",
     threads: CFG.threads
     resources:

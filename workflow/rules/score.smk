@@ -9,6 +9,7 @@ rule score:
     params:
         model=MODEL_FLAGS,
         settings=render_flags(CFG.score),
+        lineage=lambda w: scores_lineage(w.task, w.rep),
     threads: CFG.threads
     resources:
         **job_resources("score", gpu=True),
@@ -32,6 +33,7 @@ rule select:
         "results{rep}/credible/{sampler}-{ratio}/{task}.parquet",
     params:
         seed=CFG.select.seed,
+        lineage=lambda w: credible_lineage(w.sampler, float(w.ratio), w.task, CFG.select.seed, w.rep),
     priority: 50  # CALM's chain first (see calm_step)
     resources:
         **job_resources("select"),
@@ -50,5 +52,6 @@ use rule select as select_seeded with:
         "results{rep}/credible/{sampler}-{ratio}-s{seed}/{task}.parquet",
     params:
         seed=lambda w: int(w.seed),
+        lineage=lambda w: credible_lineage(w.sampler, float(w.ratio), w.task, int(w.seed), w.rep),
     log:
         "logs{rep}/select/{sampler}-{ratio}-s{seed}/{task}.log",

@@ -73,3 +73,9 @@ def trace_points():
 
 def paths(points):
     return sorted({p["path"] for p in points})
+
+
+def points_lineage(points):
+    """Of a sweep table: each predictions file it reads (other inputs, benchmark times, credible
+    sets, step folders, are its record of how a setting ran, not a setting)."""
+    return digest("points", [path_lineage(p) for p in paths(points) if "/eval/" in p])

@@ -56,6 +56,12 @@ def validated_grid(method):
     return ",".join(f"{g:g}" for g in getattr(CFG.baselines, METHODS[method].scale_grid))
 
 
+def validated_lineage(method, rep=""):
+    """A baseline's predictions at the scale its val splits chose (rule evaluate_validated)."""
+    return digest("evaluate_validated", EVALUATE_SETTINGS, validated_scale(method), validated_grid(method),
+                  baseline_lineage(method, rep), [prepared_lineage(t) for t in TASKS])
+
+
 def replicates():
     """The `rep` of every replicate `snakemake seeds` reads, the main run's first."""
     if CFG.model.finetuned:
@@ -111,3 +117,7 @@ def seeds_outputs():
                                   category="Fine-tuning seeds")
         out["n_seq_pdf"] = f"{prefix}_n_seq.pdf"
     return out
+
+
+def table_lineage(rep=""):
+    return digest("table", {name: path_lineage(path) for name, path in table_rows(rep).items()})

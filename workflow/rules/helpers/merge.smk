@@ -1,9 +1,6 @@
 # The helpers of the rules in workflow/rules/merge.smk, which alone use them (what two or more
 # rule files use is in common.smk). Snakemake's linter wants rules and functions in separate files.
 
-from types import SimpleNamespace
-
-
 def variant_credible(variant, task, rep=""):
     v = VARIANTS[variant]
     return credible(v.sampler, v.ratio, task, v.select_seed, rep)

@@ -32,8 +32,9 @@ def runtime_rows():
         rows[name] = ([step_benchmark(r["variant"], k) for r in runs for k in range(1, n + 1)],
                       int(runs[0]["iterations"]) * int(n))
     # The baselines the main run made that learn from data in steps (iterations: L&S epochs per
-    # task, AdaMerging steps), in registry order.
-    steps = {"localize_stitch": CFG.baselines.localize_stitch.epochs * len(TASKS), "adamerging": CFG.baselines.adamerging.steps}
+    # task, AdaMerging's and AdaRank's steps), in registry order.
+    steps = {"localize_stitch": CFG.baselines.localize_stitch.epochs * len(TASKS), "adamerging": CFG.baselines.adamerging.steps,
+             "adarank": CFG.baselines.adarank.steps}
     for m, spec in METHODS.items():
         if m in CFG.baselines.methods and spec.adapter in steps:
             rows[spec.label] = ([f"benchmarks/rules/merge/baseline_{m}.tsv"], steps[spec.adapter])
@@ -73,8 +74,12 @@ def paper_sources(name):
     """(input files, LABEL=PATH pairs or None, options or None) of one item."""
     if name in SWEEP_TABLE:
         return [f"results/ablations/{SWEEP_TABLE[name]}.csv"], None, None
-    if name in ("table1_main", "fig3_normalised"):
+    if name == "table1_main":
         return [main_table()["csv"]], None, None
+    if name == "fig3_normalised":  # the seeds table's s.d. as error bars, once `seeds` has run
+        seeds = "results/tables/seeds.csv"
+        pairs = [("main", main_table()["csv"])] + ([("seeds", seeds)] if Path(seeds).exists() else [])
+        return [f for _, f in pairs], pairs, None
     if name == "table8_runtime":
         rows = runtime_rows()
         pairs = [(row, f) for row, (files, _) in rows.items() for f in files]
