@@ -30,7 +30,7 @@ def dry_run(config: Path, workdir: Path, *extra: str, env: dict | None = None) -
 @pytest.mark.parametrize("name", sorted(PAPER_CONFIGS))
 def test_paper_config_dry_run_plans_every_job_without_the_hub(name, tmp_path):
     t = PAPER_CONFIGS[name]
-    baselines = 13 if name == "clip-vit-b32-openclip" else 14  # every baseline but TA (open_clip: no RegMean)
+    baselines = 15 if name == "clip-vit-b32-openclip" else 16  # every baseline but TA (open_clip: no RegMean)
     out = dry_run(ROOT / "config" / f"{name}.yaml", tmp_path, env={"HF_HUB_OFFLINE": "1"})
     assert planned_jobs(out) == {
         "fetch_model": 1, "fetch_finetuned": t, "fetch_data": t, "prepare": t, "score": t, "select": t,
