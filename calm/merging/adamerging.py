@@ -58,13 +58,7 @@ def adamerging(theta0: Mapping[str, torch.Tensor], vectors: Sequence[Mapping[str
         merged = combine(vectors, lam.detach(), names)
         theta = {n: (theta0[n] + merged[n]).detach().requires_grad_(True) for n in names}
         del merged
-        losses: dict[str, list[float]] = {}
-        for name, term in loss_terms(step):
-            loss = term(theta)
-            loss.backward()
-            losses.setdefault(name, []).append(float(loss.detach()))
-        if not losses:
-            raise RuntimeError("the AdaMerging objective has no batches")
+        losses = backward_losses(loss_terms(step), theta, "AdaMerging")
         grad = torch.zeros(len(vectors), len(names), dtype=torch.float64)
         for i, n in enumerate(names):
             g = theta[n].grad
@@ -86,3 +80,16 @@ def adamerging(theta0: Mapping[str, torch.Tensor], vectors: Sequence[Mapping[str
     coefficients = lam.detach().clone()
     return AdaMergingResult(tau=combine(vectors, coefficients, names), coefficients=coefficients,
                             names=names, trace=trace)
+
+
+def backward_losses(terms, theta: dict, what: str) -> dict[str, list[float]]:
+    """Each batch loss of one step backpropagated into `theta`'s .grad (summed over batches, so
+    memory holds one batch's graph at a time); the losses by task, for the trace."""
+    losses: dict[str, list[float]] = {}
+    for name, term in terms:
+        loss = term(theta)
+        loss.backward()
+        losses.setdefault(name, []).append(float(loss.detach()))
+    if not losses:
+        raise RuntimeError(f"the {what} objective has no batches")
+    return losses

@@ -51,6 +51,7 @@ from typing import Callable, Iterable, Literal, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from calm.merging.adamerging import backward_losses
 from calm.merging.spectral import is_matrix, polar, working
 from calm.merging.weight_averaging import weight_averaging
 from calm.vectors import StateDict
@@ -213,13 +214,7 @@ def adarank(theta0: Mapping[str, torch.Tensor], vectors: Sequence[Mapping[str, t
         masks = {n: m > 0 for n, m in logits.items()}
         theta = {n: t.detach().requires_grad_(True)
                  for n, t in combine(theta0, offset, parts, lam, masks).items()}
-        losses: dict[str, list[float]] = {}
-        for name, term in loss_terms(step):
-            loss = term(theta)
-            loss.backward()
-            losses.setdefault(name, []).append(float(loss.detach()))
-        if not losses:
-            raise RuntimeError("the AdaRank objective has no batches")
+        losses = backward_losses(loss_terms(step), theta, "AdaRank")
         optimiser.zero_grad(set_to_none=False)
         lam.grad.zero_()
         gradients(names, parts, lam, logits, masks, {n: theta[n].grad for n in names}, mask_temperature)
