@@ -38,8 +38,10 @@ resume: $(STAMP)
 	$(VENV)/bin/snakemake --unlock $(RESUME_ARGS)
 	$(VENV)/bin/snakemake $(RESUME_ARGS) --rerun-incomplete
 
+# Two workers: the suite's end-to-end runs use two cores each, and its many short tests fill the
+# gaps (tests/conftest.py sends each shared run's tests to one worker).
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n 2
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m benchmarks all

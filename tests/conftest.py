@@ -35,3 +35,29 @@ def pico_run(tmp_path_factory, pico_model):
                                                                  checkpoint_every=5)))
     snakemake(work)
     return work
+
+
+# `make test` runs two pytest workers (pytest-xdist), and a worker builds each session or module
+# fixture it needs itself. So the files that read the shared pico run go to one worker together,
+# and every other file goes whole to one worker (its module fixtures, such as the CLIP end-to-end
+# run or the Slurm runs, are then built once). (xdist's own loadgroup marks did not group here.)
+PICO_RUN_FILES = {p.name for p in Path(__file__).parent.glob("test_*.py") if "pico_run" in p.read_text()}
+
+
+# optionalhook: the GPU check's `pytest -m cuda` runs where pytest-xdist is not installed
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedRunScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "pico_run" if Path(path).name in PICO_RUN_FILES else path
+
+    return SharedRunScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The shared pico run's files first: theirs is the longest chain of tests, so it starts at
+    once while the other worker takes the rest (a stable sort: each file keeps its order)."""
+    items.sort(key=lambda item: item.path.name not in PICO_RUN_FILES)

@@ -47,7 +47,7 @@ def pico_config(model: Path, folder: Path, **calm) -> dict:
         "select": {"sampler": "cb_ems", "ratio": 0.9},
         "calm": {"sequential": ["mood"], "iterations": 3, "batch_size": 8, "batches_per_task": 1,
                  "lr": 1e6, **calm},
-        "baselines": {"task_arithmetic_lambda": 0.3, "lambda_grid": [0.3, 0.6],
+        "baselines": {"methods": "all", "task_arithmetic_lambda": 0.3, "lambda_grid": [0.3, 0.6],
                       "localize_stitch": {"n_shot": 8, "epochs": 2, "batch_size": 4, "lr": 1e6},
                       "adamerging": {"steps": 2, "batch_size": 4, "batches_per_task": 1},
                       "fisher": {"n_examples": 4}, "regmean": {"n_examples": 8, "batch_size": 4},

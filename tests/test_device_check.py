@@ -52,17 +52,18 @@ def test_the_carried_wheels_are_what_the_gpu_image_lacks(capsys):
     assert not {"torch", "transformers", "pandas", "pulp"} & set(pins)
 
 
-def test_the_check_rehearsed_on_the_cpu(tmp_path, pico_run):
-    # The suite's pico run has fetched the model and the splits already: the kit is packed from
-    # its folder. Two tasks and one baseline keep the rehearsal's own run to a few dozen seconds.
+def test_the_check_rehearsed_on_the_cpu(tmp_path, pico_model):
+    # A pico config of two tasks and no baseline keeps the rehearsal's own run to a few dozen
+    # seconds; device-pack fetches its model and splits (Snakemake's fetch rules) into --work.
     kit, out = tmp_path / "kit", tmp_path / "out"
-    cfg = yaml.safe_load((pico_run / "config.yaml").read_text())
+    cfg = pico_config(pico_model, tmp_path)
     cfg["data"]["tasks"] = ["colour", "mood"]
     cfg["calm"] |= {"iterations": 2, "checkpoint_every": 0}
-    cfg["baselines"] |= {"methods": ["task_arithmetic"], "lambda_grid": [0.3]}
+    cfg["baselines"] |= {"methods": []}
     (tmp_path / "pico.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "fetched").mkdir()
     pack = subprocess.run([str(ROOT / ".ci/device-pack"), "--config", str(tmp_path / "pico.yaml"), "--kit", str(kit),
-                           "--work", str(pico_run), "--no-wheels"], capture_output=True, text=True)
+                           "--work", str(tmp_path / "fetched"), "--no-wheels"], capture_output=True, text=True)
     assert pack.returncode == 0, pack.stdout[-3000:] + pack.stderr[-3000:]
     manifest = json.loads((kit / "manifest.json").read_text())
     assert manifest["tasks"] == ["colour", "mood"] and "whl" not in manifest["bytes"]

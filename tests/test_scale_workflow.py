@@ -7,7 +7,9 @@ import importlib.util
 import json
 import math
 import os
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -118,7 +120,14 @@ def clip_config(src: Path) -> dict:
         "score": {"batch_size": 8},
         "select": {"sampler": "cb_ems", "ratio": 0.9},
         "calm": {"sequential": ["hues"], "iterations": 2, "batch_size": 4, "batches_per_task": 1, "lr": 1e6},
-        "baselines": {"task_arithmetic_lambda": 0.3, "lambda_grid": [0.3]},
+        # The methods that read the family's own inputs (pixels, its heads, its linear layers), at
+        # pico sizes: a data-free merge is the same on every family, and AdaRank reads what
+        # AdaMerging reads (calm.stages.baselines).
+        "baselines": {"methods": ["task_arithmetic", "localize_stitch", "adamerging_layer", "fisher", "regmean"],
+                      "task_arithmetic_lambda": 0.3, "lambda_grid": [0.3],
+                      "localize_stitch": {"n_shot": 4, "epochs": 2, "batch_size": 4, "lr": 1e6},
+                      "adamerging": {"steps": 2, "batch_size": 4}, "fisher": {"n_examples": 4},
+                      "regmean": {"n_examples": 8, "batch_size": 4}},
         "evaluate": {"batch_size": 8, "bootstrap": 50},
     }
 
@@ -221,7 +230,7 @@ def fetched(clip_run, tmp_path) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize("fault, message", [
+BROKEN = [
     ("truncated", "{ft}/model.safetensors: not a readable safetensors file, truncated or corrupt "
                   "(Error while deserializing header: incomplete metadata, file not fully covered)"),
     ("nan", "tensor 'encoder.layers.1.mlp.fc1.weight' of the checkpoint {ft} holds 3 NaN and 0 Inf values"),
@@ -229,11 +238,13 @@ def fetched(clip_run, tmp_path) -> Path:
               "expected (16, 16) torch.float32"),
     ("pickle", "{ft}/pytorch_model.bin: holds the Python object posix.system, which weights-only loading refuses; "
                "if you trust the file, set model.trust_pickle: true"),
-])
-def test_a_broken_checkpoint_stops_the_run_at_its_fetch_naming_the_users_file(clip_sources, fetched, fault,
-                                                                                message):
+]
+
+
+def test_a_broken_checkpoint_stops_the_run_at_its_fetch_naming_the_users_file(clip_sources, fetched):
     """The whole workflow, as a user runs it: only the checkpoint fetches run; the broken one's
     log ends with one line naming the user's file and tensor; resources/ holds no copy of it."""
+    fault, message = BROKEN[0]
     ft = faulty_checkpoint(clip_sources, fetched / "user" / f"ft-{fault}", fault)
     config = clip_config(clip_sources)
     config["model"]["finetuned"]["colours"] = str(ft)
@@ -251,6 +262,26 @@ def test_a_broken_checkpoint_stops_the_run_at_its_fetch_naming_the_users_file(cl
     copies = fetched / "resources/models/finetuned"
     # the good checkpoint's fetch may have run first; no trace of the broken one, not even a temporary
     assert (sorted(p.name for p in copies.iterdir()) if copies.exists() else []) in ([], ["hues"])
+
+
+@pytest.mark.parametrize("fault, message", BROKEN[1:])
+def test_each_broken_checkpoint_is_one_line_from_the_fetch_stage(clip_sources, fetched, fault, message):
+    """The other faults through the stage's own command, as the rule above runs it (a workflow
+    each would repeat what the test above shows of the scheduling)."""
+    from calm.config import ModelConfig
+    from calm.flags import render_flags
+
+    ft = faulty_checkpoint(clip_sources, fetched / "user" / f"ft-{fault}", fault)
+    model = render_flags(ModelConfig(**clip_config(clip_sources)["model"]), prefix="model_",
+                         exclude=("source", "trust_pickle"))
+    out = fetched / "resources/models/finetuned/colours"
+    proc = subprocess.run([sys.executable, "-m", "calm", "fetch-finetuned", "--source", str(ft), *shlex.split(model),
+                           "--pretrained", str(fetched / "resources/models/pretrained"), "--out", str(out)],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == "error: " + message.format(ft=ft), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
 
 
 def test_a_pickled_checkpoint_loads_when_trusted_with_the_warning(clip_sources, fetched):

@@ -249,8 +249,8 @@ def test_ablations_dry_run_reuses_the_default_merge(pico_run):
 
 def test_appending_a_task_merges_only_it_and_equals_a_fresh_merge(pico_run, tmp_path):
     """Incremental merging: a new task appended to data.tasks and calm.sequential reruns one CALM
-    step on the finished merge; the result is bitwise the merge from scratch over the same order,
-    and what `python -m calm calm-step` gives by hand."""
+    step on the finished merge; the result is bitwise what `python -m calm calm-step` gives by hand
+    on the same step 1, and so the merge from scratch over the same order."""
     from safetensors.torch import load_file
 
     from calm.flags import render_flags
@@ -284,13 +284,13 @@ def test_appending_a_task_merges_only_it_and_equals_a_fresh_merge(pico_run, tmp_
                     *render_flags(cfg, exclude=("sequential", "efficient_lambda", "base")).split()],
                    check=True, cwd=work, capture_output=True)
 
-    shutil.rmtree(work / "results/merge/calm")
-    out = snakemake(work, target)
-    assert planned_jobs(out.stdout + out.stderr) == {"calm_base": 1, "calm_step": 2}
+    # The merge from scratch over the same order is that same step on the same step 1: the step
+    # before the new task kept its lineage (it is not among the jobs above), and a step is
+    # bitwise repeatable (test_a_changed_setting_survives_its_step_killed_and_make_resume_recomputes_it).
     for f, tensors in incremental.items():
-        for other in (load_file(str(step2 / f)), load_file(str(by_hand / f))):
-            assert tensors.keys() == other.keys()
-            assert all(torch.equal(tensors[k], other[k]) for k in tensors), f
+        other = load_file(str(by_hand / f))
+        assert tensors.keys() == other.keys()
+        assert all(torch.equal(tensors[k], other[k]) for k in tensors), f
 
 
 def test_each_stage_runs_by_hand_on_the_previous_stage_files(pico_run, tmp_path):
@@ -361,8 +361,16 @@ def test_default_config_dry_run_plans_the_whole_pipeline(tmp_path):
     jobs = planned_jobs(proc.stdout + proc.stderr)
     assert jobs["finetune"] == 6 and jobs["score"] == 6 and jobs["select"] == 6
     assert jobs["calm_step"] == 2 and jobs["evaluate_task_arithmetic"] == 1  # all 9 λ values
-    assert jobs["merge_baseline"] == 17  # every registry method, task arithmetic at λ = 0.3 included
-    assert jobs["evaluate"] == 19  # pretrained, individual, CALM, 16 baselines
+    # every registry method but AdaRank (calm.methods: in_default), task arithmetic at λ = 0.3 included
+    assert jobs["merge_baseline"] == 16
+    assert jobs["evaluate"] == 18  # pretrained, individual, CALM, 15 baselines
+    # `baselines`: AdaRank too, and the table over every method
+    proc = subprocess.run(SNAKEMAKE + ["baselines", "-n", "--directory", str(tmp_path), "-s", str(ROOT / "Snakefile"),
+                                       "--configfile", str(ROOT / "config/config.yaml")],
+                          capture_output=True, text=True, cwd=ROOT)
+    jobs = planned_jobs(proc.stdout + proc.stderr)
+    assert jobs["merge_baseline"] == 16 and jobs["evaluate"] == 19 and jobs["table"] == 1
+    assert "results/tables/baselines.csv" in proc.stdout and "baseline_adarank.parquet" in proc.stdout
 
 
 def test_the_baseline_wildcard_accepts_exactly_the_registry_names(tmp_path):
@@ -420,49 +428,6 @@ def test_changing_checkpoint_every_reruns_nothing(pico_run):
     assert "Nothing to be done" in out.stdout + out.stderr
 
 
-def test_run_killed_in_the_mask_step_resumes_and_equals_the_uninterrupted_run(pico_run, tmp_path):
-    """SIGKILL Snakemake and its jobs once the CALM step has checkpointed; the README's
-    recovery (unlock, rerun) resumes it, and every result equals the uninterrupted run's."""
-    import os
-    import signal
-    import time
-
-    work = tmp_path / "killed"
-    shutil.copytree(pico_run, work)
-    # A first run that never got past the mask step: no step, merged model, evaluation or table.
-    step = Path("results/merge/calm/default/step1-mood")
-    for done in (step, Path("results/merge/calm/default/model"), Path("results/eval/calm.parquet"), Path("results/tables")):
-        shutil.rmtree(work / done) if (work / done).is_dir() else (work / done).unlink()
-    checkpoint = work / "results/merge/calm/default/step1-mood.resume.pt"
-    cmd = SNAKEMAKE + ["-s", str(ROOT / "Snakefile"), "--directory", str(work), "--configfile",
-                       str(work / "config.yaml"), "--cores", "2"]
-    proc = subprocess.Popen(cmd, cwd=work, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600
-    while not checkpoint.exists():
-        assert proc.poll() is None, "the run ended before the mask loop's first checkpoint"
-        assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (work / step / "tau.safetensors").exists()
-
-    snakemake(work, "--unlock")  # the kill left Snakemake's lock behind
-    snakemake(work)
-    log = (work / "logs/merge/calm/default/step1-mood.log").read_text()
-    resumed = re.search(r"resuming the mask optimisation from \S+ after iteration (\d+)", log)
-    assert resumed and 0 < int(resumed.group(1)) < MASK_ITERATIONS, log[-2000:]
-    assert not checkpoint.exists(), "the resume file is removed once the step's outputs are in place"
-    assert (work / step / "tau.safetensors").read_bytes() == (pico_run / step / "tau.safetensors").read_bytes()
-    assert same_tensors(work / step / "mask.safetensors", pico_run / step / "mask.safetensors")
-    trace, reference = (pd.read_csv(w / step / "trace.csv").drop(columns="seconds") for w in (work, pico_run))
-    pd.testing.assert_frame_equal(trace, reference)
-    pd.testing.assert_frame_equal(pd.read_parquet(work / "results/eval/calm.parquet"),
-                                  pd.read_parquet(pico_run / "results/eval/calm.parquet"))
-    assert (work / "results/tables/main.csv").read_text() == (pico_run / "results/tables/main.csv").read_text()
-    assert not list(work.glob("results/**/.*.tmp")), "no temporary left behind"
-
-
 def step_process(work: Path) -> int | None:
     """The pid of the `python -m calm calm-step` job running in `work`, if any."""
     for proc in Path("/proc").iterdir():
@@ -477,10 +442,11 @@ def step_process(work: Path) -> int | None:
 
 def test_a_changed_setting_survives_its_step_killed_and_make_resume_recomputes_it(pico_run, tmp_path):
     """The user's case: on a finished run, set calm.lr and run; the CALM step's python is killed
-    (kill -9, as the OOM killer would), so Snakemake deletes its outputs, and with them the record
-    that lr changed. `make resume` then recomputes the step, the CALM model, its evaluation and
-    the table with the new lr, bit for bit as a run that was never interrupted (before: "Nothing
-    to be done", the old lr's model and table standing)."""
+    (kill -9, as the OOM killer would) after its first mask checkpoint, so Snakemake deletes its
+    outputs, and with them the record that lr changed. `make resume` then recomputes the step (from
+    that checkpoint), the CALM model, its evaluation and the table with the new lr, bit for bit as a
+    run that was never interrupted (before: "Nothing to be done", the old lr's model and table
+    standing). A kill of Snakemake itself, which leaves its lock: tests/test_make.py."""
     import os
     import signal
     import time
@@ -510,9 +476,18 @@ def test_a_changed_setting_survives_its_step_killed_and_make_resume_recomputes_i
 
     proc = make(work, "resume")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # the step went on from its last mask checkpoint, which it removes once its outputs are in place
+    log = (work / "logs/merge/calm/default/step1-mood.log").read_text()
+    resumed = re.search(r"resuming the mask optimisation from \S+ after iteration (\d+)", log)
+    assert resumed and 0 < int(resumed.group(1)) < MASK_ITERATIONS, log[-2000:]
+    assert not checkpoint.exists()
     snakemake(reference)
     assert json.loads((work / step / "summary.json").read_text())["settings"]["lr"] == 3e6
     assert (work / step / "tau.safetensors").read_bytes() == (reference / step / "tau.safetensors").read_bytes()
+    assert same_tensors(work / step / "mask.safetensors", reference / step / "mask.safetensors")
+    trace, uninterrupted = (pd.read_csv(w / step / "trace.csv").drop(columns="seconds") for w in (work, reference))
+    pd.testing.assert_frame_equal(trace, uninterrupted)
+    assert not list(work.glob("results/**/.*.tmp")), "no temporary left behind"
     pd.testing.assert_frame_equal(pd.read_parquet(work / "results/eval/calm.parquet"),
                                   pd.read_parquet(reference / "results/eval/calm.parquet"))
     assert (work / "results/tables/main.csv").read_text() == (reference / "results/tables/main.csv").read_text()

@@ -2,13 +2,12 @@
 literature defaults (config/README.md lists where the embedded default differs)."""
 from __future__ import annotations
 
-import typing
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from calm.config.section import Section
-from calm.methods import METHODS
+from calm.methods import METHODS, default_methods
 
 
 # The names of calm.methods.METHODS, written there alone: the schema's enum, the CLI's choices and
@@ -148,9 +147,10 @@ class BaselinesConfig(Section):
         default_factory=lambda: [0.6, 0.8, 1.0, 1.2, 1.4],
         description="With data.n_val: the α the validation split chooses for TSV-Merge, Iso-C, Iso-CTS and WUDI "
         "(WUDI's merged vector times α).")
-    methods: list[BaselineName] = Field(
-        default_factory=lambda: list(typing.get_args(BaselineName)),
-        description="Baselines the main table runs (task_arithmetic: its λ row and the λ sweep).")
+    methods: list[BaselineName] | Literal["all"] = Field(
+        default_factory=default_methods,
+        description="Baselines the main table runs (task_arithmetic: its λ row and the λ sweep); unset, every "
+        "method of the registry but AdaRank (minutes more on the embedded default); `all`: every one.")
     ties: TiesConfig = TiesConfig()
     consensus: ConsensusConfig = ConsensusConfig()
     localize_stitch: LocalizeStitchConfig = LocalizeStitchConfig()
@@ -164,6 +164,13 @@ class BaselinesConfig(Section):
     emr: EmrConfig = EmrConfig()
     cart: CartConfig = CartConfig()
     adarank: AdaRankConfig = AdaRankConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _all_methods(cls, data):
+        if isinstance(data, dict) and data.get("methods") == "all":
+            data = {**data, "methods": list(METHODS)}
+        return data
 
     @model_validator(mode="after")
     def _distinct_methods(self) -> "BaselinesConfig":

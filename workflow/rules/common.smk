@@ -171,40 +171,6 @@ def variant_eval(variant, rep=""):
 ANALYSIS_PARTS = ["tau1", "not_m_tau1", "m_tau2"]
 
 
-def table_rows(rep=""):
-    """Row name -> predictions file, in table order (the registry's, for the baselines that
-    baselines.methods names); the λ sweep rows collapse to the best."""
-    rows = {
-        # θ0 depends on no fine-tuning seed: every replicate's table reads the main run's
-        "Pretrained": "results/eval/pretrained.parquet",
-        "Individual": f"results{rep}/eval/individual.parquet",
-    }
-    ta = ta_evals(rep)
-    for method, spec in METHODS.items():
-        if method not in CFG.baselines.methods:
-            continue
-        if method == "task_arithmetic":
-            rows[f"Task arithmetic (λ={TA_LAMBDA})"] = ta[TA_LAMBDA]
-            rows.update({f"Task arithmetic λ={lam}": ta[lam] for lam in LAMBDAS})
-        else:
-            rows[spec.label] = f"results{rep}/eval/baseline_{method}.parquet"
-        if method in VALIDATED:
-            rows[f"{spec.label}{ON_VALIDATION}"] = validated_eval(method, rep)["preds"]
-    rows["CALM"] = f"results{rep}/eval/calm.parquet"
-    return rows
-
-
-# data.n_val (evaluate_validated): each baseline of the table whose merge is linear in a
-# scale gets a row at the scale the val splits choose; none without n_val (the default's table).
-VALIDATED = [m for m in validated_methods() if m in CFG.baselines.methods] if CFG.data.n_val else []
-ON_VALIDATION = " (chosen on validation)"
-
-
-def validated_eval(method, rep=""):
-    prefix = f"results{rep}/eval/validated/{method}"
-    return {"preds": f"{prefix}.parquet", "curve": f"{prefix}.json"}
-
-
 def main_table(rep=""):
     """The files of a run's results table (`table`), by extension."""
     return {ext: f"results{rep}/tables/main.{ext}" for ext in ("csv", "md", "json")}

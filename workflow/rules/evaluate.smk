@@ -102,21 +102,24 @@ rule evaluate_validated:
 
 rule table:
     input:
-        lambda w: list(table_rows(w.rep).values()),
+        lambda w: list(table_rows(w.rep, TABLE_METHODS[w.table]).values()),
     output:
-        csv=report(main_table("{rep}")["csv"], caption="../report/table.rst", category="Results"),
-        md=main_table("{rep}")["md"],
-        json=report(main_table("{rep}")["json"], caption="../report/provenance.rst", category="Results"),
+        csv=report("results{rep}/tables/{table}.csv", caption="../report/table.rst", category="Results"),
+        md="results{rep}/tables/{table}.md",
+        json=report("results{rep}/tables/{table}.json", caption="../report/provenance.rst", category="Results"),
+    wildcard_constraints:
+        table="|".join(TABLE_METHODS),
     params:
-        rows=lambda w: " ".join(shlex.quote(f"{name}={path}") for name, path in table_rows(w.rep).items()),
+        rows=lambda w: " ".join(shlex.quote(f"{name}={path}")
+                                for name, path in table_rows(w.rep, TABLE_METHODS[w.table]).items()),
         prefix=lambda w, output: output.md.removesuffix(".md"),
         ta=shlex.quote(f"Task arithmetic (λ={TA_LAMBDA})"),
         settings=render_flags(CFG.evaluate, exclude=("batch_size",)),
-        lineage=lambda w: table_lineage(w.rep),
+        lineage=lambda w: table_lineage(w.rep, TABLE_METHODS[w.table]),
     resources:
         **job_resources("table"),
     log:
-        "logs{rep}/table.log",
+        "logs{rep}/tables/{table}.log",
     conda:
         "../../environment.yml"
     shell:

@@ -1,6 +1,40 @@
 # The helpers of the rules in workflow/rules/evaluate.smk, which alone use them (what two or more
 # rule files use is in common.smk). Snakemake's linter wants rules and functions in separate files.
 
+def table_rows(rep="", methods=None):
+    """Row name -> predictions file, in table order (the registry's, for the baselines that
+    `methods`, by default baselines.methods, names); the λ sweep rows collapse to the best."""
+    rows = {
+        # θ0 depends on no fine-tuning seed: every replicate's table reads the main run's
+        "Pretrained": "results/eval/pretrained.parquet",
+        "Individual": f"results{rep}/eval/individual.parquet",
+    }
+    ta = ta_evals(rep)
+    for method, spec in METHODS.items():
+        if method not in (methods or CFG.baselines.methods):
+            continue
+        if method == "task_arithmetic":
+            rows[f"Task arithmetic (λ={TA_LAMBDA})"] = ta[TA_LAMBDA]
+            rows.update({f"Task arithmetic λ={lam}": ta[lam] for lam in LAMBDAS})
+        else:
+            rows[spec.label] = f"results{rep}/eval/baseline_{method}.parquet"
+        if method in VALIDATED:
+            rows[f"{spec.label}{ON_VALIDATION}"] = validated_eval(method, rep)["preds"]
+    rows["CALM"] = f"results{rep}/eval/calm.parquet"
+    return rows
+
+
+# data.n_val (evaluate_validated): each baseline of the table whose merge is linear in a
+# scale gets a row at the scale the val splits choose; none without n_val (the default's table).
+VALIDATED = [m for m in validated_methods() if m in CFG.baselines.methods] if CFG.data.n_val else []
+ON_VALIDATION = " (chosen on validation)"
+
+
+def validated_eval(method, rep=""):
+    prefix = f"results{rep}/eval/validated/{method}"
+    return {"preds": f"{prefix}.parquet", "curve": f"{prefix}.json"}
+
+
 def variant_model(variant, rep=""):
     return f"{variant_dir(variant, rep)}/model"
 
@@ -119,5 +153,10 @@ def seeds_outputs():
     return out
 
 
-def table_lineage(rep=""):
-    return digest("table", {name: path_lineage(path) for name, path in table_rows(rep).items()})
+# The tables that `table` writes: the main table (the baselines that baselines.methods names), and
+# the `baselines` target's table over every method of the registry.
+TABLE_METHODS = {"main": None, "baselines": list(METHODS)}
+
+
+def table_lineage(rep="", methods=None):
+    return digest("table", {name: path_lineage(path) for name, path in table_rows(rep, methods).items()})
