@@ -11,7 +11,7 @@ def table_rows(rep="", methods=None):
     }
     ta = ta_evals(rep)
     for method, spec in METHODS.items():
-        if method not in (methods or CFG.baselines.methods):
+        if method not in (CFG.baselines.methods if methods is None else methods):
             continue
         if method == "task_arithmetic":
             rows[f"Task arithmetic (λ={TA_LAMBDA})"] = ta[TA_LAMBDA]
