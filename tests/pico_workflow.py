@@ -36,6 +36,15 @@ def write_tasks(folder: Path) -> dict:
     return custom
 
 
+# The methods the pico workflow merges: one of each way through the stages (data-free; scaled by λ
+# or α and chosen on validation; each data adapter, one of them with a setting two methods read;
+# a model per task; trained on unlabelled inputs). The other data-free methods take the first way with another
+# function: test_baselines.py runs them through the merge stage in-process (every job of a
+# workflow run costs seconds of imports on 2 cores).
+PICO_METHODS = ["task_arithmetic", "ties", "localize_stitch", "adamerging_task", "adamerging_layer", "fisher",
+                "regmean", "wudi", "emr", "adarank"]
+
+
 def pico_config(model: Path, folder: Path, **calm) -> dict:
     return {
         "device": "cpu", "threads": 1,
@@ -47,7 +56,7 @@ def pico_config(model: Path, folder: Path, **calm) -> dict:
         "select": {"sampler": "cb_ems", "ratio": 0.9},
         "calm": {"sequential": ["mood"], "iterations": 3, "batch_size": 8, "batches_per_task": 1,
                  "lr": 1e6, **calm},
-        "baselines": {"methods": "all", "task_arithmetic_lambda": 0.3, "lambda_grid": [0.3, 0.6],
+        "baselines": {"methods": list(PICO_METHODS), "task_arithmetic_lambda": 0.3, "lambda_grid": [0.3, 0.6],
                       "localize_stitch": {"n_shot": 8, "epochs": 2, "batch_size": 4, "lr": 1e6},
                       "adamerging": {"steps": 2, "batch_size": 4, "batches_per_task": 1},
                       "fisher": {"n_examples": 4}, "regmean": {"n_examples": 8, "batch_size": 4},

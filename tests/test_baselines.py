@@ -305,3 +305,46 @@ def test_a_data_driven_method_without_its_files_names_what_is_missing(pico_model
               tasks=[{"task": "a", "inputs": "x", "head": "y"}, {"task": "b", "inputs": "x"}])
     with pytest.raises(ValueError, match="unknown merging method 'dare'"):
         merge_baseline(family, "dare", [pico_model], tmp_path / "out")
+
+
+def test_the_data_free_methods_off_the_pico_run_go_through_the_merge_stage(pico_model, tmp_path):
+    """The methods the pico workflow leaves out (pico_workflow.PICO_METHODS) are data-free: the
+    merge stage, called as its command calls it, writes θ0 + the method's τ as a model folder
+    that transformers loads, with its summary. Together with the pico run: every method."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModel
+
+    from calm.checkpoints import read_checkpoint_dir
+    from calm.config import ModelConfig
+    from calm.config.baselines import BaselinesConfig
+    from calm.stages.baselines import merge_baseline
+    from calm.stages.family import open_family
+    from pico_workflow import PICO_METHODS
+
+    off_run = [m for m in METHODS if m not in PICO_METHODS]
+    assert off_run == ["weight_averaging", "consensus_ta", "consensus_ties", "tsv", "iso_c", "iso_cts", "cart"]
+    assert all(not METHODS[m].needs and not METHODS[m].per_task for m in off_run)
+    finetuned = []
+    for i in range(3):  # three "fine-tuned" models: θ0 plus a seeded perturbation
+        folder = tmp_path / f"ft{i}"
+        shutil.copytree(pico_model, folder)
+        weights = load_file(str(folder / "model.safetensors"))
+        g = torch.Generator().manual_seed(i)
+        save_file({k: v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+                   for k, v in weights.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        finetuned.append(folder)
+    theta0 = read_checkpoint_dir(pico_model)
+    taus = [{k: w - theta0[k] for k, w in read_checkpoint_dir(f).items()} for f in finetuned]
+    family = open_family(ModelConfig(max_length=16), pico_model, device="cpu")
+    cfg = BaselinesConfig()
+    name = "encoder.layer.0.attention.self.query.weight"
+    for method in off_run:
+        out = tmp_path / method
+        merge_baseline(family, method, finetuned, out / "model", cfg, summary_out=out / "summary.json")
+        AutoModel.from_pretrained(out / "model")
+        assert json.loads((out / "summary.json").read_text())["method"] == method
+        expected = theta0[name] + METHODS[method](taus, **METHODS[method].options(cfg))[name]
+        assert torch.allclose(read_checkpoint_dir(out / "model")[name], expected, atol=1e-6), method

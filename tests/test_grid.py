@@ -42,8 +42,8 @@ def test_a_grid_plans_one_variant_per_row_and_rows_share_jobs(tmp_path, pico_mod
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = planned_jobs(proc.stdout + proc.stderr)
     assert {k: jobs[k] for k in ("select", "calm_base", "calm_step", "calm_model", "evaluate", "grid")} == {
-        # evaluate: pretrained, individual, 16 baselines, and the 12 variants
-        "select": 9, "calm_base": 12, "calm_step": 18, "calm_model": 12, "evaluate": 2 + 16 + 12, "grid": 1}
+        # evaluate: pretrained, individual, the pico run's 9 baselines with a checkpoint, the 12 variants
+        "select": 9, "calm_base": 12, "calm_step": 18, "calm_model": 12, "evaluate": 2 + 9 + 12, "grid": 1}
 
 
 def test_every_bad_row_is_one_error_line_before_any_job(tmp_path, pico_model):

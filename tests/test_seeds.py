@@ -25,16 +25,16 @@ def with_config(work, name: str, **sections) -> str:
 
 def test_a_replicate_plans_the_pipeline_again_except_what_no_seed_changes(pico_run):
     """On the finished main run, a second seed adds one fine-tuning and scoring and one credible
-    set per task (T = 3), its CALM chain (|S̄| = 1), the 16 baselines that have a checkpoint
-    (task arithmetic's row comes from the λ sweep), 18 evaluations (individual, CALM and those
-    16; the pretrained model's are the main run's), the λ sweep, its table, and the seeds table;
+    set per task (T = 3), its CALM chain (|S̄| = 1), the 9 of the pico run's 10 baselines that
+    have a checkpoint (task arithmetic's row comes from the λ sweep), 11 evaluations (individual,
+    CALM and those 9; the pretrained model's are the main run's), the λ sweep, its table, and the seeds table;
     no fetch, no prepare, and nothing of the main run. The replicates section leaves the
     default target as it was."""
     seeds = with_config(pico_run, "seeds2.yaml", replicates={"seeds": 2})
     out = snakemake(pico_run, "seeds", "-n", "-p", "--configfile", seeds)
     assert planned_jobs(out.stdout + out.stderr) == {
         "finetune": 3, "score": 3, "select": 3, "calm_base": 1, "calm_step": 1, "calm_model": 1,
-        "merge_baseline": 16, "evaluate": 18, "evaluate_task_arithmetic": 1, "table": 1, "seeds": 1}
+        "merge_baseline": 9, "evaluate": 11, "evaluate_task_arithmetic": 1, "table": 1, "seeds": 1}
     assert "--seed 1 " in out.stdout and "results/seeds/seed1/models/finetuned/mood" in out.stdout
     out = snakemake(pico_run, "-n", "--configfile", seeds)
     assert "Nothing to be done" in out.stdout + out.stderr
@@ -49,26 +49,26 @@ def test_sweeps_over_seeds_plan_each_seeds_variants(pico_run):
     out = snakemake(pico_run, "seeds", "-n", "--configfile", seeds)
     assert planned_jobs(out.stdout + out.stderr) == {
         "finetune": 3, "score": 3, "select": 3, "calm_base": 7 + 8, "calm_step": 10 + 11, "calm_model": 7 + 8,
-        "merge_baseline": 16, "evaluate": 7 + 18 + 7, "evaluate_task_arithmetic": 1, "table": 1,
+        "merge_baseline": 9, "evaluate": 7 + 11 + 7, "evaluate_task_arithmetic": 1, "table": 1,
         "ablation_accuracy": 2 * 2, "seeds": 1}
 
 
 def test_seeds_table_of_two_seeds_is_the_mean_and_sd_of_their_tables(pico_run, tmp_path):
     work = tmp_path / "work"
     shutil.copytree(pico_run, work, symlinks=True)
-    seeds = with_config(work, "seeds.yaml", replicates={"seeds": 2}, baselines={"methods": ["weight_averaging"]})
+    seeds = with_config(work, "seeds.yaml", replicates={"seeds": 2}, baselines={"methods": ["ties"]})
     snakemake(work, "seeds", "--configfile", seeds)
     runs = [pd.read_csv(work / f"results{rep}/tables/main.csv", index_col=0) for rep in ("", "/seeds/seed1")]
     table = pd.read_csv(work / "results/tables/seeds.csv", index_col="method")
-    assert list(table.index) == ["Pretrained", "Individual", "Weight averaging", "CALM"]
+    assert list(table.index) == ["Pretrained", "Individual", "TIES", "CALM"]
     for column in [*WORDS, "Avg", "Norm. avg"]:
         a, b = (run.loc["CALM", column] for run in runs)
         assert table.loc["CALM", column] == pytest.approx((a + b) / 2)
         assert table.loc["CALM", f"{column} s.d."] == pytest.approx(abs(a - b) / 2 ** 0.5)
-    # CALM − weight averaging: the mean of the two seeds' paired differences
+    # CALM − TIES: the mean of the two seeds' paired differences
     paired = [next(c["difference"] for c in json.loads((work / f"results{rep}/tables/main.json").read_text())
-                   ["comparisons"] if c["comparison"] == "CALM − Weight averaging") for rep in ("", "/seeds/seed1")]
-    assert table.loc["Weight averaging", "CALM − method"] == pytest.approx(sum(paired) / 2)
+                   ["comparisons"] if c["comparison"] == "CALM − TIES") for rep in ("", "/seeds/seed1")]
+    assert table.loc["TIES", "CALM − method"] == pytest.approx(sum(paired) / 2)
     # the replicate fine-tuned with the next seed: its models differ from the main run's
     main, replica = (work / f"results{rep}/models/finetuned/colour/model.safetensors" for rep in ("", "/seeds/seed1"))
     assert main.read_bytes() != replica.read_bytes()
