@@ -12,7 +12,6 @@ import logging
 import sys
 import typing
 from pathlib import Path
-from typing import Any, Callable
 
 import yaml
 from pydantic import BaseModel
@@ -20,24 +19,10 @@ from pydantic import BaseModel
 from calm import config as cfgmod
 from calm.config.baselines import BaselineName, BaselinesConfig
 from calm.config.files import error_line, json_schema, load_config
-from calm.flags import (Flag, OutFolder, add_model, add_section, floats, json_arg, model_section, out, pairs, path,
+from calm.flags import (COMMANDS, Flag, OutFolder, command, floats, json_arg, model_section, out, pairs, parser, path,
                         records, section_from, several)
 from calm.io import check_replaceable
 from calm.methods import single_model_bases
-
-
-# name -> (help, flags, whether it opens the model, config sections as flags, the function it runs)
-COMMANDS: dict[str, tuple[str, tuple, bool, tuple, Callable]] = {}
-
-
-def command(name: str, help_: str, *flags: Flag, model: bool = False, sections: tuple = ()):
-    """Register the decorated function as `python -m calm NAME`: each flag is (name or names,
-    argparse keywords); model=True adds the model flags (calm.flags.add_model); each section is
-    (section class, prefix, excluded fields), whose fields become flags."""
-    def register(run: Callable) -> Callable:
-        COMMANDS[name] = (help_, flags, model, sections, run)
-        return run
-    return register
 
 
 MODEL_SECTION = ((cfgmod.ModelConfig, "model_", ("source",)),)
@@ -239,6 +224,18 @@ def cmd_grid(a):
     logging.info("%s.csv: %d rows", a.out_prefix, len(frame))
 
 
+@command("bases-table", "CALM over each base merge against its own base and the best single-model method, "
+         "over fine-tuning seeds (table with hierarchical-bootstrap intervals, and a figure).",
+         ("--runs", {"required": True, "help": 'JSON list, one entry per fine-tuning seed: {"seed": S, "variants": '
+                     '[{"base": B, "strategy": ST, "path": PREDICTIONS}], "bases": {B: {"label": ROW NAME, "path": '
+                     'PREDICTIONS}}, "methods": {ROW NAME: PREDICTIONS}} (methods: the single-model ones)'}),
+         out("writes PREFIX.{csv,md,json,png,pdf}", "--out-prefix"),
+         sections=((cfgmod.EvaluateConfig, "", ("batch_size",)),))
+def cmd_bases_table(a):
+    from calm.stages.bases import bases_table
+    print(bases_table(json_arg(a.runs, "--runs"), a.out_prefix, bootstrap=a.bootstrap, seed=a.seed))
+
+
 @command("evaluate", "Per-example test predictions of each task.", several("--models", "TASK=CHECKPOINT for every task"),
          several("--inputs", "TASK=INPUTS"), several("--heads", "TASK=HEAD"), out(),
          model=True, sections=((cfgmod.EvaluateConfig, "", ("bootstrap", "seed")),))
@@ -348,21 +345,9 @@ def cmd_validate(a):
 # --- parser -----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m calm", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
     if "paper-table" not in COMMANDS:
         _paper_commands()
-    for name, (help_, flags, model, sections, run) in COMMANDS.items():
-        # argparse %-formats the help it lists under `python -m calm --help`
-        p = sub.add_parser(name, help=help_.replace("%", "%%"), description=help_)
-        p.set_defaults(func=run)
-        if model:
-            add_model(p)
-        for names, kwargs in flags:
-            p.add_argument(*((names,) if isinstance(names, str) else names), **kwargs)
-        for section, prefix, exclude in sections:
-            add_section(p, section, prefix=prefix, exclude=exclude)
-    return parser
+    return parser(prog="python -m calm", description=__doc__.splitlines()[0])
 
 
 def _missing(exc: FileNotFoundError) -> str:

@@ -10,7 +10,7 @@ import shlex
 import sys
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel
 
@@ -19,6 +19,36 @@ from calm.config import ModelConfig
 
 # argparse flags of the CLI's commands: (name or names, argparse keywords)
 Flag = tuple[str | tuple[str, ...], dict[str, Any]]
+
+# name -> (help, flags, whether it opens the model, config sections as flags, the function it runs)
+COMMANDS: dict[str, tuple[str, tuple, bool, tuple, Callable]] = {}
+
+
+def command(name: str, help_: str, *flags: Flag, model: bool = False, sections: tuple = ()):
+    """Register the decorated function as `python -m calm NAME`: each flag is (name or names,
+    argparse keywords); model=True adds the model flags (calm.flags.add_model); each section is
+    (section class, prefix, excluded fields), whose fields become flags."""
+    def register(run: Callable) -> Callable:
+        COMMANDS[name] = (help_, flags, model, sections, run)
+        return run
+    return register
+
+
+def parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The CLI's parser: a sub-command per registered command, with its flags."""
+    out = argparse.ArgumentParser(prog=prog, description=description)
+    sub = out.add_subparsers(dest="command", required=True, metavar="<stage>")
+    for name, (help_, flags, model, sections, run) in COMMANDS.items():
+        # argparse %-formats the help it lists under `python -m calm --help`
+        p = sub.add_parser(name, help=help_.replace("%", "%%"), description=help_)
+        p.set_defaults(func=run)
+        if model:
+            add_model(p)
+        for names, kwargs in flags:
+            p.add_argument(*((names,) if isinstance(names, str) else names), **kwargs)
+        for section, prefix, exclude in sections:
+            add_section(p, section, prefix=prefix, exclude=exclude)
+    return out
 
 
 def path(flag: str, help_: str | None = None, **kwargs) -> Flag:

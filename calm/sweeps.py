@@ -29,6 +29,7 @@ AXES: dict[str, list[str]] = {
     "switches": ["grad_reduction", "regulariser"],
     "strategy": ["strategy"],
     "iterations": ["iterations"],
+    "bases": ["base", "strategy"],
 }
 # Paper Table 2, the six models of the mask analysis: the checkpoint `python -m calm mask-parts`
 # writes -> (row label in results/ablations/mask_analysis.csv, display name, LaTeX), in the
@@ -115,7 +116,7 @@ def _sweep_row(ablation: str, name: str, v: Variant, repeat: int | None = None,
             "repeat": repeat, "select_seed": v.select_seed,
             "n_seq": len(c.sequential), "order_seed": order_seed, "order": ">".join(c.sequential),
             "lr": c.lr, "alpha": c.alpha, "grad_reduction": c.grad_reduction,
-            "regulariser": c.regulariser, "strategy": c.strategy, "iterations": c.iterations}
+            "regulariser": c.regulariser, "strategy": c.strategy, "iterations": c.iterations, "base": c.base}
 
 
 def grid_keys(rows: list[dict]) -> dict[str, str]:
@@ -141,7 +142,7 @@ def plan(cfg: Config, grid: dict[str, dict] | None = None) -> tuple[dict[str, Va
 
     The table has one row per point: `ablation`, `variant` and that variant's settings
     (sampler, ratio, repeat, select_seed, n_seq, order_seed, order, lr, alpha, grad_reduction,
-    regulariser, strategy, iterations); repeat is empty outside the sampler sweep, order_seed
+    regulariser, strategy, iterations, base); repeat is empty outside the sampler sweep, order_seed
     outside the n_seq sweep.
     """
     ab = cfg.ablations
@@ -185,6 +186,9 @@ def plan(cfg: Config, grid: dict[str, dict] | None = None) -> tuple[dict[str, Va
         point("strategy", f"strategy-{strategy}", strategy=strategy)
     for n in ab.iterations_grid:
         point("iterations", f"iter{n}", iterations=n)
+    for b in ab.bases:
+        for strategy in ab.base_strategies:
+            point("bases", f"base-{b}-{strategy}", base=b, strategy=strategy)
     mask_task = ab.mask_task or cfg.calm.sequential[-1]
     point("mask_analysis", f"mask-{mask_task}", sequential=[mask_task])
     point("trace", "trace", trace_eval_every=ab.trace_eval_every)

@@ -56,7 +56,7 @@ def test_base_config_is_valid():
     (base_config(data={"tasks": ["a", "b", "a"]}), "data.tasks names a task twice: ['a']"),
     ({"data": {"tasks": ["a", "b"]}}, "calm: required key is missing"),
     (base_config(replicates={"seeds": 0}), "replicates.seeds: expected a value greater than or equal to 1, got 0"),
-    (base_config(replicates={"ablations": ["lr"]}), "replicates.ablations[0]: expected 'strategy' or 'n_seq', got 'lr'"),
+    (base_config(replicates={"ablations": ["lr"]}), "replicates.ablations[0]: expected 'strategy', 'n_seq' or 'bases', got 'lr'"),
     (base_config(replicates={"ablations": ["n_seq", "n_seq"]}), "replicates.ablations names a sweep twice"),
     (base_config(data={"custom": {"x": {"path": "x.csv", "classes": ["p", "q"], "labels": 1}}}),
      "data.custom.x.labels: unknown key (allowed: path, text_column, label_column, classes, prompt)"),

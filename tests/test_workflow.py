@@ -332,9 +332,10 @@ def shared_helper_users(rules: Path) -> dict[str, set[str]]:
     def read(*paths: Path) -> str:
         return "".join(p.read_text() for p in paths if p.is_file())
 
-    parts = {f.stem: read(f, rules / "helpers" / f.name) for f in rules.glob("*.smk") if f.name != "common.smk"}
+    shared = ("common.smk", "lineage.smk")  # lineage.smk: common.smk's lineage functions, in a file of their own
+    parts = {f.stem: read(f, rules / "helpers" / f.name) for f in rules.glob("*.smk") if f.name not in shared}
     parts["Snakefile"] = read(rules.parents[1] / "Snakefile", rules.parent / "Snakefile")
-    blocks = top_level_blocks((rules / "common.smk").read_text())
+    blocks = top_level_blocks(read(*(rules / name for name in shared)))
     users = {n: {p for p, text in parts.items() if re.search(rf"\b{n}\b", text)} for n in blocks}
     users["wildcard_constraints"] = set(parts)
     for _ in blocks:  # to a fixed point: a name another shared name uses serves that name's users

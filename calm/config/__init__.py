@@ -211,6 +211,13 @@ class AblationsConfig(Section):
         description="(grad_reduction, regulariser) pairs.")
     strategies: list[Literal["both", "only_m", "only_1m"]] = Field(
         default_factory=lambda: ["both", "only_m", "only_1m"], min_length=1)
+    bases: list[BaselineName] = Field(
+        default_factory=lambda: ["task_arithmetic", "tsv", "wudi", "iso_c"], min_length=1,
+        description="calm.base values of the bases sweep (`snakemake bases`): CALM's masks over each of these "
+        "merges of S, each at its baselines section's settings.")
+    base_strategies: list[Literal["both", "only_m", "only_1m"]] = Field(
+        default_factory=lambda: ["both", "only_m"], min_length=1,
+        description="calm.strategy values the bases sweep crosses with every base.")
     mask_task: str | None = Field(
         None, description="The one sequential task of the mask analysis (null: the last of calm.sequential).")
     top_percent: list[float] = Field(default_factory=lambda: [1.0, 5.0, 10.0, 20.0, 50.0], min_length=1,
@@ -242,9 +249,10 @@ class ReplicatesConfig(Section):
     fine-tunes with finetune.seed + r and changes nothing else; replicate 0 is the main run."""
     seeds: int = Field(3, ge=1, description="Fine-tuning seeds of `snakemake seeds` (replicate r fine-tunes "
                        "with finetune.seed + r; r = 0 is the main run).")
-    ablations: list[Literal["strategy", "n_seq"]] = Field(
-        default_factory=list, description="Ablation sweeps also rerun for every seed: `strategy` (Table 3) "
-        "and/or `n_seq` (the |S̄| curve of Fig. 6).")
+    ablations: list[Literal["strategy", "n_seq", "bases"]] = Field(
+        default_factory=list, description="Ablation sweeps also rerun for every seed: `strategy` (Table 3), "
+        "`n_seq` (the |S̄| curve of Fig. 6) and/or `bases` (CALM over each base merge, against its base and "
+        "the best single-model method).")
 
     @field_validator("ablations")
     @classmethod
@@ -302,9 +310,10 @@ class Config(Section):
                 f"calm.sequential has {len(self.calm.sequential)} tasks but data.tasks has {len(tasks)}: "
                 "at least one task must be merged by task arithmetic (S may not be empty)")
         from calm.methods import single_model_bases
-        if self.calm.base not in single_model_bases():
-            raise ValueError(f"calm.base '{self.calm.base}' is not a merge of task vectors alone into one model; "
-                             f"allowed: {', '.join(single_model_bases())}")
+        for key, base in [("calm.base", self.calm.base), *(("ablations.bases", b) for b in self.ablations.bases)]:
+            if base not in single_model_bases():
+                raise ValueError(f"{key} '{base}' is not a merge of task vectors alone into one model; "
+                                 f"allowed: {', '.join(single_model_bases())}")
         for n in self.ablations.n_seq or []:
             if not 1 <= n < len(tasks):
                 raise ValueError(f"ablations.n_seq: {n} is outside 1 … {len(tasks) - 1} (T − 1)")

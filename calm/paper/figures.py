@@ -329,3 +329,39 @@ def grid_accuracy(grid: pd.DataFrame, keys: list[str]) -> Figure:
         ax.set_xlabel(key)
     axes[0].set_ylabel("Average test accuracy (%)")
     return fig
+
+
+# --- the bases sweep (not in the paper) --------------------------------------------------------
+
+@styled
+def bases_accuracy(table: pd.DataFrame, best: str, best_accuracy: float) -> Figure:
+    """CALM over each base merge (bases_table's rows): per base, a marker per strategy at its
+    mean average accuracy with its fine-tuning seeds as faint dots and ± s.d. as a bar, the base
+    method alone as a hollow square, and the best single-model method as a dashed line."""
+    from calm.paper.tables import STRATEGIES
+
+    rows = _nonempty(table, "the bases table")
+    bases = list(pd.unique(rows["base_label"]))
+    strategies = list(pd.unique(rows["strategy"]))
+    width = 0.7 / max(len(strategies), 1)
+    fig = Figure(figsize=(1.6 * len(bases) + 3.0, 3.4), layout="constrained")
+    ax = fig.add_subplot()
+    seed_columns = [c for c in rows.columns if c.startswith("accuracy (seed ")]
+    for j, strategy in enumerate(strategies):
+        part = rows[rows["strategy"] == strategy]
+        x = np.array([bases.index(b) for b in part["base_label"]]) + (j - (len(strategies) - 1) / 2) * width
+        colour = OURS_COLOUR if strategy == "both" else PALETTE[j % len(PALETTE)]
+        for c in seed_columns:
+            ax.scatter(x - 0.06, part[c], s=10, color=colour, alpha=0.35, zorder=2)
+        ax.errorbar(x, part["accuracy"], yerr=part["accuracy s.d."].fillna(0), fmt="o", capsize=3,
+                    color=colour, label=f"CALM, {STRATEGIES.get(strategy, strategy)}", zorder=3)
+    alone = rows.drop_duplicates("base_label")
+    ax.scatter([bases.index(b) for b in alone["base_label"]], alone["base accuracy"], marker="s", s=40,
+               facecolors="none", edgecolors="black", label="the base alone (every task)", zorder=4)
+    ax.axhline(best_accuracy, color="0.4", linestyle="--", linewidth=1.0, label=f"best single-model: {best}")
+    ax.set_xticks(range(len(bases)), bases)
+    ax.set_xlim(-0.6, len(bases) - 0.4)
+    ax.set_xlabel("Base merge of S")
+    ax.set_ylabel("Average test accuracy (%)")
+    _legend_right(ax)
+    return fig

@@ -102,16 +102,20 @@ def seeds_ablations(sweeps: Mapping[str, list[dict]], out_prefix: str | Path, bo
     predictions (`predictions`: strategy -> file). Writes PREFIX_ablations.csv and .md (each
     setting's average accuracy, mean ± s.d. over seeds, and for the strategies other − both with
     its hierarchical-bootstrap interval) and, for n_seq, PREFIX_n_seq.png / .pdf (the |S̄| curve
-    over seeds); returns the Markdown."""
+    over seeds). The bases sweep's runs are bases_table's (PREFIX_bases.*). Returns the Markdown."""
     from calm.paper.figures import sequential_count
     from calm.paper.style import save_figure
+    from calm.stages.bases import bases_table
 
-    unknown = sorted(set(sweeps) - {"strategy", "n_seq"})
+    unknown = sorted(set(sweeps) - {"strategy", "n_seq", "bases"})
     if unknown or not sweeps:
-        raise ValueError(f"seeds ablations: expected the sweeps strategy and/or n_seq, got {sorted(sweeps)}")
+        raise ValueError(f"seeds ablations: expected the sweeps strategy, n_seq and/or bases, got {sorted(sweeps)}")
     prefix = Path(out_prefix)
     parts, text = [], []
     for sweep, runs in sweeps.items():
+        if sweep == "bases":
+            text.append(bases_table(runs, prefix.with_name(prefix.name + "_bases"), bootstrap, seed))
+            continue
         per_seed = {int(r["seed"]): pd.read_csv(r["table"]) for r in runs}
         comparisons = {}
         if sweep == "strategy":
@@ -124,11 +128,11 @@ def seeds_ablations(sweeps: Mapping[str, list[dict]], out_prefix: str | Path, bo
             runs_frame = frame.assign(task="average").rename(columns={"setting": "n_seq"})
             save_figure(sequential_count(runs_frame, over=("fine-tuning seed", "seed")),
                         prefix.with_name(prefix.name + "_n_seq"))
-    table = pd.concat(parts, ignore_index=True)
-    _write_csv(table, prefix.with_name(prefix.name + "_ablations.csv"))
-    markdown = "\n".join(text)
-    write_text(markdown, prefix.with_name(prefix.name + "_ablations.md"))
-    return markdown
+    if parts:
+        _write_csv(pd.concat(parts, ignore_index=True), prefix.with_name(prefix.name + "_ablations.csv"))
+        write_text("\n".join(t for sweep, t in zip(sweeps, text) if sweep != "bases"),
+                   prefix.with_name(prefix.name + "_ablations.md"))
+    return "\n".join(text)
 
 
 def sweep_averages_per_seed(tables: Mapping[int, pd.DataFrame], sweep: str) -> pd.DataFrame:

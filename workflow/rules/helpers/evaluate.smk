@@ -115,6 +115,9 @@ def seed_ablations():
     for sweep in CFG.replicates.ablations:
         out[sweep] = []
         for rep in replicates():
+            if sweep == "bases":
+                out[sweep].append(bases_run(rep))
+                continue
             run = {"seed": finetune_seed(rep), "table": f"results{rep}/ablations/{sweep}.csv"}
             if sweep == "strategy":
                 run["predictions"] = {r["strategy"]: variant_eval(r["variant"], rep) for r in sweep_rows(sweep)}
@@ -126,14 +129,18 @@ def seeds_inputs():
     """Every replicate's predictions of the main table's rows, and its own results table."""
     files = [path for run in seed_runs() for path in run["rows"].values()]
     files += [path for rep in replicates() for path in main_table(rep).values()]
-    for runs in seed_ablations().values():
+    for sweep, runs in seed_ablations().items():
+        if sweep == "bases":
+            files += bases_files(runs)
+            continue
         files += [path for run in runs for path in [run["table"], *run.get("predictions", {}).values()]]
     return list(dict.fromkeys(files))
 
 
 def seeds_outputs():
     """The seeds table (CSV in the report, Markdown, JSON with the intervals) and its figure; the
-    sweeps' table over seeds when replicates.ablations names one, and the |S̄| curve for n_seq."""
+    sweeps' table over seeds when replicates.ablations names strategy or n_seq, the |S̄| curve
+    for n_seq, and the bases table and figure for bases."""
     prefix = "results/tables/seeds"
     out = {
         "csv": report(f"{prefix}.csv", caption="../report/seeds.rst", category="Fine-tuning seeds"),
@@ -142,7 +149,7 @@ def seeds_outputs():
         "png": report(f"{prefix}.png", caption="../report/seeds_figure.rst", category="Fine-tuning seeds"),
         "pdf": f"{prefix}.pdf",
     }
-    if CFG.replicates.ablations:
+    if {"strategy", "n_seq"} & set(CFG.replicates.ablations):
         out["ablations_csv"] = report(f"{prefix}_ablations.csv", caption="../report/seeds_ablations.rst",
                                       category="Fine-tuning seeds")
         out["ablations_md"] = f"{prefix}_ablations.md"
@@ -150,6 +157,8 @@ def seeds_outputs():
         out["n_seq_png"] = report(f"{prefix}_n_seq.png", caption="../report/seeds_n_seq.rst",
                                   category="Fine-tuning seeds")
         out["n_seq_pdf"] = f"{prefix}_n_seq.pdf"
+    if "bases" in CFG.replicates.ablations:
+        out.update(bases_outputs(f"{prefix}_bases", "Fine-tuning seeds"))
     return out
 
 
