@@ -111,10 +111,10 @@ def seeds_ablations(sweeps: Mapping[str, list[dict]], out_prefix: str | Path, bo
     if unknown or not sweeps:
         raise ValueError(f"seeds ablations: expected the sweeps strategy, n_seq and/or bases, got {sorted(sweeps)}")
     prefix = Path(out_prefix)
-    parts, text = [], []
+    parts, text, bases = [], [], ""
     for sweep, runs in sweeps.items():
         if sweep == "bases":
-            text.append(bases_table(runs, prefix.with_name(prefix.name + "_bases"), bootstrap, seed))
+            bases = bases_table(runs, prefix.with_name(prefix.name + "_bases"), bootstrap, seed)
             continue
         per_seed = {int(r["seed"]): pd.read_csv(r["table"]) for r in runs}
         comparisons = {}
@@ -130,9 +130,8 @@ def seeds_ablations(sweeps: Mapping[str, list[dict]], out_prefix: str | Path, bo
                         prefix.with_name(prefix.name + "_n_seq"))
     if parts:
         _write_csv(pd.concat(parts, ignore_index=True), prefix.with_name(prefix.name + "_ablations.csv"))
-        write_text("\n".join(t for sweep, t in zip(sweeps, text) if sweep != "bases"),
-                   prefix.with_name(prefix.name + "_ablations.md"))
-    return "\n".join(text)
+        write_text("\n".join(text), prefix.with_name(prefix.name + "_ablations.md"))
+    return "\n".join(text + [bases] if bases else text)
 
 
 def sweep_averages_per_seed(tables: Mapping[int, pd.DataFrame], sweep: str) -> pd.DataFrame:

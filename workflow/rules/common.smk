@@ -176,6 +176,7 @@ def main_table(rep=""):
     return {ext: f"results{rep}/tables/main.{ext}" for ext in ("csv", "md", "json")}
 
 
+@functools.cache  # each bases_table and seeds job asks for it several times while the DAG is built
 def bases_run(rep=""):
     """One fine-tuning seed's files of the bases table (`python -m calm bases-table --runs`): each
     CALM variant of the bases sweep, each base method alone (merging every task; task arithmetic
