@@ -150,10 +150,18 @@ def cmd_merge_baseline(a):
          ("--lam", {"type": float, "default": 0.3, "help": "λ of the task_arithmetic base (calm.efficient_lambda)"}),
          ("--base", {"default": "task_arithmetic", "choices": single_model_bases(),
                      "help": "the merge of S (calm.base); its settings are its baselines section's flags"}),
+         ("--val", {"nargs": "+", "metavar": "TASK=INPUTS,HEAD",
+                    "help": "calm.base_scale: validation: each task of S, its inputs (with a val split) and head"}),
+         ("--grid", {"type": floats, "metavar": "A,B,...", "help": "with --val: the scales to choose from"}),
+         ("--batch-size", {"type": int, "default": 64, "help": "with --val: evaluation batch size"}),
          out(), model=True, sections=BASELINE_SECTIONS)
 def cmd_calm_base(a):
     from calm.stages.merge import calm_base
-    calm_base(_family(a), a.models, a.lam, a.out, base=a.base, cfg=_baselines_config(a))
+    val = {task: tuple(files.split(",")) for task, files in pairs(a.val, "--val").items()} if a.val else None
+    if val and any(len(files) != 2 for files in val.values()) or (val and not a.grid):
+        raise SystemExit("--val: expected TASK=INPUTS,HEAD for each task of S, and --grid")
+    calm_base(_family(a), a.models, a.lam, a.out, base=a.base, cfg=_baselines_config(a), validation=val,
+              grid=a.grid, batch_size=a.batch_size)
 
 
 @command("calm-step", "Merge one sequential task with a consensus-aware mask.",
@@ -163,12 +171,13 @@ def cmd_calm_base(a):
          ("--step", {"type": int, "default": 1, "help": "position in S̄ (seeds the batches)"}), out(folder=True),
          ("--trace-eval", {"nargs": "*", "default": [],
                            "help": "TASK=INPUTS,HEAD for every task the trace evaluates (with --trace-eval-every)"}),
-         model=True, sections=((cfgmod.CalmConfig, "", ("sequential", "efficient_lambda", "base")),))
+         model=True, sections=((cfgmod.CalmConfig, "", ("sequential", "efficient_lambda") + cfgmod.CALM_BASE_FIELDS),))
 def cmd_calm_step(a):
     from calm.stages.merge import calm_step
     visible = records(a.visible, "--visible", "task", ("inputs", "head", "credible"))
     cfg = cfgmod.CalmConfig(sequential=[visible[-1]["task"]], **{
-        n: getattr(a, n) for n in cfgmod.CalmConfig.model_fields if n not in ("sequential", "efficient_lambda", "base")})
+        n: getattr(a, n) for n in cfgmod.CalmConfig.model_fields
+        if n not in ("sequential", "efficient_lambda") + cfgmod.CALM_BASE_FIELDS})
     trace_tasks = records(a.trace_eval, "--trace-eval", "task", ("inputs", "head"))
     summary = calm_step(_family(a), a.tau_prev, a.model, visible, cfg, a.step, a.out, trace_tasks=trace_tasks)
     logging.info("step %d (%s): %d → %.3e active after %d iterations, %.1f s", a.step, summary["task"],

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from calm.config import CalmConfig, Config
+from calm.methods import validated_methods
 from calm.sampling import SAMPLERS, SEEDED
 
 # The columns each accuracy ablation reports before task, accuracy, normalised.
@@ -92,6 +93,20 @@ def default_variant(cfg: Config) -> Variant:
     return Variant("default", cfg.calm, cfg.select.sampler, cfg.select.ratio, cfg.select.seed)
 
 
+# With data.n_val, the main table's "CALM (chosen on validation)": the default with its base's
+# scale chosen on S's val splits (calm.base_scale: validation).
+VALIDATED_BASE = "base-on-validation"
+
+
+def validated_variant(cfg: Config) -> Variant | None:
+    """The default's twin whose base scale the val splits choose, when there are val splits, the
+    default's own scale is the configured one, and its base has a scale."""
+    if not cfg.data.n_val or cfg.calm.base_scale != "config" or cfg.calm.base not in validated_methods():
+        return None
+    return replace(default_variant(cfg), name=VALIDATED_BASE,
+                   calm=cfg.calm.model_copy(update={"base_scale": "validation"}))
+
+
 class _Registry:
     """Names variants by their settings: the first name given to a set of settings wins."""
 
@@ -152,6 +167,8 @@ def plan(cfg: Config, grid: dict[str, dict] | None = None) -> tuple[dict[str, Va
     base = Variant("sweep-base", base_calm, cfg.select.sampler, cfg.select.ratio, cfg.select.seed)
     reg = _Registry([default, base])
     reg.add(default)
+    if (validated := validated_variant(cfg)) is not None:
+        reg.add(validated)
     rows: list[dict] = []
 
     def point(ablation: str, name: str, order_seed: int | None = None, sampler: str | None = None,

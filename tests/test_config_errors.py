@@ -41,6 +41,13 @@ def test_base_config_is_valid():
     (base_config(calm={"lr_typo": 1.0}), "calm.lr_typo: unknown key (allowed: sequential, efficient_lambda,"),
     (base_config(threads="two"), "threads: expected a valid integer"),
     (base_config(calm={"base": "fisher"}), "calm.base 'fisher' is not a merge of task vectors alone into one model"),
+    (base_config(calm={"base_scale": "validation"}),
+     "calm.base_scale: validation chooses the base's scale on the val splits; set data.n_val > 0"),
+    (base_config(data={"n_val": 10}, calm={"base_scale": "validation", "base": "weight_averaging"}),
+     "calm.base_scale: validation needs a base with a scale; calm.base 'weight_averaging' has none (allowed: "
+     "task_arithmetic, ties,"),
+    (base_config(data={"n_val": 10}, calm={"base_scale": "validation"}, ablations={"bases": ["tsv", "cart"]}),
+     "calm.base_scale: validation needs a base with a scale; ablations.bases 'cart' has none"),
     (base_config(data={"n_val": 10, "hf": {"c": {"source": "hf:x"}}}),
      "data.n_val: the validation split is drawn from built-in and custom tasks' rows; the data.hf tasks ['c']"),
     (base_config(data={"tasks": "a"}), "data.tasks: expected a valid list, got 'a'"),

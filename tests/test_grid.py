@@ -79,7 +79,7 @@ def test_a_grid_column_names_one_key_of_calm_or_select(tmp_path, header, expecte
         {"calm.seed": 3, "select.seed": 4, "calm.iterations": 7, "select.sampler": "ems"}]
 
 
-ALLOWED = "(allowed: calm.sequential, calm.efficient_lambda, calm.base, calm.iterations, calm.batch_size, "
+ALLOWED = "(allowed: calm.sequential, calm.efficient_lambda, calm.base, calm.base_scale, calm.iterations, calm.batch_size, "
 
 
 @pytest.mark.parametrize("name, text, expected", [

@@ -140,6 +140,75 @@ def test_a_scale_chosen_on_validation_rescales_the_merge_it_is_given(family, val
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "out.parquet"), direct(best, "test"))
 
 
+@pytest.mark.parametrize("base, scale_of", [("task_arithmetic", lambda lam, a: lam), ("tsv", lambda lam, a: a)])
+def test_calm_base_chooses_its_scale_on_the_val_splits_of_s(family, val_task, tmp_path, base, scale_of):
+    """Two 'fine-tuned' models θ0 + d1, θ0 + d2 and the merge m of d1, d2 at its configured scale
+    s (λ = 0.3 for task arithmetic, α = 0.7 for TSV): the base written is g*·m/s, g* the grid
+    value whose θ0 + g·m/s has the best val accuracy, computed here directly."""
+    from calm.config.baselines import BaselinesConfig
+    from calm.merging.task_arithmetic import task_arithmetic
+    from calm.merging.tsv import tsv_merge
+    from calm.metrics import accuracy, average
+    from calm.stages.family import predictions, task_vectors
+    from calm.stages.merge import calm_base
+    theta0 = family.pretrained_state()
+    gen = torch.Generator().manual_seed(1)
+    ds = [{n: torch.randn(t.shape, generator=gen) * t.float().std().clamp(min=1e-3) for n, t in theta0.items()}
+          for _ in range(2)]
+    for i, d in enumerate(ds):
+        family.save({n: theta0[n] + d[n] for n in theta0}, tmp_path / f"ft{i}")
+    cfg = BaselinesConfig(tsv={"alpha": 0.7})
+    scale = scale_of(0.3, 0.7)
+    taus = list(task_vectors(family, theta0, [tmp_path / "ft0", tmp_path / "ft1"]))  # d up to rounding
+    merged = task_arithmetic(taus, lam=0.3) if base == "task_arithmetic" else tsv_merge(taus, alpha=0.7)
+    direction = {n: v / scale for n, v in merged.items()}
+    grid = [0.5, 1.0, 2.0]
+    inputs, head = val_task / "inputs.safetensors", val_task / "head.safetensors"
+    by_hand = {g: 100 * average(accuracy(predictions(family, {n: theta0[n] + g * direction[n] for n in theta0},
+                                                     "toy", inputs, head, 16, split="val"))) for g in grid}
+    record = calm_base(family, [tmp_path / "ft0", tmp_path / "ft1"], 0.3, tmp_path / "base.safetensors", base=base,
+                       cfg=cfg, validation={"toy": (inputs, head)}, grid=grid, batch_size=16)
+    best = max(by_hand, key=lambda g: (by_hand[g], -grid.index(g)))
+    assert {r["scale"]: r["accuracy"] for r in record["val_accuracy"]} == pytest.approx(by_hand)
+    assert record["chosen"] == best and record["scale"] == pytest.approx(scale)
+    written = artifacts.read_vector(tmp_path / "base.safetensors")
+    assert all(torch.allclose(written[n], best * direction[n], atol=1e-6) for n in theta0)
+    # without val splits the base is the merge at its configured scale
+    calm_base(family, [tmp_path / "ft0", tmp_path / "ft1"], 0.3, tmp_path / "fixed.safetensors", base=base, cfg=cfg)
+    fixed = artifacts.read_vector(tmp_path / "fixed.safetensors")
+    assert all(torch.allclose(fixed[n], merged[n], atol=1e-6) for n in theta0)
+
+
+def test_calm_base_command_takes_the_val_splits_of_s(family, val_task, tmp_path, pico_model):
+    """`calm-base --val TASK=INPUTS,HEAD --grid`: τ1 + τ2 = (3, −1, 2) on one tensor's first
+    entries, so the base written is g* (3, −1, 2), g* the grid value the recorded curve puts first."""
+    import json
+
+    from safetensors import safe_open
+
+    from calm.cli import main
+    theta0 = family.pretrained_state()
+    name = next(n for n, t in theta0.items() if t.dim() == 1 and t.numel() >= 3)
+    models = []
+    for task, delta in (("one", [1.0, -2.0, 3.0]), ("two", [2.0, 1.0, -1.0])):
+        params = {n: t.detach().clone() for n, t in theta0.items()}
+        params[name][:3] += torch.tensor(delta)
+        family.save(params, tmp_path / task)
+        models.append(str(tmp_path / task))
+    out = tmp_path / "base.safetensors"
+    assert main(["calm-base", "--pretrained", str(pico_model), "--model-max-length", "16", "--model-logit-scale", "10",
+                 "--device", "cpu", "--lam", "0.3", "--models", *models, "--out", str(out), "--grid", "0.5,2",
+                 "--val", f"toy={val_task / 'inputs.safetensors'},{val_task / 'head.safetensors'}",
+                 "--batch-size", "16"]) == 0
+    with safe_open(str(out), "pt") as f:
+        record = json.loads(f.metadata()["meta"])["chosen_on_validation"]
+    curve = {r["scale"]: r["accuracy"] for r in record["val_accuracy"]}
+    assert list(curve) == [0.5, 2.0] and record["scale"] == 0.3 and record["val_examples"] == {"toy": 8}
+    assert record["chosen"] == max(curve, key=lambda g: (curve[g], -g))
+    tau = artifacts.read_vector(out)
+    assert torch.allclose(tau[name][:3], record["chosen"] * torch.tensor([3.0, -1.0, 2.0]), atol=1e-5)
+
+
 def test_preprocess_rejects_a_label_outside_the_head(family, task_dir, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()

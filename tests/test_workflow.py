@@ -179,6 +179,13 @@ def test_a_val_split_adds_a_row_chosen_on_validation_per_scaled_baseline(pico_ru
     assert "--model results/merge/baselines/ties/model --scale 0.3 --grid 0.3,0.6 " in text
     assert "--model results/merge/baselines/wudi/model --scale 1.0 --grid 0.6,0.8,1,1.2,1.4 " in text
     assert shlex.quote("TIES (chosen on validation)=results/eval/validated/ties.parquet") in text
+    # and CALM's twin whose task-arithmetic base takes the λ the val splits of S (colour, animal)
+    # choose: a second chain beside the default's (both rerun: the data were fetched again)
+    assert jobs["calm_base"] == jobs["calm_step"] == jobs["calm_model"] == 2
+    assert ("--lam 0.3 --val colour=results/inputs/colour.safetensors,results/heads/colour.safetensors "
+            "animal=results/inputs/animal.safetensors,results/heads/animal.safetensors --grid 0.3,0.6 "
+            "--batch-size 16 --models") in text
+    assert shlex.quote("CALM (chosen on validation)=results/eval/calm/base-on-validation.parquet") in text
 
 
 def test_changing_one_baseline_setting_reruns_only_the_methods_that_read_it(pico_run):

@@ -157,6 +157,10 @@ class CalmConfig(Section):
         "efficient_lambda) or another single-model method of the baselines that works on task vectors alone "
         "(weight_averaging, ties, consensus_ta, consensus_ties, tsv, iso_c, iso_cts, wudi, cart), with the settings of "
         "its baselines section (baselines.tsv, …).")
+    base_scale: Literal["config", "validation"] = Field(
+        "config", description="config: the base at its configured scale (efficient_lambda, or its baselines "
+        "section's λ / α); validation: that scale chosen on the val splits of S's tasks from baselines.lambda_grid "
+        "or alpha_grid (needs data.n_val > 0 and a base with a scale).")
     iterations: int = Field(100, gt=0, description="Mask-optimisation iterations per sequential task.")
     batch_size: int = Field(128, gt=0)
     batches_per_task: int = Field(2, gt=0, description="Fresh batches per visible task per iteration.")
@@ -177,6 +181,11 @@ class CalmConfig(Section):
     trace_eval_every: int = Field(
         0, ge=0, description="Every N iterations, evaluate every task's test split with the binarised merge "
         "and add acc/<task> to trace.csv (0: off).")
+
+
+# The calm settings only calm_base reads: a step sees τ_prev alone, so its flags and records leave
+# them out (and stay what they were before either existed).
+CALM_BASE_FIELDS = ("base", "base_scale")
 
 
 class SwitchSetting(Section):
@@ -309,11 +318,19 @@ class Config(Section):
             raise ValueError(
                 f"calm.sequential has {len(self.calm.sequential)} tasks but data.tasks has {len(tasks)}: "
                 "at least one task must be merged by task arithmetic (S may not be empty)")
-        from calm.methods import single_model_bases
+        from calm.methods import single_model_bases, validated_methods
         for key, base in [("calm.base", self.calm.base), *(("ablations.bases", b) for b in self.ablations.bases)]:
             if base not in single_model_bases():
                 raise ValueError(f"{key} '{base}' is not a merge of task vectors alone into one model; "
                                  f"allowed: {', '.join(single_model_bases())}")
+        if self.calm.base_scale == "validation":
+            if not self.data.n_val:
+                raise ValueError("calm.base_scale: validation chooses the base's scale on the val splits; "
+                                 "set data.n_val > 0")
+            for key, base in [("calm.base", self.calm.base), *(("ablations.bases", b) for b in self.ablations.bases)]:
+                if base not in validated_methods():
+                    raise ValueError(f"calm.base_scale: validation needs a base with a scale; {key} '{base}' "
+                                     f"has none (allowed: {', '.join(validated_methods())})")
         for n in self.ablations.n_seq or []:
             if not 1 <= n < len(tasks):
                 raise ValueError(f"ablations.n_seq: {n} is outside 1 … {len(tasks) - 1} (T − 1)")

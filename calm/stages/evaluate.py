@@ -10,10 +10,9 @@ import pandas as pd
 from calm import provenance, vectors
 from calm.families.base import Family
 from calm.io import write_json, write_parquet
-from calm.metrics import accuracy, average, chosen_scale
 from calm.merging.task_arithmetic import task_arithmetic
 from calm.results_table import seeds_results, write_results, write_seeds
-from calm.stages.family import predictions, task_vectors
+from calm.stages.family import predictions, scale_on_validation, task_vectors
 
 
 def evaluate(family: Family, models: Mapping[str, str | Path], inputs: Mapping[str, str | Path],
@@ -64,21 +63,14 @@ def evaluate_validated(family: Family, model_dir: str | Path, scale: float, grid
     """
     theta0 = family.pretrained_state()
     direction = {n: (t - theta0[n]) / scale for n, t in family.load_state(Path(model_dir)).items()}
-    curve, val_sizes = {}, {}
-    for g in grid:
-        params = {n: theta0[n] + g * v for n, v in direction.items()}
-        val = pd.concat([predictions(family, params, task, inputs[task], heads[task], batch_size,
-                                       desc=f"val ×{g:g} {task}", split="val") for task in inputs], ignore_index=True)
-        curve[g] = average(accuracy(val))
-        val_sizes = val.groupby("task", sort=False).size().to_dict()
-    best = chosen_scale(curve)
+    best, curve, val_sizes = scale_on_validation(family, theta0, direction, grid, inputs, heads, batch_size)
     params = {n: theta0[n] + best * v for n, v in direction.items()}
     frame = pd.concat([predictions(family, params, task, inputs[task], heads[task], batch_size,
                                    desc=f"test ×{best:g} {task}") for task in inputs], ignore_index=True)
     write_parquet(frame, out, provenance.parquet_metadata(provenance.family_record(family)))
     summary = {"model": str(model_dir), "scale": scale, "chosen": best,
                "val_accuracy": [{"scale": g, "accuracy": 100 * a} for g, a in curve.items()],
-               "val_examples": {task: int(n) for task, n in val_sizes.items()}}
+               "val_examples": val_sizes}
     write_json(summary, curve_out)
     return summary
 

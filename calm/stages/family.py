@@ -1,5 +1,6 @@
 """What the stages share: the model family opened from the flags, the fine-tuned models read as
-task vectors, and one task's test predictions under a set of parameters."""
+task vectors, one task's test predictions under a set of parameters, and a merge direction's
+scale chosen on the val splits."""
 from __future__ import annotations
 
 import logging
@@ -14,6 +15,7 @@ from calm.config import ModelConfig
 from calm.families import get_family
 from calm.families.base import Family, use_bf16
 from calm.inference import predict_logits
+from calm.metrics import accuracy, average, chosen_scale
 
 log = logging.getLogger("calm")
 
@@ -41,3 +43,19 @@ def predictions(family: Family, params: Mapping[str, torch.Tensor], task: str, i
                             desc=desc or f"evaluate {task}")
     return pd.DataFrame({"task": task, "idx": cache["idx"].numpy(), "label": cache["label"].numpy(),
                          "pred": logits.argmax(dim=-1).numpy()})
+
+
+def scale_on_validation(family: Family, theta0: Mapping[str, torch.Tensor], direction: Mapping[str, torch.Tensor],
+                        grid: list[float], inputs: Mapping[str, str | Path], heads: Mapping[str, str | Path],
+                        batch_size: int) -> tuple[float, dict[float, float], dict[str, int]]:
+    """The scale g of `grid` whose θ0 + g·direction has the best average val accuracy over the
+    tasks of `inputs` (the first on a tie), every g's accuracy (a fraction), and each task's
+    number of val examples."""
+    curve, sizes = {}, {}
+    for g in grid:
+        params = {n: theta0[n] + g * v for n, v in direction.items()}
+        val = pd.concat([predictions(family, params, task, inputs[task], heads[task], batch_size,
+                                     desc=f"val ×{g:g} {task}", split="val") for task in inputs], ignore_index=True)
+        curve[g] = average(accuracy(val))
+        sizes = {task: int(n) for task, n in val.groupby("task", sort=False).size().items()}
+    return chosen_scale(curve), curve, sizes

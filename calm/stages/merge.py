@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from calm import artifacts, provenance, resume, vectors
-from calm.config import CalmConfig
+from calm.config import CALM_BASE_FIELDS, CalmConfig
 from calm.config.baselines import BaselinesConfig
 from calm.families.base import Family
 from calm.inference import predict_logits
@@ -22,32 +22,53 @@ from calm.merging.mask_optimisation import MaskSettings, layer_fractions, optimi
 from calm.merging.mask import pack
 from calm.merging.task_arithmetic import task_arithmetic
 from calm.methods import METHODS, single_model_bases
-from calm.stages.family import task_vectors
+from calm.stages.family import scale_on_validation, task_vectors
 
 log = logging.getLogger("calm")
-# calm.base is calm_base's setting: a step only sees τ_prev, so the step's records leave it out
-# (and stay what they were before calm.base existed).
-NOT_STEP = {"base"}
+NOT_STEP = set(CALM_BASE_FIELDS)
 
 
 def calm_base(family: Family, model_dirs: list[str | Path], lam: float, out: str | Path,
-              base: str = "task_arithmetic", cfg: BaselinesConfig = BaselinesConfig()) -> None:
+              base: str = "task_arithmetic", cfg: BaselinesConfig = BaselinesConfig(),
+              validation: Mapping[str, tuple[str | Path, str | Path]] | None = None,
+              grid: list[float] | None = None, batch_size: int = 64) -> dict | None:
     """τ_seq^(0), the efficient part of CALM: λ Σ_{t∈S} τ_t (base task_arithmetic, the paper's),
     or the merge of the τ_t of S by another single-model registry method at the settings of its
-    baselines section in `cfg` (docs/design.md §1.1)."""
+    baselines section in `cfg` (docs/design.md §1.1).
+
+    `validation` (task -> (inputs, head), the tasks of S; calm.base_scale: validation): the base's
+    scale s (λ, or the α of TSV / Iso / a WUDI solution) is chosen instead on those tasks' val
+    splits from `grid` (baselines.lambda_grid or alpha_grid). The base is merged once, at
+    its configured s; its direction v/s is rescaled. Returns the choice and the val curve."""
     theta0 = family.pretrained_state()
     taus = list(task_vectors(family, theta0, model_dirs))
     tasks = [str(d) for d in model_dirs]
-    if base == "task_arithmetic":
-        artifacts.write_vector(task_arithmetic(taus, lam=lam), out, {"lambda": lam, "tasks": tasks})
-        return
     if base not in single_model_bases():
         raise ValueError(f"calm base '{base}' is not a merge of task vectors alone into one model; "
                          f"allowed: {', '.join(single_model_bases())}")
+    if base == "task_arithmetic" and validation is None:
+        artifacts.write_vector(task_arithmetic(taus, lam=lam), out, {"lambda": lam, "tasks": tasks})
+        return None
     spec = METHODS[base]
-    options = spec.options(cfg)
+    options = {"lam": lam} if base == "task_arithmetic" else spec.options(cfg)
     family.train_mode(False)
-    artifacts.write_vector(spec(taus, **options), out, {"base": base, "settings": options, "tasks": tasks})
+    merged = spec(taus, **options)
+    if validation is None:
+        artifacts.write_vector(merged, out, {"base": base, "settings": options, "tasks": tasks})
+        return None
+    if not spec.scale_grid or not grid:
+        raise ValueError(f"calm base '{base}': choosing its scale on validation needs a scaled base and a grid")
+    scale = float(options[spec.scale]) if spec.scale else 1.0
+    direction = {n: v / scale for n, v in merged.items()}
+    inputs = {task: paths[0] for task, paths in validation.items()}
+    heads = {task: paths[1] for task, paths in validation.items()}
+    chosen, curve, sizes = scale_on_validation(family, theta0, direction, grid, inputs, heads, batch_size)
+    record = {"scale": scale, "grid": grid, "chosen": chosen,
+              "val_accuracy": [{"scale": g, "accuracy": 100 * a} for g, a in curve.items()], "val_examples": sizes}
+    log.info("calm base %s: ×%g chosen on the val splits of %s (configured ×%g)", base, chosen, list(inputs), scale)
+    artifacts.write_vector({n: chosen * v for n, v in direction.items()}, out,
+                           {"base": base, "settings": options, "tasks": tasks, "chosen_on_validation": record})
+    return record
 
 
 def _resume_key(family: Family, cfg: CalmConfig, step: int, visible: list[dict], tensors: list) -> str:

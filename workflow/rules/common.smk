@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from snakemake.utils import Paramspace
 
 from calm import resources, sweeps
-from calm.config import Config
+from calm.config import CALM_BASE_FIELDS, Config
 from calm.config.files import ConfigError, validate_sweep_table
 from calm.flags import interpreter_first_on_path, render_flags
 from calm.methods import METHODS, validated_methods
@@ -180,19 +180,23 @@ def main_table(rep=""):
 def bases_run(rep=""):
     """One fine-tuning seed's files of the bases table (`python -m calm bases-table --runs`): each
     CALM variant of the bases sweep, each base method alone (merging every task; task arithmetic
-    at calm.efficient_lambda where the λ sweep has it), and every single-model row of the results
-    table (not the oracle λ rows, not a model per task). Used by rule bases_table and by `seeds`."""
+    at calm.efficient_lambda where the λ sweep has it; at its scale chosen on validation when
+    calm.base_scale is), and every single-model row of the results table (not the oracle λ rows,
+    not a model per task, not CALM's). Used by rule bases_table and by `seeds`."""
     lam = f"{CFG.calm.efficient_lambda:g}"
     lam = lam if lam in ta_evals(rep) else TA_LAMBDA
 
     def alone(base):
+        # Each variant's base scale chosen on validation: its base alone at the scale its own val splits choose.
+        if CFG.calm.base_scale == "validation" and base in VALIDATED:
+            return {"label": f"{METHODS[base].label}{ON_VALIDATION}", "path": validated_eval(base, rep)["preds"]}
         if base == "task_arithmetic":
             return {"label": f"Task arithmetic (λ={lam})", "path": ta_evals(rep)[lam]}
         return {"label": METHODS[base].label, "path": f"results{rep}/eval/baseline_{base}.parquet"}
 
     per_task = {spec.label for spec in METHODS.values() if spec.per_task}
     methods = {label: path for label, path in table_rows(rep).items()
-               if label not in ("Pretrained", "Individual", "CALM", *per_task)
+               if label not in ("Pretrained", "Individual", *per_task) and not label.startswith("CALM")
                and not label.startswith("Task arithmetic λ=")}
     return {"seed": finetune_seed(rep),
             "variants": [{"base": r["base"], "strategy": r["strategy"], "path": variant_eval(r["variant"], rep)}
@@ -248,6 +252,22 @@ def baseline_dir(method, rep=""):
 def step_benchmark(variant, k, rep=""):
     """The Snakemake benchmark file of a variant's k-th sequential step (calm_step's `benchmark:`)."""
     return f"benchmarks/rules{rep}/merge/calm/{variant}/step{k}-{VARIANTS[variant].sequential[k - 1]}.tsv"
+
+
+# data.n_val (evaluate_validated): each baseline of the table whose merge is linear in a
+# scale gets a row at the scale the val splits choose; none without n_val (the default's table).
+VALIDATED = [m for m in validated_methods() if m in CFG.baselines.methods] if CFG.data.n_val else []
+ON_VALIDATION = " (chosen on validation)"
+
+
+def validated_eval(method, rep=""):
+    prefix = f"results{rep}/eval/validated/{method}"
+    return {"preds": f"{prefix}.parquet", "curve": f"{prefix}.json"}
+
+
+def validated_grid(method):
+    """The scales a method's val splits choose from (its baselines grid), as --grid takes them."""
+    return ",".join(f"{g:g}" for g in getattr(CFG.baselines, METHODS[method].scale_grid))
 
 
 def sweep_rows(ablation):

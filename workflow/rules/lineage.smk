@@ -67,6 +67,9 @@ def variant_credible_lineage(variant, task, rep=""):
 def base_lineage(variant, rep=""):
     v = VARIANTS[variant]
     base = [] if v.calm.base == "task_arithmetic" else [str(calm_base_flags(variant))]  # the default's as before
+    val = base_val_tasks(variant)
+    if val:
+        base.append([str(base_val_flags(variant)), [prepared_lineage(t) for t in val]])
     return digest("calm_base", v.calm.efficient_lambda, [finetuned_lineage(t, rep) for t in v.efficient(TASKS)], *base)
 
 

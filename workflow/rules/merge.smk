@@ -8,12 +8,16 @@ rule calm_base:
     input:
         model=PRETRAINED,
         finetuned=lambda w: [finetuned(t, w.rep) for t in VARIANTS[w.variant].efficient(TASKS)],
+        # calm.base_scale: validation: S's val splits choose the base's scale
+        val_inputs=lambda w: [f"results/inputs/{t}.safetensors" for t in base_val_tasks(w.variant)],
+        val_heads=lambda w: [f"results/heads/{t}.safetensors" for t in base_val_tasks(w.variant)],
     output:
         "results{rep}/merge/calm/{variant}/base.safetensors",
     params:
         model=MODEL_FLAGS,
         lam=lambda w: VARIANTS[w.variant].calm.efficient_lambda,
         base=lambda w: calm_base_flags(w.variant),
+        val=lambda w: base_val_flags(w.variant),
         lineage=lambda w: base_lineage(w.variant, w.rep),
     threads: CFG.threads
     resources:
@@ -24,7 +28,7 @@ rule calm_base:
     conda:
         "../../environment.yml"
     shell:
-        "python -m calm calm-base {params.model} --threads {threads} --lam {params.lam} {params.base}"
+        "python -m calm calm-base {params.model} --threads {threads} --lam {params.lam} {params.base}{params.val}"
         "--models {input.finetuned} --out {output} 2> {log}"
 
 

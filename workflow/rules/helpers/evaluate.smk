@@ -21,18 +21,9 @@ def table_rows(rep="", methods=None):
         if method in VALIDATED:
             rows[f"{spec.label}{ON_VALIDATION}"] = validated_eval(method, rep)["preds"]
     rows["CALM"] = f"results{rep}/eval/calm.parquet"
+    if sweeps.VALIDATED_BASE in VARIANTS:
+        rows[f"CALM{ON_VALIDATION}"] = variant_eval(sweeps.VALIDATED_BASE, rep)
     return rows
-
-
-# data.n_val (evaluate_validated): each baseline of the table whose merge is linear in a
-# scale gets a row at the scale the val splits choose; none without n_val (the default's table).
-VALIDATED = [m for m in validated_methods() if m in CFG.baselines.methods] if CFG.data.n_val else []
-ON_VALIDATION = " (chosen on validation)"
-
-
-def validated_eval(method, rep=""):
-    prefix = f"results{rep}/eval/validated/{method}"
-    return {"preds": f"{prefix}.parquet", "curve": f"{prefix}.json"}
 
 
 def variant_model(variant, rep=""):
@@ -84,10 +75,6 @@ def validated_scale(method):
     """The scale the baseline's own model was merged at (1 for a method without one: WUDI)."""
     spec = METHODS[method]
     return spec.options(CFG.baselines)[spec.scale] if spec.scale else 1.0
-
-
-def validated_grid(method):
-    return ",".join(f"{g:g}" for g in getattr(CFG.baselines, METHODS[method].scale_grid))
 
 
 def validated_lineage(method, rep=""):

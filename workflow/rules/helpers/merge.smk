@@ -29,7 +29,8 @@ def visible_flag(variant, k, rep=""):
 
 
 def calm_flags(variant):
-    return render_flags(VARIANTS[variant].calm, exclude=("sequential", "efficient_lambda", "base", "checkpoint_every"))
+    return render_flags(VARIANTS[variant].calm,
+                        exclude=("sequential", "efficient_lambda", *CALM_BASE_FIELDS, "checkpoint_every"))
 
 
 def calm_base_flags(variant):
@@ -40,6 +41,23 @@ def calm_base_flags(variant):
     if base == "task_arithmetic":
         return Untracked("")
     return f"--base {base} {baseline_settings(SimpleNamespace(method=base))} "
+
+
+def base_val_tasks(variant):
+    """calm.base_scale: validation: the tasks of S, whose val splits choose the base's scale."""
+    v = VARIANTS[variant]
+    return v.efficient(TASKS) if v.calm.base_scale == "validation" else []
+
+
+def base_val_flags(variant):
+    """--val, --grid and --batch-size when the base's scale is chosen on validation; otherwise
+    nothing, untracked, so that the default's command and record stay as they were."""
+    tasks = base_val_tasks(variant)
+    if not tasks:
+        return Untracked("")
+    pairs = " ".join(f"{t}=results/inputs/{t}.safetensors,results/heads/{t}.safetensors" for t in tasks)
+    return (f"--val {pairs} --grid {validated_grid(VARIANTS[variant].calm.base)} "
+            f"--batch-size {CFG.evaluate.batch_size} ")
 
 
 def traced(variant):
