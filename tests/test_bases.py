@@ -125,6 +125,8 @@ def test_the_pico_run_plans_one_calm_run_per_new_variant(pico_run):
     assert planned_jobs(out.stdout + out.stderr) == {
         "calm_base": 3, "calm_step": 3, "calm_model": 3, "evaluate": 3, "seeds": 1}
     assert "results/tables/seeds_bases.png" in out.stdout and "seeds_ablations.csv" not in out.stdout
+    # the seeds table stays beside it (its prefix is seeds, not seeds_bases)
+    assert "results/tables/seeds.md" in out.stdout and "seeds_bases_bases" not in out.stdout
 
 
 def test_a_bases_run_of_the_default_alone_gives_the_main_tables_interval_against_task_arithmetic(pico_run, tmp_path):

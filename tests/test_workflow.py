@@ -262,7 +262,7 @@ def test_appending_a_task_merges_only_it_and_equals_a_fresh_merge(pico_run, tmp_
     from safetensors.torch import load_file
 
     from calm.flags import render_flags
-    from calm.config import CalmConfig
+    from calm.config import CALM_BASE_FIELDS, CalmConfig
 
     work = tmp_path / "work"
     shutil.copytree(pico_run, work, symlinks=True)
@@ -289,7 +289,7 @@ def test_appending_a_task_merges_only_it_and_equals_a_fresh_merge(pico_run, tmp_
                     "--model-max-length", "16", "--model-logit-scale", "10.0", "--device", "cpu", "--threads", "1",
                     "--tau-prev", str(step1 / "tau.safetensors"), "--model", "results/models/finetuned/shape",
                     "--visible", *visible, "--step", "2", "--out", str(by_hand),
-                    *render_flags(cfg, exclude=("sequential", "efficient_lambda", "base")).split()],
+                    *render_flags(cfg, exclude=("sequential", "efficient_lambda", *CALM_BASE_FIELDS)).split()],
                    check=True, cwd=work, capture_output=True)
 
     # The merge from scratch over the same order is that same step on the same step 1: the step

@@ -145,7 +145,8 @@ def seeds_outputs():
                                   category="Fine-tuning seeds")
         out["n_seq_pdf"] = f"{prefix}_n_seq.pdf"
     if "bases" in CFG.replicates.ablations:
-        out.update(bases_outputs(f"{prefix}_bases", "Fine-tuning seeds"))
+        # keys of their own: under the seeds table's (csv, md, …) they would replace it
+        out.update({f"bases_{key}": path for key, path in bases_outputs(f"{prefix}_bases", "Fine-tuning seeds").items()})
     return out
 
 
