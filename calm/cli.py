@@ -158,7 +158,7 @@ def cmd_merge_baseline(a):
 def cmd_calm_base(a):
     from calm.stages.merge import calm_base
     val = {task: tuple(files.split(",")) for task, files in pairs(a.val, "--val").items()} if a.val else None
-    if val and any(len(files) != 2 for files in val.values()) or (val and not a.grid):
+    if val and (not a.grid or any(len(files) != 2 for files in val.values())):
         raise SystemExit("--val: expected TASK=INPUTS,HEAD for each task of S, and --grid")
     calm_base(_family(a), a.models, a.lam, a.out, base=a.base, cfg=_baselines_config(a), validation=val,
               grid=a.grid, batch_size=a.batch_size)

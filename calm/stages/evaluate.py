@@ -63,14 +63,12 @@ def evaluate_validated(family: Family, model_dir: str | Path, scale: float, grid
     """
     theta0 = family.pretrained_state()
     direction = {n: (t - theta0[n]) / scale for n, t in family.load_state(Path(model_dir)).items()}
-    best, curve, val_sizes = scale_on_validation(family, theta0, direction, grid, inputs, heads, batch_size)
+    best, record = scale_on_validation(family, theta0, direction, grid, inputs, heads, batch_size)
     params = {n: theta0[n] + best * v for n, v in direction.items()}
     frame = pd.concat([predictions(family, params, task, inputs[task], heads[task], batch_size,
                                    desc=f"test ×{best:g} {task}") for task in inputs], ignore_index=True)
     write_parquet(frame, out, provenance.parquet_metadata(provenance.family_record(family)))
-    summary = {"model": str(model_dir), "scale": scale, "chosen": best,
-               "val_accuracy": [{"scale": g, "accuracy": 100 * a} for g, a in curve.items()],
-               "val_examples": val_sizes}
+    summary = {"model": str(model_dir), "scale": scale, "chosen": best, **record}
     write_json(summary, curve_out)
     return summary
 

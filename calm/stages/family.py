@@ -47,10 +47,10 @@ def predictions(family: Family, params: Mapping[str, torch.Tensor], task: str, i
 
 def scale_on_validation(family: Family, theta0: Mapping[str, torch.Tensor], direction: Mapping[str, torch.Tensor],
                         grid: list[float], inputs: Mapping[str, str | Path], heads: Mapping[str, str | Path],
-                        batch_size: int) -> tuple[float, dict[float, float], dict[str, int]]:
+                        batch_size: int) -> tuple[float, dict]:
     """The scale g of `grid` whose θ0 + g·direction has the best average val accuracy over the
-    tasks of `inputs` (the first on a tie), every g's accuracy (a fraction), and each task's
-    number of val examples."""
+    tasks of `inputs` (the first on a tie), and the record of the choice: every g's accuracy (%)
+    and each task's number of val examples."""
     curve, sizes = {}, {}
     for g in grid:
         params = {n: theta0[n] + g * v for n, v in direction.items()}
@@ -58,4 +58,5 @@ def scale_on_validation(family: Family, theta0: Mapping[str, torch.Tensor], dire
                                      desc=f"val ×{g:g} {task}", split="val") for task in inputs], ignore_index=True)
         curve[g] = average(accuracy(val))
         sizes = {task: int(n) for task, n in val.groupby("task", sort=False).size().items()}
-    return chosen_scale(curve), curve, sizes
+    return chosen_scale(curve), {"val_accuracy": [{"scale": g, "accuracy": 100 * a} for g, a in curve.items()],
+                                 "val_examples": sizes}

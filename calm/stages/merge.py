@@ -62,9 +62,8 @@ def calm_base(family: Family, model_dirs: list[str | Path], lam: float, out: str
     direction = {n: v / scale for n, v in merged.items()}
     inputs = {task: paths[0] for task, paths in validation.items()}
     heads = {task: paths[1] for task, paths in validation.items()}
-    chosen, curve, sizes = scale_on_validation(family, theta0, direction, grid, inputs, heads, batch_size)
-    record = {"scale": scale, "grid": grid, "chosen": chosen,
-              "val_accuracy": [{"scale": g, "accuracy": 100 * a} for g, a in curve.items()], "val_examples": sizes}
+    chosen, curve = scale_on_validation(family, theta0, direction, grid, inputs, heads, batch_size)
+    record = {"scale": scale, "grid": grid, "chosen": chosen, **curve}
     log.info("calm base %s: ×%g chosen on the val splits of %s (configured ×%g)", base, chosen, list(inputs), scale)
     artifacts.write_vector({n: chosen * v for n, v in direction.items()}, out,
                            {"base": base, "settings": options, "tasks": tasks, "chosen_on_validation": record})
