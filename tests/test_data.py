@@ -371,6 +371,24 @@ def test_prepare_with_a_val_split_writes_the_other_splits_byte_for_byte_as_witho
         assert not val & set(pd.read_parquet(tmp_path / "val" / f"{split}.parquet")["idx"])
 
 
+def test_fetch_val_writes_the_val_split_alone_as_it_is_beside_the_others(tmp_path):
+    """The workflow's val path: a folder of its own with val.parquet, the same bytes as the one
+    written with train/pool/test, so that turning data.n_val on leaves the task's folder alone."""
+    from calm.stages.fetch import fetch_val
+    p = tmp_path / "reviews.csv"
+    rows = [(f"great {i}", "pos") for i in range(10)] + [(f"awful {i}", "neg") for i in range(10)]
+    pd.DataFrame(rows, columns=["review", "y"]).to_csv(p, index=False)
+    spec = {"path": str(p), "text_column": "review", "label_column": "y", "classes": ["neg", "pos"]}
+    write_task_splits(spec, tmp_path / "all", tmp_path / "unused", n_train=4, n_pool=2, n_test=4, seed=0, n_val=4)
+    info = fetch_val("reviews", tmp_path / "val", tmp_path / "unused", 4, 2, 4, 0, 4,
+                     custom=LocalTask.model_validate(spec))
+    assert sorted(f.name for f in (tmp_path / "val").iterdir() if not f.name.startswith(".")) == ["task.json", "val.parquet"]
+    assert (tmp_path / "val" / "val.parquet").read_bytes() == (tmp_path / "all" / "val.parquet").read_bytes()
+    assert info["splits"] == ["val"] and info["sizes"] == {"val": 4} and info["class_counts"]["val"] == [2, 2]
+    with pytest.raises(ValueError, match="fetch-val needs n_val > 0, got 0"):
+        fetch_val("reviews", tmp_path / "none", tmp_path / "unused", 4, 2, 4, 0, 0, custom=LocalTask.model_validate(spec))
+
+
 def test_a_class_too_small_for_the_test_split_is_an_error_naming_the_file(tmp_path):
     """The user's case: 'bird' has one row, so the test split (4 per class, at most half of a
     class) would hold [4, 4, 0]; before, it was written and only task.json noted it."""

@@ -432,6 +432,7 @@ FOLDER_STAGES = {
     "fetch-model": ["--source", "hf:some/model"],
     "fetch-finetuned": ["--source", "hf:some/model", "--pretrained", "p"],
     "fetch-data": ["--task", "ng20", "--wheels", "w"],
+    "fetch-val": ["--task", "ng20", "--wheels", "w", "--n-val", "5"],
     "finetune": ["--pretrained", "p", "--inputs", "i", "--head", "h"],
     "merge-baseline": ["--pretrained", "p", "--method", "task_arithmetic", "--models", "a", "b"],
     "calm-step": ["--pretrained", "p", "--tau-prev", "t", "--model", "m", "--visible", "t=a,b,c"],

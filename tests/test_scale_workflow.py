@@ -67,7 +67,7 @@ def test_slurm_profile_sends_every_gpu_job_to_the_gpu_partition(tmp_path):
     jobs = planned_resources(out)
     gpu_rules = {rule for rule, runs in jobs.items() if any(r.get("gpu") == "1" for r in runs)}
     assert gpu_rules == {"finetune", "score", "calm_base", "calm_step", "calm_model", "evaluate",
-                         "evaluate_task_arithmetic", "merge_baseline", "mask_parts", "ablation_topk", "benchmarks"}
+                         "evaluate_task_arithmetic", "evaluate_validated", "merge_baseline", "mask_parts", "ablation_topk", "benchmarks"}
     for rule, runs in jobs.items():
         for r in runs:
             assert r["slurm_account"] == "acct", rule

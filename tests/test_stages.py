@@ -103,6 +103,22 @@ def test_a_val_split_that_task_json_lists_is_encoded_with_the_others(val_task):
     assert artifacts.read_inputs(val_task / "inputs.safetensors", "test")["idx"].tolist() == list(range(18, 24))
 
 
+def test_prepare_val_encodes_a_val_folder_alone(family, val_task, tmp_path):
+    import json
+    import shutil
+    from calm.stages.prepare import prepare_val
+    folder = tmp_path / "val"
+    folder.mkdir()
+    shutil.copyfile(val_task / "val.parquet", folder / "val.parquet")
+    meta = json.loads((val_task / "task.json").read_text())
+    write_json({**meta, "splits": ["val"]}, folder / "task.json")
+    prepare_val(family, folder, tmp_path / "val.safetensors")
+    val = artifacts.read_inputs(tmp_path / "val.safetensors", "val")
+    assert val["idx"].tolist() == list(range(30, 38)) and val["label"].tolist() == [0, 1] * 4
+    with pytest.raises(ValueError, match="holds no 'test' split"):
+        artifacts.read_inputs(tmp_path / "val.safetensors", "test")
+
+
 def test_chosen_scale_is_the_best_on_validation_and_the_first_on_a_tie():
     from calm.metrics import chosen_scale
     assert chosen_scale({0.2: 0.5, 0.3: 0.7, 0.4: 0.7, 0.5: 0.6}) == 0.3

@@ -164,6 +164,8 @@ def test_another_calm_base_reruns_calm_from_its_base_with_that_methods_settings(
 
 
 def test_a_val_split_adds_a_row_chosen_on_validation_per_scaled_baseline(pico_run):
+    """Turning data.n_val on adds jobs and reruns none: the val splits are fetched and encoded
+    on their own path, so the finished run's data, models and predictions stand."""
     from calm.methods import validated_methods
     work = pico_run
     config = yaml.safe_load((work / "config.yaml").read_text())
@@ -171,19 +173,20 @@ def test_a_val_split_adds_a_row_chosen_on_validation_per_scaled_baseline(pico_ru
     (work / "changed.yaml").write_text(yaml.safe_dump(config))
     out = snakemake(work, "-n", "-p", "--configfile", str(work / "changed.yaml"))
     jobs = planned_jobs(out.stdout + out.stderr)
-    # of the pico run's methods: task arithmetic, TIES, WUDI
-    assert jobs["evaluate_validated"] == len(set(validated_methods()) & set(PICO_METHODS)) == 3
-    assert jobs["fetch_data"] == 3
+    # of the pico run's methods: task arithmetic, TIES, WUDI; CALM's twin whose task-arithmetic
+    # base takes the λ the val splits of S (colour, animal) choose: one chain beside the
+    # default's, evaluated; the table and the target again, as their inputs grew
+    assert jobs == {"fetch_val": 3, "prepare_val": 3, "evaluate_validated": 3, "calm_base": 1, "calm_step": 1,
+                    "calm_model": 1, "evaluate": 1, "table": 1, "all": 1}
+    assert len(set(validated_methods()) & set(PICO_METHODS)) == 3
     text = out.stdout
-    assert "--n-val 6" in text
+    assert "--n-val 6" in text and "fetch-data" not in text
     assert "--model results/merge/baselines/ties/model --scale 0.3 --grid 0.3,0.6 " in text
     assert "--model results/merge/baselines/wudi/model --scale 1.0 --grid 0.6,0.8,1,1.2,1.4 " in text
+    assert "--inputs colour=results/inputs/val/colour.safetensors " in text
     assert shlex.quote("TIES (chosen on validation)=results/eval/validated/ties.parquet") in text
-    # and CALM's twin whose task-arithmetic base takes the λ the val splits of S (colour, animal)
-    # choose: a second chain beside the default's (both rerun: the data were fetched again)
-    assert jobs["calm_base"] == jobs["calm_step"] == jobs["calm_model"] == 2
-    assert ("--lam 0.3 --val colour=results/inputs/colour.safetensors,results/heads/colour.safetensors "
-            "animal=results/inputs/animal.safetensors,results/heads/animal.safetensors --grid 0.3,0.6 "
+    assert ("--lam 0.3 --val colour=results/inputs/val/colour.safetensors,results/heads/colour.safetensors "
+            "animal=results/inputs/val/animal.safetensors,results/heads/animal.safetensors --grid 0.3,0.6 "
             "--batch-size 16 --models") in text
     assert shlex.quote("CALM (chosen on validation)=results/eval/calm/base-on-validation.parquet") in text
 
@@ -369,16 +372,24 @@ def test_default_config_dry_run_plans_the_whole_pipeline(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     jobs = planned_jobs(proc.stdout + proc.stderr)
     assert jobs["finetune"] == 6 and jobs["score"] == 6 and jobs["select"] == 6
-    assert jobs["calm_step"] == 2 and jobs["evaluate_task_arithmetic"] == 1  # all 9 λ values
+    assert jobs["evaluate_task_arithmetic"] == 1  # all 9 λ values
     # every registry method but AdaRank (calm.methods: in_default), task arithmetic at λ = 0.3 included
     assert jobs["merge_baseline"] == 16
-    assert jobs["evaluate"] == 18  # pretrained, individual, CALM, 15 baselines
+    # pretrained, individual, CALM, 15 baselines, and CALM with its base's λ chosen on validation
+    assert jobs["evaluate"] == 19
+    # data.n_val: 100: each task's val split fetched and encoded on its own path; a row chosen on
+    # validation for each of the 8 scaled baselines (task arithmetic, TIES, Consensus TA/TIES,
+    # TSV-M, Iso-C, Iso-CTS, WUDI); CALM's twin with the chain of mask steps of its own
+    assert jobs["fetch_val"] == jobs["prepare_val"] == 6 and jobs["evaluate_validated"] == 8
+    assert jobs["calm_base"] == 2 and jobs["calm_step"] == 4 and jobs["calm_model"] == 2
     # `baselines`: AdaRank too, and the table over every method
     proc = subprocess.run(SNAKEMAKE + ["baselines", "-n", "--directory", str(tmp_path), "-s", str(ROOT / "Snakefile"),
                                        "--configfile", str(ROOT / "config/config.yaml")],
                           capture_output=True, text=True, cwd=ROOT)
     jobs = planned_jobs(proc.stdout + proc.stderr)
-    assert jobs["merge_baseline"] == 16 and jobs["evaluate"] == 19 and jobs["table"] == 1
+    # task arithmetic's own model (λ = 0.3), which its row chosen on validation rescales, is merged
+    # here too: `all` asks for it anyway
+    assert jobs["merge_baseline"] == 17 and jobs["evaluate"] == 20 and jobs["table"] == 1
     assert "results/tables/baselines.csv" in proc.stdout and "baseline_adarank.parquet" in proc.stdout
 
 

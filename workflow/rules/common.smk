@@ -265,6 +265,11 @@ def validated_eval(method, rep=""):
     return {"preds": f"{prefix}.parquet", "curve": f"{prefix}.json"}
 
 
+def val_inputs(task):
+    """A task's encoded val split (rule prepare_val), which the scales chosen on validation read."""
+    return f"results/inputs/val/{task}.safetensors"
+
+
 def validated_grid(method):
     """The scales a method's val splits choose from (its baselines grid), as --grid takes them."""
     return ",".join(f"{g:g}" for g in getattr(CFG.baselines, METHODS[method].scale_grid))

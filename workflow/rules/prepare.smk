@@ -25,3 +25,24 @@ rule prepare:
     shell:
         "python -m calm prepare {params.model} --threads {threads} --data {input.data} "
         "--inputs {output.inputs} --head {output.head} {params.finetuned} 2> {log}"
+
+
+rule prepare_val:
+    input:
+        model=PRETRAINED,
+        data="resources/val/{task}",
+    output:
+        inputs="results/inputs/val/{task}.safetensors",
+    params:
+        model=MODEL_FLAGS,
+        lineage=lambda w: val_lineage(w.task),
+    threads: CFG.threads
+    resources:
+        **job_resources("prepare"),
+    log:
+        "logs/prepare_val/{task}.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m calm prepare-val {params.model} --threads {threads} --data {input.data} "
+        "--inputs {output.inputs} 2> {log}"

@@ -80,7 +80,7 @@ def validated_scale(method):
 def validated_lineage(method, rep=""):
     """A baseline's predictions at the scale its val splits chose (rule evaluate_validated)."""
     return digest("evaluate_validated", EVALUATE_SETTINGS, validated_scale(method), validated_grid(method),
-                  baseline_lineage(method, rep), [prepared_lineage(t) for t in TASKS])
+                  baseline_lineage(method, rep), [(prepared_lineage(t), val_lineage(t)) for t in TASKS])
 
 
 def replicates():

@@ -55,7 +55,7 @@ def base_val_flags(variant):
     tasks = base_val_tasks(variant)
     if not tasks:
         return Untracked("")
-    pairs = " ".join(f"{t}=results/inputs/{t}.safetensors,results/heads/{t}.safetensors" for t in tasks)
+    pairs = " ".join(f"{t}={val_inputs(t)},results/heads/{t}.safetensors" for t in tasks)
     return (f"--val {pairs} --grid {validated_grid(VARIANTS[variant].calm.base)} "
             f"--batch-size {CFG.evaluate.batch_size} ")
 
