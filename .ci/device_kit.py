@@ -4,7 +4,7 @@
 as fp16 (the 87 MB fp32 MiniLM does not fit the 64 MiB that travels; fp16 keeps every weight to
 a relative 2^-11, finer than the bf16 matmuls the default runs in), each task's fetched splits,
 the config, and a manifest of sizes. `unpack` (there): the model back in its own dtypes, the
-splits where the workflow's fetch_data leaves them, and the config pointed at both.
+splits where the workflow's fetch_data (and fetch_val) leave them, and the config pointed at both.
 `rules`: per-job and per-rule wall seconds of a run, from its Snakemake log.
 
 Runs with the standard library, torch, safetensors and PyYAML only: on the GPU machine it runs
@@ -101,12 +101,15 @@ def pack(args: argparse.Namespace) -> None:
     if kit.exists():
         shutil.rmtree(kit / "model", ignore_errors=True)
         shutil.rmtree(kit / "data", ignore_errors=True)
+        shutil.rmtree(kit / "val", ignore_errors=True)
     kit.mkdir(parents=True, exist_ok=True)
     info = pack_model(work / "resources/models/pretrained", kit / "model")
     for task in tasks:
         shutil.copytree(work / "resources/data" / task, kit / "data" / task)
+        if (work / "resources/val" / task).is_dir():  # data.n_val > 0 (fetch_val's folders)
+            shutil.copytree(work / "resources/val" / task, kit / "val" / task)
     (kit / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    sizes = {part: folder_bytes(kit / part) for part in ("model", "data", "whl") if (kit / part).exists()}
+    sizes = {part: folder_bytes(kit / part) for part in ("model", "data", "val", "whl") if (kit / part).exists()}
     manifest = {"config": args.config, "tasks": tasks, "model": info, "bytes": sizes,
                 "total_mib": round(sum(sizes.values()) / 2**20, 1)}
     (kit / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -118,10 +121,11 @@ def unpack(args: argparse.Namespace) -> None:
 
     kit, work = Path(args.kit), Path(args.work)
     unpack_model(kit / "model", work / "model")
-    for task_dir in sorted((kit / "data").iterdir()):
-        dst = work / "resources/data" / task_dir.name
-        if not dst.exists():
-            shutil.copytree(task_dir, dst)
+    for part in ("data", "val"):
+        for task_dir in sorted((kit / part).iterdir()) if (kit / part).is_dir() else []:
+            dst = work / "resources" / part / task_dir.name
+            if not dst.exists():
+                shutil.copytree(task_dir, dst)
     cfg = yaml.safe_load((kit / "config.yaml").read_text()) or {}
     cfg["device"] = args.device
     cfg.setdefault("model", {})["source"] = str((work / "model").resolve())

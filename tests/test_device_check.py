@@ -60,6 +60,7 @@ def test_the_check_rehearsed_on_the_cpu(tmp_path, pico_model):
     cfg["data"]["tasks"] = ["colour", "mood"]
     cfg["calm"] |= {"iterations": 2, "checkpoint_every": 0}
     cfg["baselines"] |= {"methods": []}
+    cfg["data"]["n_val"] = 4  # the val splits travel too: CALM's twin chooses its base's λ on them
     (tmp_path / "pico.yaml").write_text(yaml.safe_dump(cfg))
     (tmp_path / "fetched").mkdir()
     pack = subprocess.run([str(ROOT / ".ci/device-pack"), "--config", str(tmp_path / "pico.yaml"), "--kit", str(kit),
@@ -67,7 +68,7 @@ def test_the_check_rehearsed_on_the_cpu(tmp_path, pico_model):
     assert pack.returncode == 0, pack.stdout[-3000:] + pack.stderr[-3000:]
     manifest = json.loads((kit / "manifest.json").read_text())
     assert manifest["tasks"] == ["colour", "mood"] and "whl" not in manifest["bytes"]
-    assert sorted(p.name for p in (kit / "data").iterdir()) == ["colour", "mood"]
+    assert sorted(p.name for p in (kit / "data").iterdir()) == sorted(p.name for p in (kit / "val").iterdir()) == ["colour", "mood"]
 
     env = {**os.environ, "CALM_PYTHON": sys.executable}
     env.pop("OUT", None)
@@ -82,11 +83,13 @@ def test_the_check_rehearsed_on_the_cpu(tmp_path, pico_model):
     for step in ("env", "imports", "unpack", "tests", "workflow", "rules", "mask_loop", "limit"):
         assert log.index(f"] {step} (at most") < log.index(f"] {step}: rc 0"), step
     # the carried splits stand in for fetch_data; the model is fetched from the unpacked copy
-    assert "rule fetch_data" not in log and "rule fetch_model" in log
+    assert "rule fetch_data" not in log and "rule fetch_val" not in log and "rule fetch_model" in log
+    assert "rule prepare_val" in log
     assert "skipped" in (out / "cuda-tests.txt").read_text()
     with (out / "main.csv").open() as fh:
         table = {row["method"]: row for row in csv.DictReader(fh)}
     assert "CALM" in table and set(table["CALM"]) >= {"colour", "mood", "Avg"}
+    assert "CALM (chosen on validation)" in table
     with (out / "rules.csv").open() as fh:
         rules = {row["rule"] for row in csv.DictReader(fh)}
     assert {"fetch_model", "finetune", "calm_step", "evaluate", "table"} <= rules
