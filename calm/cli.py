@@ -289,7 +289,8 @@ def cmd_evaluate_task_arithmetic(a):
 
 
 @command("evaluate-validated", "A merge's scale (λ or α) chosen on the tasks' val splits; test predictions at it.",
-         path("--model", "the merged checkpoint at --scale"), several("--inputs", "TASK=INPUTS (with a val split)"),
+         path("--model", "the merged checkpoint at --scale"), several("--val-inputs", "TASK=VAL INPUTS (prepare-val)"),
+         several("--inputs", "TASK=INPUTS (the test splits)"),
          ("--scale", {"required": True, "type": float, "help": "the scale (λ or α) the checkpoint was merged at"}),
          ("--grid", {"required": True, "type": floats, "metavar": "A,B,...", "help": "the scales to choose from"}),
          several("--heads", "TASK=HEAD"), out("output: test predictions at the chosen scale"),
@@ -297,8 +298,8 @@ def cmd_evaluate_task_arithmetic(a):
          model=True, sections=((cfgmod.EvaluateConfig, "", ("bootstrap", "seed")),))
 def cmd_evaluate_validated(a):
     from calm.stages.evaluate import evaluate_validated
-    summary = evaluate_validated(_family(a), a.model, a.scale, a.grid, pairs(a.inputs, "--inputs"),
-                                 pairs(a.heads, "--heads"), a.batch_size, a.out, a.curve)
+    summary = evaluate_validated(_family(a), a.model, a.scale, a.grid, pairs(a.val_inputs, "--val-inputs"),
+                                 pairs(a.inputs, "--inputs"), pairs(a.heads, "--heads"), a.batch_size, a.out, a.curve)
     logging.info("chosen on validation: ×%g (of %s)", summary["chosen"], a.grid)
 
 

@@ -103,20 +103,25 @@ def test_a_val_split_that_task_json_lists_is_encoded_with_the_others(val_task):
     assert artifacts.read_inputs(val_task / "inputs.safetensors", "test")["idx"].tolist() == list(range(18, 24))
 
 
-def test_prepare_val_encodes_a_val_folder_alone(family, val_task, tmp_path):
+@pytest.fixture(scope="module")
+def val_file(family, val_task, tmp_path_factory):
+    """The toy task's val split alone, as fetch_val and prepare_val write it."""
     import json
     import shutil
     from calm.stages.prepare import prepare_val
-    folder = tmp_path / "val"
-    folder.mkdir()
+    folder = tmp_path_factory.mktemp("val_only")
     shutil.copyfile(val_task / "val.parquet", folder / "val.parquet")
     meta = json.loads((val_task / "task.json").read_text())
     write_json({**meta, "splits": ["val"]}, folder / "task.json")
-    prepare_val(family, folder, tmp_path / "val.safetensors")
-    val = artifacts.read_inputs(tmp_path / "val.safetensors", "val")
+    prepare_val(family, folder, folder / "val.safetensors")
+    return folder / "val.safetensors"
+
+
+def test_prepare_val_encodes_a_val_folder_alone(val_file):
+    val = artifacts.read_inputs(val_file, "val")
     assert val["idx"].tolist() == list(range(30, 38)) and val["label"].tolist() == [0, 1] * 4
     with pytest.raises(ValueError, match="holds no 'test' split"):
-        artifacts.read_inputs(tmp_path / "val.safetensors", "test")
+        artifacts.read_inputs(val_file, "test")
 
 
 def test_chosen_scale_is_the_best_on_validation_and_the_first_on_a_tie():
@@ -127,7 +132,7 @@ def test_chosen_scale_is_the_best_on_validation_and_the_first_on_a_tie():
         chosen_scale({})
 
 
-def test_a_scale_chosen_on_validation_rescales_the_merge_it_is_given(family, val_task, tmp_path):
+def test_a_scale_chosen_on_validation_rescales_the_merge_it_is_given(family, val_task, val_file, tmp_path):
     """A 'merge' θ0 + 0.5 d (d: a fixed random direction) evaluated at ×0, ×1, ×4: the curve
     holds the val accuracy of θ0 + g d built directly, and the test predictions are those of
     θ0 + g* d at the best g."""
@@ -141,7 +146,8 @@ def test_a_scale_chosen_on_validation_rescales_the_merge_it_is_given(family, val
     d = {n: 0.5 * torch.randn(t.shape, generator=gen) * t.float().std().clamp(min=1e-3) for n, t in theta0.items()}
     family.save({n: theta0[n] + 0.5 * d[n] for n in theta0}, tmp_path / "merged")
     files = {"toy": val_task / "inputs.safetensors"}, {"toy": val_task / "head.safetensors"}
-    summary = evaluate_validated(family, tmp_path / "merged", 0.5, [0.0, 1.0, 4.0], *files, 16,
+    # the val split from its own file (prepare_val's), the test split from the task's inputs
+    summary = evaluate_validated(family, tmp_path / "merged", 0.5, [0.0, 1.0, 4.0], {"toy": val_file}, *files, 16,
                                  tmp_path / "out.parquet", tmp_path / "curve.json")
 
     def direct(g, split):

@@ -163,11 +163,13 @@ def test_another_calm_base_reruns_calm_from_its_base_with_that_methods_settings(
     assert "--lam 0.3 --base ties --ties-k 0.2 --ties-lam 0.3 --ties-merge sum --models" in out.stdout
 
 
-def test_a_val_split_adds_a_row_chosen_on_validation_per_scaled_baseline(pico_run):
+def test_a_val_split_adds_a_row_chosen_on_validation_per_scaled_baseline(pico_run, tmp_path):
     """Turning data.n_val on adds jobs and reruns none: the val splits are fetched and encoded
-    on their own path, so the finished run's data, models and predictions stand."""
+    on their own path, so the finished run's data, models and predictions stand. Run for real
+    in a copy of the shared run: the table gains the rows, and its other rows stay as they were."""
     from calm.methods import validated_methods
-    work = pico_run
+    work = tmp_path / "run"
+    shutil.copytree(pico_run, work, symlinks=True)
     config = yaml.safe_load((work / "config.yaml").read_text())
     config["data"]["n_val"] = 6
     (work / "changed.yaml").write_text(yaml.safe_dump(config))
@@ -183,12 +185,24 @@ def test_a_val_split_adds_a_row_chosen_on_validation_per_scaled_baseline(pico_ru
     assert "--n-val 6" in text and "fetch-data" not in text
     assert "--model results/merge/baselines/ties/model --scale 0.3 --grid 0.3,0.6 " in text
     assert "--model results/merge/baselines/wudi/model --scale 1.0 --grid 0.6,0.8,1,1.2,1.4 " in text
-    assert "--inputs colour=results/inputs/val/colour.safetensors " in text
+    assert "--val-inputs colour=results/inputs/val/colour.safetensors " in text
     assert shlex.quote("TIES (chosen on validation)=results/eval/validated/ties.parquet") in text
     assert ("--lam 0.3 --val colour=results/inputs/val/colour.safetensors,results/heads/colour.safetensors "
             "animal=results/inputs/val/animal.safetensors,results/heads/animal.safetensors --grid 0.3,0.6 "
             "--batch-size 16 --models") in text
     assert shlex.quote("CALM (chosen on validation)=results/eval/calm/base-on-validation.parquet") in text
+
+    before = pd.read_csv(work / "results/tables/main.csv", index_col=0)
+    calm_preds = (work / "results/eval/calm.parquet").stat().st_mtime_ns
+    snakemake(work, "--configfile", str(work / "changed.yaml"))
+    after = pd.read_csv(work / "results/tables/main.csv", index_col=0)
+    added = ["Task arithmetic (chosen on validation)", "TIES (chosen on validation)",
+             "WUDI-Merging (chosen on validation)", "CALM (chosen on validation)"]
+    assert sorted(set(after.index) - set(before.index)) == sorted(added) and set(before.index) <= set(after.index)
+    pd.testing.assert_frame_equal(after.drop(index=added), before)
+    assert (work / "results/eval/calm.parquet").stat().st_mtime_ns == calm_preds
+    curve = json.loads((work / "results/eval/validated/ties.json").read_text())
+    assert curve["val_examples"] == {t: 6 for t in WORDS} and curve["chosen"] in (0.3, 0.6)
 
 
 def test_changing_one_baseline_setting_reruns_only_the_methods_that_read_it(pico_run):

@@ -52,18 +52,23 @@ def evaluate_task_arithmetic(family: Family, model_dirs: list[str | Path], outs:
 
 
 def evaluate_validated(family: Family, model_dir: str | Path, scale: float, grid: list[float],
-                       inputs: Mapping[str, str | Path], heads: Mapping[str, str | Path], batch_size: int,
-                       out: str | Path, curve_out: str | Path) -> dict:
+                       val_inputs: Mapping[str, str | Path], inputs: Mapping[str, str | Path],
+                       heads: Mapping[str, str | Path], batch_size: int, out: str | Path,
+                       curve_out: str | Path) -> dict:
     """A merge's scale chosen on the validation split, and its test predictions at that scale.
 
     `model_dir` is the merge at `scale` (θ0 + s·v for a method linear in its scale s, λ or α):
     its direction v = (θ − θ0) / s is read once, never rebuilt, and θ0 + g·v evaluated on every
-    task's val split for each g of `grid`. The g with the highest average val accuracy (the
-    first on a tie) is evaluated on test; `curve_out` gets every g's val accuracy and the choice.
+    task's val split (`val_inputs`) for each g of `grid`. The g with the highest average val
+    accuracy (the first on a tie) is evaluated on the test splits of `inputs`; `curve_out` gets
+    every g's val accuracy and the choice.
     """
+    if set(val_inputs) != set(inputs):
+        raise ValueError(f"evaluate-validated: the val splits' tasks {sorted(val_inputs)} are not the test "
+                         f"splits' {sorted(inputs)}")
     theta0 = family.pretrained_state()
     direction = {n: (t - theta0[n]) / scale for n, t in family.load_state(Path(model_dir)).items()}
-    best, record = scale_on_validation(family, theta0, direction, grid, inputs, heads, batch_size)
+    best, record = scale_on_validation(family, theta0, direction, grid, val_inputs, heads, batch_size)
     params = {n: theta0[n] + best * v for n, v in direction.items()}
     frame = pd.concat([predictions(family, params, task, inputs[task], heads[task], batch_size,
                                    desc=f"test ×{best:g} {task}") for task in inputs], ignore_index=True)

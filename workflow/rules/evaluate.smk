@@ -71,7 +71,8 @@ rule evaluate_validated:
     input:
         model=PRETRAINED,
         merged=lambda w: f"{baseline_dir(w.method, w.rep)}/model",
-        inputs=[val_inputs(t) for t in TASKS],
+        val_inputs=[val_inputs(t) for t in TASKS],
+        inputs=[f"results/inputs/{t}.safetensors" for t in TASKS],
         heads=[f"results/heads/{t}.safetensors" for t in TASKS],
     output:
         **validated_eval("{method}", "{rep}"),
@@ -81,7 +82,8 @@ rule evaluate_validated:
         model=MODEL_FLAGS,
         scale=lambda w: validated_scale(w.method),
         grid=lambda w: validated_grid(w.method),
-        inputs=" ".join(f"{t}={val_inputs(t)}" for t in TASKS),
+        val_inputs=" ".join(f"{t}={val_inputs(t)}" for t in TASKS),
+        inputs=" ".join(f"{t}=results/inputs/{t}.safetensors" for t in TASKS),
         heads=" ".join(f"{t}=results/heads/{t}.safetensors" for t in TASKS),
         settings=render_flags(CFG.evaluate, exclude=("bootstrap", "seed")),
         lineage=lambda w: validated_lineage(w.method, w.rep),
@@ -96,7 +98,8 @@ rule evaluate_validated:
         "../../environment.yml"
     shell:
         "python -m calm evaluate-validated {params.model} --threads {threads} --model {input.merged} "
-        "--scale {params.scale} --grid {params.grid} --inputs {params.inputs} --heads {params.heads} "
+        "--scale {params.scale} --grid {params.grid} --val-inputs {params.val_inputs} --inputs {params.inputs} "
+        "--heads {params.heads} "
         "--out {output.preds} --curve {output.curve} {params.settings} 2> {log}"
 
 
