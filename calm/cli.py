@@ -14,14 +14,13 @@ import typing
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel
 
 from calm import config as cfgmod
-from calm.config.baselines import BaselineName, BaselinesConfig
+from calm.config.baselines import BaselineName
 from calm.config.files import error_line, json_schema, load_config
-from calm.flags import (COMMANDS, Flag, OutFolder, command, floats, json_arg, model_section, out, pairs, parser, path,
-                        records, section_from, several)
-from calm.io import check_replaceable
+from calm.flags import (BASELINE_SECTIONS, COMMANDS, Flag, OutFolder, baselines_config, command, floats, json_arg,
+                        model_section, out, pairs, parser, path, records, section_from, several)
+from calm.io import check_replaceable, missing_text
 from calm.methods import single_model_bases
 
 
@@ -130,16 +129,6 @@ def cmd_select(a):
                  (chosen["target"] == chosen["label"]).mean())
 
 
-# the per-method sections of BaselinesConfig (ties, adamerging, ...), each flagged with its prefix
-BASELINE_SECTIONS = tuple((field.annotation, f"{name}_", ()) for name, field in BaselinesConfig.model_fields.items()
-                          if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel))
-
-
-def _baselines_config(a) -> BaselinesConfig:
-    return BaselinesConfig(task_arithmetic_lambda=a.lam, **{
-        prefix[:-1]: section_from(a, cls, prefix=prefix) for cls, prefix, _ in BASELINE_SECTIONS})
-
-
 @command("merge-baseline", "Merge fine-tuned models with a registry method (a baseline).",
          ("--method", {"required": True, "choices": list(typing.get_args(BaselineName))}),
          ("--models", {"required": True, "nargs": "+", "type": Path, "help": "fine-tuned checkpoint folders"}),
@@ -153,7 +142,7 @@ def _baselines_config(a) -> BaselinesConfig:
          model=True, sections=BASELINE_SECTIONS)
 def cmd_merge_baseline(a):
     from calm.stages.baselines import merge_baseline
-    cfg = _baselines_config(a)
+    cfg = baselines_config(a)
     tasks = None
     if a.inputs or a.heads or a.scores:
         inputs, heads, scores = (pairs(v or [], flag) for v, flag in
@@ -179,7 +168,7 @@ def cmd_calm_base(a):
     val = {task: tuple(files.split(",")) for task, files in pairs(a.val, "--val").items()} if a.val else None
     if val and (not a.grid or any(len(files) != 2 for files in val.values())):
         raise SystemExit("--val: expected TASK=INPUTS,HEAD for each task of S, and --grid")
-    calm_base(_family(a), a.models, a.lam, a.out, base=a.base, cfg=_baselines_config(a), validation=val,
+    calm_base(_family(a), a.models, a.lam, a.out, base=a.base, cfg=baselines_config(a), validation=val,
               grid=a.grid, batch_size=a.batch_size)
 
 
@@ -289,18 +278,24 @@ def cmd_evaluate_task_arithmetic(a):
 
 
 @command("evaluate-validated", "A merge's scale (λ or α) chosen on the tasks' val splits; test predictions at it.",
-         path("--model", "the merged checkpoint at --scale"), several("--val-inputs", "TASK=VAL INPUTS (prepare-val)"),
-         several("--inputs", "TASK=INPUTS (the test splits)"),
+         path("--model", "the merged checkpoint at --scale (not read with --option-grid)", required=False),
+         several("--val-inputs", "TASK=VAL INPUTS (prepare-val)"), several("--inputs", "TASK=INPUTS (the test splits)"),
          ("--scale", {"required": True, "type": float, "help": "the scale (λ or α) the checkpoint was merged at"}),
          ("--grid", {"required": True, "type": floats, "metavar": "A,B,...", "help": "the scales to choose from"}),
          several("--heads", "TASK=HEAD"), out("output: test predictions at the chosen scale"),
          path("--curve", "output: JSON, val accuracy at every scale, the choice"),
-         model=True, sections=((cfgmod.EvaluateConfig, "", ("bootstrap", "seed")),))
+         ("--method", {"choices": list(typing.get_args(BaselineName)), "help": "with --option-grid: the method"}),
+         ("--models", {"nargs": "+", "type": Path, "help": "with --option-grid: the fine-tuned checkpoint folders"}),
+         ("--option-grid", {"type": floats, "metavar": "A,B,...", "help": "the values of the method's option (TIES' "
+                            "k, λ_t) to choose with the scale, each merged from --models at the method's settings"}),
+         model=True, sections=((cfgmod.EvaluateConfig, "", ("bootstrap", "seed")),) + BASELINE_SECTIONS)
 def cmd_evaluate_validated(a):
     from calm.stages.evaluate import evaluate_validated
     summary = evaluate_validated(_family(a), a.model, a.scale, a.grid, pairs(a.val_inputs, "--val-inputs"),
-                                 pairs(a.inputs, "--inputs"), pairs(a.heads, "--heads"), a.batch_size, a.out, a.curve)
-    logging.info("chosen on validation: ×%g (of %s)", summary["chosen"], a.grid)
+                                 pairs(a.inputs, "--inputs"), pairs(a.heads, "--heads"), a.batch_size, a.out, a.curve,
+                                 method=a.method or "", model_dirs=a.models, cfg=baselines_config(a),
+                                 option_grid=a.option_grid)
+    logging.info("chosen on validation: %s", {k: v for k, v in summary.items() if k.startswith("chosen")})
 
 
 @command("table", "The results table (CSV, Markdown, JSON with bootstrap intervals).",
@@ -379,14 +374,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser(prog="python -m calm", description=__doc__.splitlines()[0])
 
 
-def _missing(exc: FileNotFoundError) -> str:
-    """pyarrow raises FileNotFoundError('path') with nothing else: say what it means."""
-    if exc.filename:
-        return f"{exc.filename}: {exc.strerror or 'no such file or folder'}"
-    text = str(exc)
-    return text if "no such" in text.lower() or "not found" in text.lower() else f"{text}: no such file or folder"
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.command.startswith("fetch-"):
@@ -408,6 +395,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error_line(exc, f'{exc.title} (command-line flags)')}", file=sys.stderr)
         return 1
     except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {_missing(exc) if isinstance(exc, FileNotFoundError) else exc}", file=sys.stderr)
+        print(f"error: {missing_text(exc) if isinstance(exc, FileNotFoundError) else exc}", file=sys.stderr)
         return 1
     return 0

@@ -15,6 +15,7 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel
 
 from calm.config import ModelConfig
+from calm.config.baselines import BaselinesConfig
 
 
 # argparse flags of the CLI's commands: (name or names, argparse keywords)
@@ -173,6 +174,17 @@ def model_section(args: argparse.Namespace) -> ModelConfig:
     """The model settings given as flags (the dict-valued keys are not flags)."""
     return ModelConfig(**{n: getattr(args, "model_" + n) for n in ModelConfig.model_fields
                                  if hasattr(args, "model_" + n)})
+
+
+# the per-method sections of BaselinesConfig (ties, adamerging, ...), each flagged with its prefix
+BASELINE_SECTIONS = tuple((field.annotation, f"{name}_", ()) for name, field in BaselinesConfig.model_fields.items()
+                          if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel))
+
+
+def baselines_config(args: argparse.Namespace) -> BaselinesConfig:
+    """The baselines' settings given as flags (--lam: task arithmetic's λ, where a command has it)."""
+    return BaselinesConfig(task_arithmetic_lambda=getattr(args, "lam", 0.3), **{
+        prefix[:-1]: section_from(args, cls, prefix=prefix) for cls, prefix, _ in BASELINE_SECTIONS})
 
 
 def records(values: list[str], what: str, key: str, fields: tuple[str, ...]) -> list[dict]:

@@ -182,3 +182,11 @@ def write_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
 
     with atomic_path(path) as tmp:
         save_file(contiguous, str(tmp), metadata=metadata)
+
+
+def missing_text(exc: FileNotFoundError) -> str:
+    """pyarrow raises FileNotFoundError('path') with nothing else: say what it means."""
+    if exc.filename:
+        return f"{exc.filename}: {exc.strerror or 'no such file or folder'}"
+    text = str(exc)
+    return text if "no such" in text.lower() or "not found" in text.lower() else f"{text}: no such file or folder"

@@ -43,6 +43,10 @@ class Method:
     # grid (a BaselinesConfig key) it is chosen from on the validation split; "": no scale.
     scale: str = ""
     scale_grid: str = ""
+    # An option the method's paper also tunes on validation, not linear (each value is a merge of
+    # its own), and the BaselinesConfig key of its grid; with the grid empty, the configured value.
+    option: str = ""
+    option_grid: str = ""
     # False: left out of baselines.methods when it is unset (its cost does not fit the embedded
     # default's 15 minutes); `methods: all` and the `baselines` target run it.
     in_default: bool = True
@@ -68,12 +72,15 @@ METHODS: dict[str, Method] = {
     "weight_averaging": Method("weight_averaging:weight_averaging", "Weight averaging"),
     "task_arithmetic": Method("task_arithmetic:task_arithmetic", "Task arithmetic", ("task_arithmetic_lambda",),
                               options=lambda cfg: {"lam": cfg.task_arithmetic_lambda}, **_LAMBDA),
-    "ties": Method("ties:ties", "TIES", ("ties",), options=_section("ties"), **_LAMBDA),
+    # TIES' paper chooses k (and λ) on validation; the TALL-mask paper λ_t.
+    "ties": Method("ties:ties", "TIES", ("ties",), options=_section("ties"), option="k", option_grid="ties_k_grid",
+                   **_LAMBDA),
     "consensus_ta": Method("consensus:consensus_ta", "Consensus TA", ("consensus",), options=_section("consensus"),
-                           **_LAMBDA),
+                           option="tall_lambda", option_grid="tall_lambda_grid", **_LAMBDA),
     "consensus_ties": Method("consensus:consensus_ties", "Consensus TIES", ("consensus", "ties"),
                              options=lambda cfg: {**cfg.consensus.model_dump(), "k": cfg.ties.k,
-                                                  "merge": cfg.ties.merge}, **_LAMBDA),
+                                                  "merge": cfg.ties.merge},
+                             option="tall_lambda", option_grid="tall_lambda_grid", **_LAMBDA),
     "localize_stitch": Method("localize_stitch:stitch", "Localize-and-Stitch", ("localize_stitch",),
                               ("inputs", "head"), adapter="localize_stitch"),
     "adamerging_task": Method("adamerging:adamerging", "AdaMerging (task-wise)", ("adamerging",),

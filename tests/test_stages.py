@@ -162,6 +162,48 @@ def test_a_scale_chosen_on_validation_rescales_the_merge_it_is_given(family, val
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "out.parquet"), direct(best, "test"))
 
 
+def test_an_option_grid_merges_once_per_value_and_chooses_it_with_the_scale(family, val_task, val_file, tmp_path):
+    """TIES over two 'fine-tuned' models θ0 + d1, θ0 + d2 with k ∈ {0.1, 1} and λ ∈ {0.25, 1}: each
+    k's merge at λ = 1, rescaled; the curve holds the val accuracy of every (k, λ), each computed
+    here from that merge directly, the pair chosen is the best (the first on a tie), and the test
+    predictions are that pair's."""
+    from calm.config.baselines import BaselinesConfig
+    from calm.merging.ties import ties
+    from calm.metrics import accuracy, average
+    from calm.stages.evaluate import evaluate_validated
+    from calm.stages.family import predictions
+    theta0 = family.pretrained_state()
+    gen = torch.Generator().manual_seed(1)
+    ds = [{n: 3 * torch.randn(t.shape, generator=gen) * t.float().std().clamp(min=1e-3) for n, t in theta0.items()}
+          for _ in range(2)]
+    for i, d in enumerate(ds):
+        family.save({n: theta0[n] + d[n] for n in theta0}, tmp_path / f"ft{i}")
+    cfg = BaselinesConfig(ties={"k": 0.2, "lam": 0.3, "merge": "sum"})
+    files = {"toy": val_task / "inputs.safetensors"}, {"toy": val_task / "head.safetensors"}
+    summary = evaluate_validated(family, None, 0.3, [0.25, 1.0], {"toy": val_file}, *files, 16,
+                                 tmp_path / "out.parquet", tmp_path / "curve.json", method="ties",
+                                 model_dirs=[tmp_path / "ft0", tmp_path / "ft1"], cfg=cfg, option_grid=[0.1, 1.0])
+
+    def direct(k, g, split, inputs):
+        merged = ties(ds, k=k, lam=1.0, merge="sum")
+        params = {n: theta0[n] + g * merged[n] for n in theta0}
+        return predictions(family, params, "toy", inputs, files[1]["toy"], 16, split=split)
+
+    pairs_ = [(k, g) for k in (0.1, 1.0) for g in (0.25, 1.0)]
+    by_hand = {(k, g): 100 * average(accuracy(direct(k, g, "val", val_file))) for k, g in pairs_}
+    assert {(r["k"], r["scale"]): r["accuracy"] for r in summary["val_accuracy"]} == pytest.approx(by_hand)
+    best = max(pairs_, key=lambda kg: (by_hand[kg], -pairs_.index(kg)))
+    # a choice to make: one pair ahead of the rest, not the grid's first (k = 1, λ = 0.25 here)
+    assert sorted(by_hand.values())[-2] < by_hand[best] and best != pairs_[0]
+    assert (summary["option"], summary["chosen_option"], summary["chosen"]) == ("k", *best)
+    assert summary["val_examples"] == {"toy": 8}
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "out.parquet"),
+                                  direct(*best, "test", files[0]["toy"]))
+    with pytest.raises(ValueError, match="an option grid needs a method with an option \\('tsv' has none\\)"):
+        evaluate_validated(family, None, 1.0, [1.0], {"toy": val_file}, *files, 16, tmp_path / "o.parquet",
+                           tmp_path / "c.json", method="tsv", model_dirs=[tmp_path / "ft0"], cfg=cfg, option_grid=[0.5])
+
+
 @pytest.mark.parametrize("base, scale_of", [("task_arithmetic", lambda lam, a: lam), ("tsv", lambda lam, a: a)])
 def test_calm_base_chooses_its_scale_on_the_val_splits_of_s(family, val_task, tmp_path, base, scale_of):
     """Two 'fine-tuned' models θ0 + d1, θ0 + d2 and the merge m of d1, d2 at its configured scale

@@ -183,7 +183,9 @@ def test_a_val_split_adds_a_row_chosen_on_validation_per_scaled_baseline(pico_ru
     assert len(set(validated_methods()) & set(PICO_METHODS)) == 3
     text = out.stdout
     assert "--n-val 6" in text and "fetch-data" not in text
-    assert "--model results/merge/baselines/ties/model --scale 0.3 --grid 0.3,0.6 " in text
+    # TIES' k is chosen too (baselines.ties_k_grid): a merge per k from the fine-tuned models
+    assert re.search(r"--method ties --models (results/models/finetuned/\w+ ){3}--option-grid 0.1,0.2,0.3 "
+                     r"--ties-k 0.2 --ties-lam 0.3 --ties-merge sum --scale 0.3 --grid 0.3,0.6 ", text)
     assert "--model results/merge/baselines/wudi/model --scale 1.0 --grid 0.6,0.8,1,1.2,1.4 " in text
     assert "--val-inputs colour=results/inputs/val/colour.safetensors " in text
     assert shlex.quote("TIES (chosen on validation)=results/eval/validated/ties.parquet") in text
@@ -203,6 +205,7 @@ def test_a_val_split_adds_a_row_chosen_on_validation_per_scaled_baseline(pico_ru
     assert (work / "results/eval/calm.parquet").stat().st_mtime_ns == calm_preds
     curve = json.loads((work / "results/eval/validated/ties.json").read_text())
     assert curve["val_examples"] == {t: 6 for t in WORDS} and curve["chosen"] in (0.3, 0.6)
+    assert curve["option"] == "k" and curve["chosen_option"] in (0.1, 0.2, 0.3) and len(curve["val_accuracy"]) == 6
 
 
 def test_changing_one_baseline_setting_reruns_only_the_methods_that_read_it(pico_run):

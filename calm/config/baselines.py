@@ -2,7 +2,7 @@
 literature defaults (config/README.md lists where the embedded default differs)."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -147,6 +147,14 @@ class BaselinesConfig(Section):
         default_factory=lambda: [0.6, 0.8, 1.0, 1.2, 1.4],
         description="With data.n_val: the α the validation split chooses for TSV-Merge, Iso-C, Iso-CTS and WUDI "
         "(WUDI's merged vector times α).")
+    ties_k_grid: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=lambda: [0.1, 0.2, 0.3],
+        description="With data.n_val: the k (kept fraction) the validation split chooses for TIES, with its λ: a "
+        "merge per k, each rescaled over lambda_grid (the TIES paper's 10, 20, 30 %); empty: ties.k alone.")
+    tall_lambda_grid: list[Annotated[float, Field(gt=0)]] = Field(
+        default_factory=list,
+        description="With data.n_val: the λ_t the validation split chooses for Consensus TA/TIES, with their λ: a "
+        "merge per λ_t (the TALL-mask paper tunes it); empty (the default, for its cost): consensus.tall_lambda.")
     methods: list[BaselineName] | Literal["all"] = Field(
         default_factory=default_methods,
         description="Baselines the main table runs (task_arithmetic: its λ row and the λ sweep); unset, every "

@@ -10,7 +10,9 @@ import pandas as pd
 from calm import provenance, vectors
 from calm.families.base import Family
 from calm.io import write_json, write_parquet
+from calm.config.baselines import BaselinesConfig
 from calm.merging.task_arithmetic import task_arithmetic
+from calm.methods import METHODS
 from calm.results_table import seeds_results, write_results, write_seeds
 from calm.stages.family import predictions, scale_on_validation, task_vectors
 
@@ -51,10 +53,11 @@ def evaluate_task_arithmetic(family: Family, model_dirs: list[str | Path], outs:
     return frames
 
 
-def evaluate_validated(family: Family, model_dir: str | Path, scale: float, grid: list[float],
+def evaluate_validated(family: Family, model_dir: str | Path | None, scale: float, grid: list[float],
                        val_inputs: Mapping[str, str | Path], inputs: Mapping[str, str | Path],
                        heads: Mapping[str, str | Path], batch_size: int, out: str | Path,
-                       curve_out: str | Path) -> dict:
+                       curve_out: str | Path, method: str = "", model_dirs: list[str | Path] | None = None,
+                       cfg: BaselinesConfig | None = None, option_grid: list[float] | None = None) -> dict:
     """A merge's scale chosen on the validation split, and its test predictions at that scale.
 
     `model_dir` is the merge at `scale` (θ0 + s·v for a method linear in its scale s, λ or α):
@@ -62,18 +65,47 @@ def evaluate_validated(family: Family, model_dir: str | Path, scale: float, grid
     task's val split (`val_inputs`) for each g of `grid`. The g with the highest average val
     accuracy (the first on a tie) is evaluated on the test splits of `inputs`; `curve_out` gets
     every g's val accuracy and the choice.
+
+    `option_grid` (with `method`, its fine-tuned `model_dirs` and `cfg`): the method's option
+    that is not linear (TIES' k, the TALL masks' λ_t; calm.methods `option`) is chosen too. Each
+    value's merge is built once, at scale 1, from the task vectors, and rescaled over `grid`;
+    the (value, g) with the best val accuracy wins (the first in grid order on a tie).
     """
     if set(val_inputs) != set(inputs):
         raise ValueError(f"evaluate-validated: the val splits' tasks {sorted(val_inputs)} are not the test "
                          f"splits' {sorted(inputs)}")
     theta0 = family.pretrained_state()
-    direction = {n: (t - theta0[n]) / scale for n, t in family.load_state(Path(model_dir)).items()}
-    best, record = scale_on_validation(family, theta0, direction, grid, val_inputs, heads, batch_size)
+    if option_grid:
+        spec = METHODS[method]
+        if not spec.option or not model_dirs or cfg is None:
+            raise ValueError(f"evaluate-validated: an option grid needs a method with an option ('{method}' has "
+                             f"{spec.option or 'none'}), its fine-tuned models and its settings")
+        taus = list(task_vectors(family, theta0, model_dirs))
+        family.train_mode(False)
+        options = spec.options(cfg) | ({spec.scale: 1.0} if spec.scale else {})
+        choices = []
+        for value in option_grid:
+            direction = spec(taus, **(options | {spec.option: value}))
+            g, record = scale_on_validation(family, theta0, direction, grid, val_inputs, heads, batch_size)
+            choices.append((value, g, direction, record))
+        best_of = [max(r["accuracy"] for r in record["val_accuracy"]) for _, _, _, record in choices]
+        value, best, direction, _ = choices[best_of.index(max(best_of))]
+        record = {"option": spec.option, "chosen_option": value,
+                  "val_accuracy": [{spec.option: v, **r} for v, _, _, rec in choices for r in rec["val_accuracy"]],
+                  "val_examples": choices[0][3]["val_examples"]}
+        source = {"models": [str(d) for d in model_dirs], "method": method}
+    else:
+        if model_dir is None:
+            raise ValueError("evaluate-validated: give the merged model (--model), or an option grid with its method "
+                             "and fine-tuned models")
+        direction = {n: (t - theta0[n]) / scale for n, t in family.load_state(Path(model_dir)).items()}
+        best, record = scale_on_validation(family, theta0, direction, grid, val_inputs, heads, batch_size)
+        source = {"model": str(model_dir)}
     params = {n: theta0[n] + best * v for n, v in direction.items()}
     frame = pd.concat([predictions(family, params, task, inputs[task], heads[task], batch_size,
                                    desc=f"test ×{best:g} {task}") for task in inputs], ignore_index=True)
     write_parquet(frame, out, provenance.parquet_metadata(provenance.family_record(family)))
-    summary = {"model": str(model_dir), "scale": scale, "chosen": best, **record}
+    summary = {**source, "scale": scale, "chosen": best, **record}
     write_json(summary, curve_out)
     return summary
 

@@ -66,11 +66,12 @@ rule evaluate_task_arithmetic:
 
 
 # With data.n_val: a baseline's scale (λ or α) chosen on every task's val split, from its merged
-# model (rescaled, not merged again), and its test predictions at that scale.
+# model (rescaled, not merged again), and its test predictions at that scale; a method whose
+# option is chosen too (TIES' k: baselines.ties_k_grid) is merged once per option value instead.
 rule evaluate_validated:
     input:
+        unpack(validated_sources),
         model=PRETRAINED,
-        merged=lambda w: f"{baseline_dir(w.method, w.rep)}/model",
         val_inputs=[val_inputs(t) for t in TASKS],
         inputs=[f"results/inputs/{t}.safetensors" for t in TASKS],
         heads=[f"results/heads/{t}.safetensors" for t in TASKS],
@@ -80,6 +81,7 @@ rule evaluate_validated:
         method="|".join(validated_methods()),
     params:
         model=MODEL_FLAGS,
+        source=lambda w, input: validated_source_flags(w.method, input),
         scale=lambda w: validated_scale(w.method),
         grid=lambda w: validated_grid(w.method),
         val_inputs=" ".join(f"{t}={val_inputs(t)}" for t in TASKS),
@@ -97,7 +99,7 @@ rule evaluate_validated:
     conda:
         "../../environment.yml"
     shell:
-        "python -m calm evaluate-validated {params.model} --threads {threads} --model {input.merged} "
+        "python -m calm evaluate-validated {params.model} --threads {threads} {params.source} "
         "--scale {params.scale} --grid {params.grid} --val-inputs {params.val_inputs} --inputs {params.inputs} "
         "--heads {params.heads} "
         "--out {output.preds} --curve {output.curve} {params.settings} 2> {log}"

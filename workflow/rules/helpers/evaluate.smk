@@ -77,10 +77,32 @@ def validated_scale(method):
     return spec.options(CFG.baselines)[spec.scale] if spec.scale else 1.0
 
 
+def validated_option_grid(method):
+    """The values of the method's option its val splits choose too (calm.methods `option`), or []."""
+    spec = METHODS[method]
+    return getattr(CFG.baselines, spec.option_grid) if spec.option_grid else []
+
+
+def validated_sources(wildcards):
+    """The baseline's merged model; with an option grid, the fine-tuned models it merges again."""
+    if validated_option_grid(wildcards.method):
+        return {"finetuned": [finetuned(t, wildcards.rep) for t in TASKS]}
+    return {"merged": f"{baseline_dir(wildcards.method, wildcards.rep)}/model"}
+
+
+def validated_source_flags(method, input):
+    grid = validated_option_grid(method)
+    if not grid:
+        return f"--model {input.merged}"
+    return (f"--method {method} --models {' '.join(input.finetuned)} --option-grid {','.join(f'{v:g}' for v in grid)} "
+            f"{baseline_settings(SimpleNamespace(method=method))}")
+
+
 def validated_lineage(method, rep=""):
     """A baseline's predictions at the scale its val splits chose (rule evaluate_validated)."""
     return digest("evaluate_validated", EVALUATE_SETTINGS, validated_scale(method), validated_grid(method),
-                  baseline_lineage(method, rep), [(prepared_lineage(t), val_lineage(t)) for t in TASKS])
+                  validated_option_grid(method), baseline_lineage(method, rep),
+                  [(prepared_lineage(t), val_lineage(t)) for t in TASKS])
 
 
 def replicates():
