@@ -85,6 +85,9 @@ def test_the_check_rehearsed_on_the_cpu(tmp_path, pico_model):
     # the carried splits stand in for fetch_data; the model is fetched from the unpacked copy
     assert "rule fetch_data" not in log and "rule fetch_val" not in log and "rule fetch_model" in log
     assert "rule prepare_val" in log
+    # the benchmarks fetched their tasks and wrote their results in the work folder, not in the checkout
+    device = tmp_path / "device"
+    assert (device / "benchmarks/quick/mask_loop.json").is_file() and any((device / "resources/data").iterdir())
     assert "skipped" in (out / "cuda-tests.txt").read_text()
     with (out / "main.csv").open() as fh:
         table = {row["method"]: row for row in csv.DictReader(fh)}
