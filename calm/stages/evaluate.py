@@ -83,16 +83,18 @@ def evaluate_validated(family: Family, model_dir: str | Path | None, scale: floa
         taus = list(task_vectors(family, theta0, model_dirs))
         family.train_mode(False)
         options = spec.options(cfg) | ({spec.scale: 1.0} if spec.scale else {})
-        choices = []
+        # only the leading value's merge is kept: a paper-scale model's merges are gigabytes each
+        top, curve = None, []
         for value in option_grid:
-            direction = spec(taus, **(options | {spec.option: value}))
-            g, record = scale_on_validation(family, theta0, direction, grid, val_inputs, heads, batch_size)
-            choices.append((value, g, direction, record))
-        best_of = [max(r["accuracy"] for r in record["val_accuracy"]) for _, _, _, record in choices]
-        value, best, direction, _ = choices[best_of.index(max(best_of))]
-        record = {"option": spec.option, "chosen_option": value,
-                  "val_accuracy": [{spec.option: v, **r} for v, _, _, rec in choices for r in rec["val_accuracy"]],
-                  "val_examples": choices[0][3]["val_examples"]}
+            merged = spec(taus, **(options | {spec.option: value}))
+            g, rec = scale_on_validation(family, theta0, merged, grid, val_inputs, heads, batch_size)
+            curve += [{spec.option: value, **r} for r in rec["val_accuracy"]]
+            accuracy = max(r["accuracy"] for r in rec["val_accuracy"])
+            if top is None or accuracy > top:  # strictly: the first value keeps a tie
+                top, value_best, best, direction = accuracy, value, g, merged
+            del merged
+        record = {"option": spec.option, "chosen_option": value_best, "val_accuracy": curve,
+                  "val_examples": rec["val_examples"]}
         source = {"models": [str(d) for d in model_dirs], "method": method}
     else:
         if model_dir is None:
