@@ -43,6 +43,9 @@ class Method:
     # grid (a BaselinesConfig key) it is chosen from on the validation split; "": no scale.
     scale: str = ""
     scale_grid: str = ""
+    # fn affine, not linear, in its scale: the registry method whose merge it is at scale 0 (CART
+    # at λ = 0 is weight averaging), which its rescaling starts from instead of θ0.
+    origin: str = ""
     # An option the method's paper also tunes on validation, not linear (each value is a merge of
     # its own), and the BaselinesConfig key of its grid; with the grid empty, the configured value.
     option: str = ""
@@ -97,7 +100,9 @@ METHODS: dict[str, Method] = {
     "emr": Method("emr:emr_merge", "EMR-Merging (a model per task)", ("emr",), options=_section("emr"),
                   per_task=True),
     # CALM's closest peers (issue 26): CART, and AdaRank on top of a base (adarank.base).
-    "cart": Method("cart:cart", "CART", ("cart",), options=_section("cart")),
+    # CART is τ̄ + λ·C: weight averaging at λ = 0, affine in λ.
+    "cart": Method("cart:cart", "CART", ("cart",), options=_section("cart"), scale="lam",
+                   scale_grid="cart_lambda_grid", origin="weight_averaging"),
     # AdaRank's 20 steps cost about 4 minutes of a core on the default: not in its table.
     "adarank": Method("adarank:adarank", "AdaRank", ("adarank",), ("inputs", "head"), adapter="adarank",
                       in_default=False),
@@ -117,5 +122,6 @@ def single_model_bases() -> list[str]:
 
 def validated_methods() -> list[str]:
     """The methods whose scale may be chosen on the validation split: one model from the task
-    vectors alone, linear in a scale (their own λ or α, or one put on their result)."""
+    vectors alone, linear in a scale (their own λ or α, or one put on their result) or affine in
+    it (`origin`)."""
     return [name for name in single_model_bases() if METHODS[name].scale_grid]

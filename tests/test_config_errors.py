@@ -46,8 +46,8 @@ def test_base_config_is_valid():
     (base_config(data={"n_val": 10}, calm={"base_scale": "validation", "base": "weight_averaging"}),
      "calm.base_scale: validation needs a base with a scale; calm.base 'weight_averaging' has none (allowed: "
      "task_arithmetic, ties,"),
-    (base_config(data={"n_val": 10}, calm={"base_scale": "validation"}, ablations={"bases": ["tsv", "cart"]}),
-     "calm.base_scale: validation needs a base with a scale; ablations.bases 'cart' has none"),
+    (base_config(data={"n_val": 10}, calm={"base_scale": "validation"}, ablations={"bases": ["tsv", "weight_averaging"]}),
+     "calm.base_scale: validation needs a base with a scale; ablations.bases 'weight_averaging' has none"),
     (base_config(data={"n_val": 10, "hf": {"c": {"source": "hf:x"}}}),
      "data.n_val: the validation split is drawn from built-in and custom tasks' rows; the data.hf tasks ['c']"),
     (base_config(data={"tasks": "a"}), "data.tasks: expected a valid list, got 'a'"),

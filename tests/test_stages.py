@@ -204,6 +204,76 @@ def test_an_option_grid_merges_once_per_value_and_chooses_it_with_the_scale(fami
                            tmp_path / "c.json", method="tsv", model_dirs=[tmp_path / "ft0"], cfg=cfg, option_grid=[0.5])
 
 
+def _two_finetuned(family, tmp_path, seed=2):
+    theta0 = family.pretrained_state()
+    gen = torch.Generator().manual_seed(seed)
+    ds = [{n: 3 * torch.randn(t.shape, generator=gen) * t.float().std().clamp(min=1e-3) for n, t in theta0.items()}
+          for _ in range(2)]
+    for i, d in enumerate(ds):
+        family.save({n: theta0[n] + d[n] for n in theta0}, tmp_path / f"ft{i}")
+    return theta0, [tmp_path / "ft0", tmp_path / "ft1"]
+
+
+def test_cart_chosen_on_validation_is_cart_merged_at_the_chosen_lambda(family, val_task, val_file, tmp_path):
+    """CART is τ̄ + λ·C, affine in λ: from its model at λ = 2 and weight averaging's (its origin),
+    the val accuracy at λ ∈ {0, 1, 3} is that of CART merged anew at each λ, and the test
+    predictions are CART's at the λ chosen. Rescaled from θ0 instead, λ = 0 would be θ0 itself."""
+    from calm.merging.cart import cart
+    from calm.merging.weight_averaging import weight_averaging
+    from calm.metrics import accuracy, average
+    from calm.stages.evaluate import evaluate_validated
+    from calm.stages.family import predictions, task_vectors
+    theta0, dirs = _two_finetuned(family, tmp_path)
+    taus = list(task_vectors(family, theta0, dirs))
+    settings = {"rank_ratio": 0.5, "exclude": []}
+    family.save({n: theta0[n] + v for n, v in cart(taus, lam=2.0, **settings).items()}, tmp_path / "cart")
+    family.save({n: theta0[n] + v for n, v in weight_averaging(taus).items()}, tmp_path / "wa")
+    files = {"toy": val_task / "inputs.safetensors"}, {"toy": val_task / "head.safetensors"}
+    grid = [0.0, 1.0, 3.0]
+
+    def direct(lam, split, inputs):
+        params = {n: theta0[n] + v for n, v in cart(taus, lam=lam, **settings).items()}
+        return predictions(family, params, "toy", inputs, files[1]["toy"], 16, split=split)
+
+    by_hand = {g: 100 * average(accuracy(direct(g, "val", val_file))) for g in grid}
+    summary = evaluate_validated(family, tmp_path / "cart", 2.0, grid, {"toy": val_file}, *files, 16,
+                                 tmp_path / "out.parquet", tmp_path / "curve.json", origin_dir=tmp_path / "wa")
+    assert {r["scale"]: r["accuracy"] for r in summary["val_accuracy"]} == pytest.approx(by_hand)
+    best = max(grid, key=lambda g: (by_hand[g], -grid.index(g)))
+    assert summary["chosen"] == best and summary["origin"] == str(tmp_path / "wa")
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "out.parquet"), direct(best, "test", files[0]["toy"]))
+    # λ = 0 from weight averaging's model, not θ0's
+    wa_val = 100 * average(accuracy(predictions(family, family.load_state(tmp_path / "wa"), "toy", val_file,
+                                                files[1]["toy"], 16, split="val")))
+    assert by_hand[0.0] == pytest.approx(wa_val)
+
+
+def test_calm_base_cart_chooses_its_lambda_from_the_weight_average(family, val_task, tmp_path):
+    """calm.base cart with its λ chosen on validation: the base written is CART of S's vectors at
+    the chosen λ, τ̄ + λ*·C, as CART itself computes it at λ*."""
+    from calm.config.baselines import BaselinesConfig
+    from calm.merging.cart import cart
+    from calm.metrics import accuracy, average
+    from calm.stages.family import predictions, task_vectors
+    from calm.stages.merge import calm_base
+    theta0, dirs = _two_finetuned(family, tmp_path, seed=3)
+    taus = list(task_vectors(family, theta0, dirs))
+    cfg = BaselinesConfig(cart={"lam": 2.0, "rank_ratio": 0.5, "exclude": []})
+    inputs, head = val_task / "inputs.safetensors", val_task / "head.safetensors"
+    grid = [0.5, 2.0, 4.0]
+    by_hand = {g: 100 * average(accuracy(predictions(
+        family, {n: theta0[n] + v for n, v in cart(taus, lam=g, rank_ratio=0.5, exclude=[]).items()},
+        "toy", inputs, head, 16, split="val"))) for g in grid}
+    record = calm_base(family, dirs, 0.3, tmp_path / "base.safetensors", base="cart", cfg=cfg,
+                       validation={"toy": (inputs, head)}, grid=grid, batch_size=16)
+    best = max(grid, key=lambda g: (by_hand[g], -grid.index(g)))
+    assert {r["scale"]: r["accuracy"] for r in record["val_accuracy"]} == pytest.approx(by_hand)
+    assert record["chosen"] == best and record["scale"] == 2.0
+    written = artifacts.read_vector(tmp_path / "base.safetensors")
+    expected = cart(taus, lam=best, rank_ratio=0.5, exclude=[])
+    assert all(torch.allclose(written[n], expected[n], atol=1e-5) for n in expected)
+
+
 @pytest.mark.parametrize("base, scale_of", [("task_arithmetic", lambda lam, a: lam), ("tsv", lambda lam, a: a)])
 def test_calm_base_chooses_its_scale_on_the_val_splits_of_s(family, val_task, tmp_path, base, scale_of):
     """Two 'fine-tuned' models θ0 + d1, θ0 + d2 and the merge m of d1, d2 at its configured scale

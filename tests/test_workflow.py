@@ -395,9 +395,9 @@ def test_default_config_dry_run_plans_the_whole_pipeline(tmp_path):
     # pretrained, individual, CALM, 15 baselines, and CALM with its base's λ chosen on validation
     assert jobs["evaluate"] == 19
     # data.n_val: 100: each task's val split fetched and encoded on its own path; a row chosen on
-    # validation for each of the 8 scaled baselines (task arithmetic, TIES, Consensus TA/TIES,
-    # TSV-M, Iso-C, Iso-CTS, WUDI); CALM's twin with the chain of mask steps of its own
-    assert jobs["fetch_val"] == jobs["prepare_val"] == 6 and jobs["evaluate_validated"] == 8
+    # validation for each of the 9 scaled baselines (task arithmetic, TIES, Consensus TA/TIES,
+    # TSV-M, Iso-C, Iso-CTS, WUDI, CART); CALM's twin with the chain of mask steps of its own
+    assert jobs["fetch_val"] == jobs["prepare_val"] == 6 and jobs["evaluate_validated"] == 9
     assert jobs["calm_base"] == 2 and jobs["calm_step"] == 4 and jobs["calm_model"] == 2
     # `baselines`: AdaRank too, and the table over every method
     proc = subprocess.run(SNAKEMAKE + ["baselines", "-n", "--directory", str(tmp_path), "-s", str(ROOT / "Snakefile"),
@@ -408,6 +408,24 @@ def test_default_config_dry_run_plans_the_whole_pipeline(tmp_path):
     # here too: `all` asks for it anyway
     assert jobs["merge_baseline"] == 17 and jobs["evaluate"] == 20 and jobs["table"] == 1
     assert "results/tables/baselines.csv" in proc.stdout and "baseline_adarank.parquet" in proc.stdout
+
+
+def test_cart_on_validation_rescales_from_weight_averagings_model_even_when_the_table_leaves_it_out(tmp_path):
+    """CART is affine in λ: its row chosen on validation reads weight averaging's model, its λ = 0,
+    which is merged for it when baselines.methods names CART alone."""
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    config["baselines"]["methods"] = ["cart"]
+    (tmp_path / "cart.yaml").write_text(yaml.safe_dump(config))
+    proc = subprocess.run(SNAKEMAKE + ["-n", "-p", "--directory", str(tmp_path), "-s", str(ROOT / "Snakefile"),
+                                       "--configfile", str(tmp_path / "cart.yaml")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    jobs = planned_jobs(proc.stdout + proc.stderr)
+    assert jobs["merge_baseline"] == 2 and jobs["evaluate_validated"] == 1
+    assert ("--model results/merge/baselines/cart/model --origin results/merge/baselines/weight_averaging/model "
+            "--scale 2.0 --grid 1,1.5,2,2.5,3 ") in proc.stdout
+    assert shlex.quote("CART (chosen on validation)=results/eval/validated/cart.parquet") in proc.stdout
+    assert "baseline_weight_averaging.parquet" not in proc.stdout  # merged, not a row of the table
 
 
 def test_the_baseline_wildcard_accepts_exactly_the_registry_names(tmp_path):

@@ -249,13 +249,15 @@ def cmd_evaluate_task_arithmetic(a):
          ("--models", {"nargs": "+", "type": Path, "help": "with --option-grid: the fine-tuned checkpoint folders"}),
          ("--option-grid", {"type": floats, "metavar": "A,B,...", "help": "the values of the method's option (TIES' "
                             "k, λ_t) to choose with the scale, each merged from --models at the method's settings"}),
+         path("--origin", "for a method affine in its scale (CART): its merge at scale 0 (weight averaging's), "
+              "which the rescaling starts from instead of θ0", required=False),
          model=True, sections=((cfgmod.EvaluateConfig, "", ("bootstrap", "seed")),) + BASELINE_SECTIONS)
 def cmd_evaluate_validated(a):
     from calm.stages.evaluate import evaluate_validated
     summary = evaluate_validated(_family(a), a.model, a.scale, a.grid, pairs(a.val_inputs, "--val-inputs"),
                                  pairs(a.inputs, "--inputs"), pairs(a.heads, "--heads"), a.batch_size, a.out, a.curve,
                                  method=a.method or "", model_dirs=a.models, cfg=baselines_config(a),
-                                 option_grid=a.option_grid)
+                                 option_grid=a.option_grid, origin_dir=a.origin)
     logging.info("chosen on validation: %s", {k: v for k, v in summary.items() if k.startswith("chosen")})
 
 

@@ -155,6 +155,10 @@ class BaselinesConfig(Section):
         default_factory=list,
         description="With data.n_val: the λ_t the validation split chooses for Consensus TA/TIES, with their λ: a "
         "merge per λ_t (the TALL-mask paper tunes it); empty (the default, for its cost): consensus.tall_lambda.")
+    cart_lambda_grid: list[Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: [1.0, 1.5, 2.0, 2.5, 3.0],
+        description="With data.n_val: the λ the validation split chooses for CART (the authors fix it per "
+        "benchmark: 2.0 for 8 tasks). CART is affine in λ: rebuilt from its model and weight averaging's.")
     methods: list[BaselineName] | Literal["all"] = Field(
         default_factory=default_methods,
         description="Baselines the main table runs (task_arithmetic: its λ row and the λ sweep); unset, every "

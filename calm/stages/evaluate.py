@@ -57,14 +57,16 @@ def evaluate_validated(family: Family, model_dir: str | Path | None, scale: floa
                        val_inputs: Mapping[str, str | Path], inputs: Mapping[str, str | Path],
                        heads: Mapping[str, str | Path], batch_size: int, out: str | Path,
                        curve_out: str | Path, method: str = "", model_dirs: list[str | Path] | None = None,
-                       cfg: BaselinesConfig | None = None, option_grid: list[float] | None = None) -> dict:
+                       cfg: BaselinesConfig | None = None, option_grid: list[float] | None = None,
+                       origin_dir: str | Path | None = None) -> dict:
     """A merge's scale chosen on the validation split, and its test predictions at that scale.
 
     `model_dir` is the merge at `scale` (θ0 + s·v for a method linear in its scale s, λ or α):
     its direction v = (θ − θ0) / s is read once, never rebuilt, and θ0 + g·v evaluated on every
     task's val split (`val_inputs`) for each g of `grid`. The g with the highest average val
     accuracy (the first on a tie) is evaluated on the test splits of `inputs`; `curve_out` gets
-    every g's val accuracy and the choice.
+    every g's val accuracy and the choice. `origin_dir`, for a method affine in its scale (calm.methods
+    `origin`): its merge at scale 0, θ_o, from which v = (θ − θ_o) / s and θ_o + g·v start instead of θ0.
 
     `option_grid` (with `method`, its fine-tuned `model_dirs` and `cfg`): the method's option
     that is not linear (TIES' k, the TALL masks' λ_t; calm.methods `option`) is chosen too. Each
@@ -74,12 +76,15 @@ def evaluate_validated(family: Family, model_dir: str | Path | None, scale: floa
     if set(val_inputs) != set(inputs):
         raise ValueError(f"evaluate-validated: the val splits' tasks {sorted(val_inputs)} are not the test "
                          f"splits' {sorted(inputs)}")
-    theta0 = family.pretrained_state()
+    theta0 = origin = family.pretrained_state()
     if option_grid:
         spec = METHODS[method]
         if not spec.option or not model_dirs or cfg is None:
             raise ValueError(f"evaluate-validated: an option grid needs a method with an option ('{method}' has "
                              f"{spec.option or 'none'}), its fine-tuned models and its settings")
+        if spec.origin:  # its merges would rescale from θ0, not from its origin's
+            raise ValueError(f"evaluate-validated: '{method}' is affine in its scale (from {spec.origin}); "
+                             "an option grid rescales from θ0")
         taus = list(task_vectors(family, theta0, model_dirs))
         family.train_mode(False)
         options = spec.options(cfg) | ({spec.scale: 1.0} if spec.scale else {})
@@ -100,10 +105,12 @@ def evaluate_validated(family: Family, model_dir: str | Path | None, scale: floa
         if model_dir is None:
             raise ValueError("evaluate-validated: give the merged model (--model), or an option grid with its method "
                              "and fine-tuned models")
-        direction = {n: (t - theta0[n]) / scale for n, t in family.load_state(Path(model_dir)).items()}
-        best, record = scale_on_validation(family, theta0, direction, grid, val_inputs, heads, batch_size)
-        source = {"model": str(model_dir)}
-    params = {n: theta0[n] + best * v for n, v in direction.items()}
+        if origin_dir is not None:
+            origin = family.load_state(Path(origin_dir))
+        direction = {n: (t - origin[n]) / scale for n, t in family.load_state(Path(model_dir)).items()}
+        best, record = scale_on_validation(family, origin, direction, grid, val_inputs, heads, batch_size)
+        source = {"model": str(model_dir)} | ({"origin": str(origin_dir)} if origin_dir is not None else {})
+    params = {n: origin[n] + best * v for n, v in direction.items()}
     frame = pd.concat([predictions(family, params, task, inputs[task], heads[task], batch_size,
                                    desc=f"test ×{best:g} {task}") for task in inputs], ignore_index=True)
     write_parquet(frame, out, provenance.parquet_metadata(provenance.family_record(family)))

@@ -45,15 +45,16 @@ def predictions(family: Family, params: Mapping[str, torch.Tensor], task: str, i
                          "pred": logits.argmax(dim=-1).numpy()})
 
 
-def scale_on_validation(family: Family, theta0: Mapping[str, torch.Tensor], direction: Mapping[str, torch.Tensor],
+def scale_on_validation(family: Family, origin: Mapping[str, torch.Tensor], direction: Mapping[str, torch.Tensor],
                         grid: list[float], inputs: Mapping[str, str | Path], heads: Mapping[str, str | Path],
                         batch_size: int) -> tuple[float, dict]:
-    """The scale g of `grid` whose θ0 + g·direction has the best average val accuracy over the
-    tasks of `inputs` (the first on a tie), and the record of the choice: every g's accuracy (%)
-    and each task's number of val examples."""
+    """The scale g of `grid` whose origin + g·direction (origin: θ0, or for a method affine in its
+    scale its merge at 0) has the best average val accuracy over the tasks of `inputs` (the first
+    on a tie), and the record of the choice: every g's accuracy (%) and each task's number of val
+    examples."""
     curve, sizes = {}, {}
     for g in grid:
-        params = {n: theta0[n] + g * v for n, v in direction.items()}
+        params = {n: origin[n] + g * v for n, v in direction.items()}
         val = pd.concat([predictions(family, params, task, inputs[task], heads[task], batch_size,
                                      desc=f"val ×{g:g} {task}", split="val") for task in inputs], ignore_index=True)
         curve[g] = average(accuracy(val))

@@ -38,8 +38,9 @@ def calm_base(family: Family, model_dirs: list[str | Path], lam: float, out: str
 
     `validation` (task -> (inputs, head), the tasks of S; calm.base_scale: validation): the base's
     scale s (λ, or the α of TSV / Iso / a WUDI solution) is chosen instead on those tasks' val
-    splits from `grid` (baselines.lambda_grid or alpha_grid). The base is merged once, at
-    its configured s; its direction v/s is rescaled. Returns the choice and the val curve."""
+    splits from `grid` (baselines.lambda_grid, alpha_grid or cart_lambda_grid). The base is merged
+    once, at its configured s; its direction v/s is rescaled (from its origin's merge, CART's weight
+    average, for a base affine in s). Returns the choice and the val curve."""
     theta0 = family.pretrained_state()
     taus = list(task_vectors(family, theta0, model_dirs))
     tasks = [str(d) for d in model_dirs]
@@ -59,13 +60,21 @@ def calm_base(family: Family, model_dirs: list[str | Path], lam: float, out: str
     if not spec.scale_grid or not grid:
         raise ValueError(f"calm base '{base}': choosing its scale on validation needs a scaled base and a grid")
     scale = float(options[spec.scale]) if spec.scale else 1.0
-    direction = {n: v / scale for n, v in merged.items()}
     inputs = {task: paths[0] for task, paths in validation.items()}
     heads = {task: paths[1] for task, paths in validation.items()}
-    chosen, curve = scale_on_validation(family, theta0, direction, grid, inputs, heads, batch_size)
+    if spec.origin:  # affine in its scale: o + s·v, o its origin's merge of the same vectors
+        start = METHODS[spec.origin](taus, **METHODS[spec.origin].options(cfg))
+        direction = {n: (v - start[n]) / scale for n, v in merged.items()}
+        origin = {n: theta0[n] + start[n] for n in direction}
+    else:
+        direction = {n: v / scale for n, v in merged.items()}
+        origin = theta0
+    chosen, curve = scale_on_validation(family, origin, direction, grid, inputs, heads, batch_size)
     record = {"scale": scale, "grid": grid, "chosen": chosen, **curve}
     log.info("calm base %s: ×%g chosen on the val splits of %s (configured ×%g)", base, chosen, list(inputs), scale)
-    artifacts.write_vector({n: chosen * v for n, v in direction.items()}, out,
+    vector = ({n: start[n] + chosen * v for n, v in direction.items()} if spec.origin
+              else {n: chosen * v for n, v in direction.items()})
+    artifacts.write_vector(vector, out,
                            {"base": base, "settings": options, "tasks": tasks, "chosen_on_validation": record})
     return record
 

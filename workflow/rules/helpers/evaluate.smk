@@ -84,16 +84,19 @@ def validated_option_grid(method):
 
 
 def validated_sources(wildcards):
-    """The baseline's merged model; with an option grid, the fine-tuned models it merges again."""
+    """The baseline's merged model (and, for one affine in its scale, its origin's: CART's weight
+    averaging); with an option grid, the fine-tuned models it merges again."""
     if validated_option_grid(wildcards.method):
         return {"finetuned": [finetuned(t, wildcards.rep) for t in TASKS]}
-    return {"merged": f"{baseline_dir(wildcards.method, wildcards.rep)}/model"}
+    origin = METHODS[wildcards.method].origin
+    return {"merged": f"{baseline_dir(wildcards.method, wildcards.rep)}/model",
+            **({"origin": f"{baseline_dir(origin, wildcards.rep)}/model"} if origin else {})}
 
 
 def validated_source_flags(method, input):
     grid = validated_option_grid(method)
     if not grid:
-        return f"--model {input.merged}"
+        return f"--model {input.merged}" + (f" --origin {input.origin}" if METHODS[method].origin else "")
     return (f"--method {method} --models {' '.join(input.finetuned)} --option-grid {','.join(f'{v:g}' for v in grid)} "
             f"{baseline_settings(SimpleNamespace(method=method))}")
 
@@ -102,6 +105,7 @@ def validated_lineage(method, rep=""):
     """A baseline's predictions at the scale its val splits chose (rule evaluate_validated)."""
     return digest("evaluate_validated", EVALUATE_SETTINGS, validated_scale(method), validated_grid(method),
                   validated_option_grid(method), baseline_lineage(method, rep),
+                  *([baseline_lineage(METHODS[method].origin, rep)] if METHODS[method].origin else []),
                   [(prepared_lineage(t), val_lineage(t)) for t in TASKS])
 
 
