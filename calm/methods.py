@@ -50,18 +50,30 @@ class Method:
     # its own), and the BaselinesConfig key of its grid; with the grid empty, the configured value.
     option: str = ""
     option_grid: str = ""
+    # The option chosen per task, as its paper does (the TALL masks' λ_t): "module:function" in
+    # calm.merging that takes fn's arguments and yields each task's vector in turn, which θ0 plus it
+    # is judged by on that task's val split; fn then takes one value per task. "": one value for all.
+    option_by_task: str = ""
     # False: left out of baselines.methods when it is unset (its cost does not fit the embedded
     # default's 15 minutes); `methods: all` and the `baselines` target run it.
     in_default: bool = True
 
     @property
     def fn(self) -> Callable:
-        module, _, name = self.target.partition(":")
-        f = getattr(importlib.import_module(f"calm.merging.{module}"), name)
-        return partial(f, **self.bound) if self.bound else f
+        return _resolve(self.target, self.bound)
+
+    @property
+    def by_task_fn(self) -> Callable:
+        return _resolve(self.option_by_task, self.bound)
 
     def __call__(self, *args, **kwargs):
         return self.fn(*args, **kwargs)
+
+
+def _resolve(target: str, bound: dict[str, Any]) -> Callable:
+    module, _, name = target.partition(":")
+    f = getattr(importlib.import_module(f"calm.merging.{module}"), name)
+    return partial(f, **bound) if bound else f
 
 
 def _section(name: str, drop: tuple[str, ...] = ("seed",)):
@@ -75,15 +87,17 @@ METHODS: dict[str, Method] = {
     "weight_averaging": Method("weight_averaging:weight_averaging", "Weight averaging"),
     "task_arithmetic": Method("task_arithmetic:task_arithmetic", "Task arithmetic", ("task_arithmetic_lambda",),
                               options=lambda cfg: {"lam": cfg.task_arithmetic_lambda}, **_LAMBDA),
-    # TIES' paper chooses k (and λ) on validation; the TALL-mask paper λ_t.
+    # TIES' paper chooses k (and λ) on validation; the TALL-mask paper each task's λ_t.
     "ties": Method("ties:ties", "TIES", ("ties",), options=_section("ties"), option="k", option_grid="ties_k_grid",
                    **_LAMBDA),
     "consensus_ta": Method("consensus:consensus_ta", "Consensus TA", ("consensus",), options=_section("consensus"),
-                           option="tall_lambda", option_grid="tall_lambda_grid", **_LAMBDA),
+                           option="tall_lambda", option_grid="tall_lambda_grid",
+                           option_by_task="consensus:tall_vectors_ta", **_LAMBDA),
     "consensus_ties": Method("consensus:consensus_ties", "Consensus TIES", ("consensus", "ties"),
                              options=lambda cfg: {**cfg.consensus.model_dump(), "k": cfg.ties.k,
                                                   "merge": cfg.ties.merge},
-                             option="tall_lambda", option_grid="tall_lambda_grid", **_LAMBDA),
+                             option="tall_lambda", option_grid="tall_lambda_grid",
+                             option_by_task="consensus:tall_vectors_ties", **_LAMBDA),
     "localize_stitch": Method("localize_stitch:stitch", "Localize-and-Stitch", ("localize_stitch",),
                               ("inputs", "head"), adapter="localize_stitch"),
     "adamerging_task": Method("adamerging:adamerging", "AdaMerging (task-wise)", ("adamerging",),

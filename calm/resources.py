@@ -134,8 +134,9 @@ def examples(cfg: Config, rule: str) -> float:
     if rule == "evaluate_task_arithmetic":
         return (len(b.lambda_grid) + 1) * test / 3
     if rule == "evaluate_validated":
-        grid = (max(len(b.lambda_grid), len(b.alpha_grid), len(b.cart_lambda_grid))
-                * max(len(b.ties_k_grid), len(b.tall_lambda_grid), 1))
+        # TIES rescales a merge per k; Consensus tries each λ_t on one task's val split at a time
+        grid = max(len(b.lambda_grid) * max(len(b.ties_k_grid), 1), len(b.lambda_grid) + len(b.tall_lambda_grid),
+                   len(b.alpha_grid), len(b.cart_lambda_grid))
         return (grid * cfg.data.n_val * len(tasks) + test) / 3
     if rule == "merge_baseline":
         t = len(tasks)

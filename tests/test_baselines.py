@@ -10,7 +10,7 @@ from calm.config.baselines import BaselineName
 from calm.config.files import json_schema
 from calm.methods import METHODS
 from calm.merging.adamerging import adamerging
-from calm.merging.consensus import consensus_mask, consensus_ta, consensus_ties, tall_masks
+from calm.merging.consensus import consensus_mask, consensus_ta, consensus_ties, tall_masks, tall_vectors_ta
 from calm.merging.fisher import diagonal_fisher, fisher_merge
 from calm.merging.localize_stitch import localize, stitch
 from calm.merging.regmean import regmean
@@ -86,6 +86,22 @@ def test_tall_masks_and_the_two_of_three_consensus():
     assert consensus_mask(masks, 2)["w"].tolist() == [True, False, True, True]
     assert consensus_mask(masks, 3)["w"].tolist() == [False, False, True, False]
     assert consensus_ta(vs, tall_lambda=0.5, min_tasks=2, lam=0.3)["w"].tolist() == pytest.approx([0.6, 0, 0.3, -0.6])
+
+
+def test_each_task_may_have_its_own_tall_lambda():
+    vs = consensus_vectors()
+    merged = {"w": t(2, 1, 1, -2)}  # Σ τ_t; |Σ − τ_t|: (1, 1, 1, 1), (1, 0, 3, 2), (2, 1, 0, 1)
+    # task 1 at λ 2: |τ_1| = (1, 0, 2, 1) > (2, 2, 2, 2) nowhere; tasks 2 and 3 at 0.5 as above
+    masks = tall_masks(vs, merged, tall_lambda=[2.0, 0.5, 0.5])
+    assert [m["w"].tolist() for m in masks] == [[False] * 4, [True, True, True, False], [False, False, True, True]]
+    # counts (1, 1, 2, 1): only the third entry has two tasks
+    assert consensus_ta(vs, tall_lambda=[2.0, 0.5, 0.5], min_tasks=2, lam=0.3)["w"].tolist() == pytest.approx(
+        [0, 0, 0.3, 0])
+    # the vectors each task's λ_t is judged by: m_t ∘ Σ τ
+    assert [v["w"].tolist() for v in tall_vectors_ta(vs, tall_lambda=[2.0, 0.5, 0.5])] == [
+        [0, 0, 0, 0], [2, 1, 1, 0], [0, 0, 1, -2]]
+    with pytest.raises(ValueError, match="2 TALL λ_t for 3 task vectors"):
+        consensus_ta(vs, tall_lambda=[0.5, 0.5])
 
 
 def test_tall_mask_is_strict_at_equality():

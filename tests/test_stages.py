@@ -172,12 +172,7 @@ def test_an_option_grid_merges_once_per_value_and_chooses_it_with_the_scale(fami
     from calm.metrics import accuracy, average
     from calm.stages.evaluate import evaluate_validated
     from calm.stages.family import predictions
-    theta0 = family.pretrained_state()
-    gen = torch.Generator().manual_seed(1)
-    ds = [{n: 3 * torch.randn(t.shape, generator=gen) * t.float().std().clamp(min=1e-3) for n, t in theta0.items()}
-          for _ in range(2)]
-    for i, d in enumerate(ds):
-        family.save({n: theta0[n] + d[n] for n in theta0}, tmp_path / f"ft{i}")
+    theta0, ds, _ = _finetuned_directions(family, tmp_path, seed=1)
     cfg = BaselinesConfig(ties={"k": 0.2, "lam": 0.3, "merge": "sum"})
     files = {"toy": val_task / "inputs.safetensors"}, {"toy": val_task / "head.safetensors"}
     summary = evaluate_validated(family, None, 0.3, [0.25, 1.0], {"toy": val_file}, *files, 16,
@@ -204,14 +199,72 @@ def test_an_option_grid_merges_once_per_value_and_chooses_it_with_the_scale(fami
                            tmp_path / "c.json", method="tsv", model_dirs=[tmp_path / "ft0"], cfg=cfg, option_grid=[0.5])
 
 
-def _two_finetuned(family, tmp_path, seed=2):
+def test_consensus_chooses_each_tasks_tall_lambda_on_its_own_val_split(family, val_task, val_file, tmp_path):
+    """Consensus TA over two 'fine-tuned' models θ0 + d1, θ0 + d2, tasks 'toy' and 'twin' (the same
+    val rows): for each task t and λ_t ∈ grid, θ0 + m_t ∘ (d1 + d2), m_t = |d_t| > λ_t |d1 + d2 − d_t|,
+    built here from the formula, is scored on t's val split; each task keeps its best λ_t (the
+    first on a tie), the consensus mask is m_toy ∧ m_twin (min_tasks 2) at those λ_t, and λ is
+    then chosen over the merge rescaled; the test predictions are that model's."""
+    from calm.config.baselines import BaselinesConfig
+    from calm.metrics import accuracy, average
+    from calm.stages.evaluate import evaluate_validated
+    from calm.stages.family import predictions
+    theta0, ds, _ = _finetuned_directions(family, tmp_path, seed=5)
+    tasks = ("toy", "twin")
+    val = {t: val_file for t in tasks}
+    inputs, heads = ({t: val_task / f for t in tasks} for f in ("inputs.safetensors", "head.safetensors"))
+    total = {n: ds[0][n] + ds[1][n] for n in theta0}
+    values, grid = [0.2, 1.0, 3.0], [0.25, 1.0]
+
+    def mask(i, lam):
+        return {n: ds[i][n].abs() > lam * (total[n] - ds[i][n]).abs() for n in theta0}
+
+    def score(task, params):
+        return 100 * average(accuracy(predictions(family, params, task, val[task], heads[task], 16, split="val")))
+
+    by_hand = {(t, v): score(t, {n: theta0[n] + total[n] * m.float() for n, m in mask(i, v).items()})
+               for i, t in enumerate(tasks) for v in values}
+    chosen = {t: max(values, key=lambda v: (by_hand[(t, v)], -values.index(v))) for t in tasks}
+    # a choice to make: the two tasks keep different values
+    assert chosen["toy"] != chosen["twin"]
+    both = {n: mask(0, chosen["toy"])[n] & mask(1, chosen["twin"])[n] for n in theta0}
+    merged = {n: total[n] * both[n].float() for n in theta0}
+    curve = {g: average({t: score(t, {n: theta0[n] + g * merged[n] for n in theta0}) for t in tasks}) for g in grid}
+    best = max(grid, key=lambda g: (curve[g], -grid.index(g)))
+
+    cfg = BaselinesConfig(consensus={"tall_lambda": 0.4, "min_tasks": 2, "lam": 0.3})
+    summary = evaluate_validated(family, None, 0.3, grid, val, inputs, heads, 16, tmp_path / "out.parquet",
+                                 tmp_path / "curve.json", method="consensus_ta",
+                                 model_dirs=[tmp_path / "ft0", tmp_path / "ft1"], cfg=cfg, option_grid=values)
+    assert summary["option"] == "tall_lambda" and summary["chosen_option"] == chosen
+    assert {(r["task"], r["tall_lambda"]): r["accuracy"] for r in summary["option_val_accuracy"]} \
+        == pytest.approx(by_hand)
+    assert {r["scale"]: r["accuracy"] for r in summary["val_accuracy"]} == pytest.approx(curve)
+    assert summary["chosen"] == best
+    params = {n: theta0[n] + best * merged[n] for n in theta0}
+    expected = pd.concat([predictions(family, params, t, inputs[t], heads[t], 16) for t in tasks], ignore_index=True)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "out.parquet"), expected)
+    with pytest.raises(ValueError, match="1 fine-tuned models for the val splits of 2 tasks"):
+        evaluate_validated(family, None, 0.3, grid, val, inputs, heads, 16, tmp_path / "o.parquet",
+                           tmp_path / "c.json", method="consensus_ta", model_dirs=[tmp_path / "ft0"], cfg=cfg,
+                           option_grid=values)
+
+
+def _finetuned_directions(family, tmp_path, seed):
+    """Two 'fine-tuned' models θ0 + d1, θ0 + d2 saved as ft0, ft1 (d: large random directions):
+    θ0, [d1, d2] and their folders."""
     theta0 = family.pretrained_state()
     gen = torch.Generator().manual_seed(seed)
     ds = [{n: 3 * torch.randn(t.shape, generator=gen) * t.float().std().clamp(min=1e-3) for n, t in theta0.items()}
           for _ in range(2)]
     for i, d in enumerate(ds):
         family.save({n: theta0[n] + d[n] for n in theta0}, tmp_path / f"ft{i}")
-    return theta0, [tmp_path / "ft0", tmp_path / "ft1"]
+    return theta0, ds, [tmp_path / "ft0", tmp_path / "ft1"]
+
+
+def _two_finetuned(family, tmp_path, seed=2):
+    theta0, _, dirs = _finetuned_directions(family, tmp_path, seed)
+    return theta0, dirs
 
 
 def test_cart_chosen_on_validation_is_cart_merged_at_the_chosen_lambda(family, val_task, val_file, tmp_path):

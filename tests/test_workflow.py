@@ -410,22 +410,41 @@ def test_default_config_dry_run_plans_the_whole_pipeline(tmp_path):
     assert "results/tables/baselines.csv" in proc.stdout and "baseline_adarank.parquet" in proc.stdout
 
 
+def dry_run_methods(tmp_path, methods):
+    """The default config with baselines.methods set, dry-run with its shell commands: (config, proc)."""
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    config["baselines"]["methods"] = methods
+    (tmp_path / "methods.yaml").write_text(yaml.safe_dump(config))
+    proc = subprocess.run(SNAKEMAKE + ["-n", "-p", "--directory", str(tmp_path), "-s", str(ROOT / "Snakefile"),
+                                       "--configfile", str(tmp_path / "methods.yaml")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return config, proc
+
+
 def test_cart_on_validation_rescales_from_weight_averagings_model_even_when_the_table_leaves_it_out(tmp_path):
     """CART is affine in λ: its row chosen on validation reads weight averaging's model, its λ = 0,
     which is merged for it when baselines.methods names CART alone."""
-    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
-    config["baselines"]["methods"] = ["cart"]
-    (tmp_path / "cart.yaml").write_text(yaml.safe_dump(config))
-    proc = subprocess.run(SNAKEMAKE + ["-n", "-p", "--directory", str(tmp_path), "-s", str(ROOT / "Snakefile"),
-                                       "--configfile", str(tmp_path / "cart.yaml")],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _, proc = dry_run_methods(tmp_path, ["cart"])
     jobs = planned_jobs(proc.stdout + proc.stderr)
     assert jobs["merge_baseline"] == 2 and jobs["evaluate_validated"] == 1
     assert ("--model results/merge/baselines/cart/model --origin results/merge/baselines/weight_averaging/model "
             "--scale 2.0 --grid 1,1.5,2,2.5,3 ") in proc.stdout
     assert shlex.quote("CART (chosen on validation)=results/eval/validated/cart.parquet") in proc.stdout
     assert "baseline_weight_averaging.parquet" not in proc.stdout  # merged, not a row of the table
+
+
+def test_consensus_on_validation_chooses_each_tasks_tall_lambda_from_the_finetuned_models(tmp_path):
+    """The default's tall_lambda_grid: Consensus TA's row chosen on validation merges anew from the
+    six fine-tuned models, in the order of its val splits' tasks, with λ_t's grid beside λ's."""
+    config, proc = dry_run_methods(tmp_path, ["consensus_ta"])
+    assert planned_jobs(proc.stdout + proc.stderr)["evaluate_validated"] == 1
+    tasks = config["data"]["tasks"]
+    models = " ".join(f"results/models/finetuned/{t}" for t in tasks)
+    assert (f"--method consensus_ta --models {models} --option-grid 0.2,0.3,0.4,0.5,0.6 --consensus-tall-lambda 0.4 "
+            "--consensus-min-tasks 2 --consensus-lam 0.3 --scale 0.3 --grid 0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1 ") \
+        in proc.stdout
+    assert "--val-inputs " + " ".join(f"{t}=results/inputs/val/{t}.safetensors" for t in tasks) in proc.stdout
 
 
 def test_the_baseline_wildcard_accepts_exactly_the_registry_names(tmp_path):

@@ -248,7 +248,8 @@ def cmd_evaluate_task_arithmetic(a):
          ("--method", {"choices": list(typing.get_args(BaselineName)), "help": "with --option-grid: the method"}),
          ("--models", {"nargs": "+", "type": Path, "help": "with --option-grid: the fine-tuned checkpoint folders"}),
          ("--option-grid", {"type": floats, "metavar": "A,B,...", "help": "the values of the method's option (TIES' "
-                            "k, λ_t) to choose with the scale, each merged from --models at the method's settings"}),
+                            "k, λ_t) to choose with the scale, each merged from --models at the method's settings; "
+                            "Consensus' λ_t is chosen per task, --models in the order of --val-inputs"}),
          path("--origin", "for a method affine in its scale (CART): its merge at scale 0 (weight averaging's), "
               "which the rescaling starts from instead of θ0", required=False),
          model=True, sections=((cfgmod.EvaluateConfig, "", ("bootstrap", "seed")),) + BASELINE_SECTIONS)

@@ -152,9 +152,10 @@ class BaselinesConfig(Section):
         description="With data.n_val: the k (kept fraction) the validation split chooses for TIES, with its λ: a "
         "merge per k, each rescaled over lambda_grid (the TIES paper's 10, 20, 30 %); empty: ties.k alone.")
     tall_lambda_grid: list[Annotated[float, Field(gt=0)]] = Field(
-        default_factory=list,
-        description="With data.n_val: the λ_t the validation split chooses for Consensus TA/TIES, with their λ: a "
-        "merge per λ_t (the TALL-mask paper tunes it); empty (the default, for its cost): consensus.tall_lambda.")
+        default_factory=lambda: [0.2, 0.3, 0.4, 0.5, 0.6],
+        description="With data.n_val: each task's λ_t of its TALL mask for Consensus TA/TIES, chosen on that task's "
+        "val split by θ0 + m_t ∘ τ_MTL, as the TALL-mask authors do (their grid), before their λ; empty: "
+        "consensus.tall_lambda for every task.")
     cart_lambda_grid: list[Annotated[float, Field(gt=0)]] = Field(
         default_factory=lambda: [1.0, 1.5, 2.0, 2.5, 3.0],
         description="With data.n_val: the λ the validation split chooses for CART (the authors fix it per "

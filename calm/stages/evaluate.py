@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Mapping
 
 import pandas as pd
+import torch
 
 from calm import provenance, vectors
 from calm.families.base import Family
@@ -13,6 +14,7 @@ from calm.io import write_json, write_parquet
 from calm.config.baselines import BaselinesConfig
 from calm.merging.task_arithmetic import task_arithmetic
 from calm.methods import METHODS
+from calm.metrics import accuracy, chosen_scale
 from calm.results_table import seeds_results, write_results, write_seeds
 from calm.stages.family import predictions, scale_on_validation, task_vectors
 
@@ -71,7 +73,10 @@ def evaluate_validated(family: Family, model_dir: str | Path | None, scale: floa
     `option_grid` (with `method`, its fine-tuned `model_dirs` and `cfg`): the method's option
     that is not linear (TIES' k, the TALL masks' λ_t; calm.methods `option`) is chosen too. Each
     value's merge is built once, at scale 1, from the task vectors, and rescaled over `grid`;
-    the (value, g) with the best val accuracy wins (the first in grid order on a tie).
+    the (value, g) with the best val accuracy wins (the first in grid order on a tie). A method
+    whose option is chosen per task (calm.methods `option_by_task`: the TALL masks' λ_t) takes
+    each task's value from that task's own val split instead (`options_by_task`), and its one
+    merge at those values is rescaled over `grid`. `model_dirs` are in the order of the tasks.
     """
     if set(val_inputs) != set(inputs):
         raise ValueError(f"evaluate-validated: the val splits' tasks {sorted(val_inputs)} are not the test "
@@ -88,18 +93,25 @@ def evaluate_validated(family: Family, model_dir: str | Path | None, scale: floa
         taus = list(task_vectors(family, theta0, model_dirs))
         family.train_mode(False)
         options = spec.options(cfg) | ({spec.scale: 1.0} if spec.scale else {})
-        # only the leading value's merge is kept: a paper-scale model's merges are gigabytes each
-        top, curve = None, []
-        for value in option_grid:
-            merged = spec(taus, **(options | {spec.option: value}))
-            g, rec = scale_on_validation(family, theta0, merged, grid, val_inputs, heads, batch_size)
-            curve += [{spec.option: value, **r} for r in rec["val_accuracy"]]
-            accuracy = max(r["accuracy"] for r in rec["val_accuracy"])
-            if top is None or accuracy > top:  # strictly: the first value keeps a tie
-                top, value_best, best, direction = accuracy, value, g, merged
-            del merged
-        record = {"option": spec.option, "chosen_option": value_best, "val_accuracy": curve,
-                  "val_examples": rec["val_examples"]}
+        if spec.option_by_task:
+            chosen, per_task = options_by_task(family, theta0, taus, method, options, option_grid, val_inputs,
+                                               heads, batch_size)
+            direction = spec(taus, **(options | {spec.option: list(chosen.values())}))
+            best, rec = scale_on_validation(family, theta0, direction, grid, val_inputs, heads, batch_size)
+            record = {"option": spec.option, "chosen_option": chosen, "option_val_accuracy": per_task, **rec}
+        else:
+            # only the leading value's merge is kept: a paper-scale model's merges are gigabytes each
+            top, curve = None, []
+            for value in option_grid:
+                merged = spec(taus, **(options | {spec.option: value}))
+                g, rec = scale_on_validation(family, theta0, merged, grid, val_inputs, heads, batch_size)
+                curve += [{spec.option: value, **r} for r in rec["val_accuracy"]]
+                score = max(r["accuracy"] for r in rec["val_accuracy"])
+                if top is None or score > top:  # strictly: the first value keeps a tie
+                    top, value_best, best, direction = score, value, g, merged
+                del merged
+            record = {"option": spec.option, "chosen_option": value_best, "val_accuracy": curve,
+                      "val_examples": rec["val_examples"]}
         source = {"models": [str(d) for d in model_dirs], "method": method}
     else:
         if model_dir is None:
@@ -117,6 +129,30 @@ def evaluate_validated(family: Family, model_dir: str | Path | None, scale: floa
     summary = {**source, "scale": scale, "chosen": best, **record}
     write_json(summary, curve_out)
     return summary
+
+
+def options_by_task(family: Family, theta0: Mapping[str, torch.Tensor], taus: list[dict[str, torch.Tensor]],
+                    method: str, options: dict, values: list[float], val_inputs: Mapping[str, str | Path],
+                    heads: Mapping[str, str | Path], batch_size: int) -> tuple[dict[str, float], list[dict]]:
+    """Each task's value of the method's option (calm.methods `option_by_task`), chosen on that
+    task's val split alone: for each value, θ0 plus the task's own vector at it (the TALL-masked
+    multi-task vector m_t ∘ τ_MTL for Consensus), the best (the first in `values` on a tie).
+    `taus` are in the order of `val_inputs`' tasks. Returns task -> value, and every (task,
+    value)'s val accuracy (%)."""
+    spec = METHODS[method]
+    tasks = list(val_inputs)
+    if len(tasks) != len(taus):
+        raise ValueError(f"evaluate-validated: {len(taus)} fine-tuned models for the val splits of {len(tasks)} "
+                         f"tasks {tasks}")
+    scores: dict[str, dict[float, float]] = {t: {} for t in tasks}
+    for value in values:
+        for task, vector in zip(tasks, spec.by_task_fn(taus, **(options | {spec.option: value}))):
+            params = {n: theta0[n] + v for n, v in vector.items()}
+            val = predictions(family, params, task, val_inputs[task], heads[task], batch_size,
+                              desc=f"val {spec.option}={value:g} {task}", split="val")
+            scores[task][value] = accuracy(val)[task]
+    chosen = {t: chosen_scale(scores[t]) for t in tasks}
+    return chosen, [{"task": t, spec.option: v, "accuracy": 100 * a} for t in tasks for v, a in scores[t].items()]
 
 
 def table(evals: Mapping[str, str | Path], out_prefix: str | Path, sweep_prefix: str, insert_best_after: str,
