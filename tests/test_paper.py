@@ -207,6 +207,25 @@ def test_each_figure_writes_a_png_and_a_pdf(name, tmp_path):
     assert pdf[:5] == b"%PDF-" and len(pdf) > 1000
 
 
+def test_the_seeds_figure_puts_a_row_per_method_best_mean_on_top():
+    # means over seeds 0 and 1: TA 76, CALM 80, TSV 81, Individual 90 (a line), Pretrained left out
+    per_seed = pd.DataFrame([{"seed": s, "method": m, "Avg": v} for m, vs in
+                             {"Pretrained": (50, 52), "Individual": (89, 91), "TA": (75, 77), "CALM": (81, 79),
+                              "TSV": (80, 82)}.items() for s, v in zip((0, 1), vs)])
+    fig = figures.seed_averages(per_seed)
+    ax = fig.axes[0]
+    # y ticks run bottom up: the worst row at 0
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["TA", "CALM", "TSV"]
+    bars = [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "-"]
+    assert bars == pytest.approx([76.0, 80.0, 81.0])
+    dashed = [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"]
+    dotted = [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == ":"]
+    assert dashed == pytest.approx([90.0]) and dotted == pytest.approx([80.0])
+    assert [t.get_color() for t in ax.get_yticklabels()][1] == style.OURS_COLOUR
+    # a marker per (method, seed): three rows, two seeds
+    assert sum(len(c.get_offsets()) for c in ax.collections) == 6
+
+
 def test_a_figure_without_its_rows_says_so():
     samplers = tiny_inputs()["fig4_ratio"]
     with pytest.raises(ValueError, match="sampler 'random': no rows"):

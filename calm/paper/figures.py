@@ -280,28 +280,39 @@ def active_fraction(traces: pd.DataFrame) -> Figure:
 
 @styled
 def seed_averages(per_seed: pd.DataFrame, target: str = "CALM") -> Figure:
-    """Each method's average accuracy under each fine-tuning seed, a line per method: `target`
-    red and thick, the individual models dashed black. The pretrained model is left out: far
-    below the merged methods, it would squeeze their differences into a sliver of the axis."""
+    """Each method's average accuracy under each fine-tuning seed: a row per method, best mean
+    on top, a marker per seed and a bar at the mean, so that 30 rows stay legible where a line
+    per method would not. `target` is red, with a dotted line at its mean to read every row
+    against; the individual models' mean is a dashed line. The pretrained model is left out:
+    far below the merged methods, it would squeeze their differences into a sliver of the axis."""
     frame = _nonempty(per_seed[per_seed["method"] != "Pretrained"], "per-seed results")
-    methods = list(pd.unique(frame["method"]))
-    fig = Figure(figsize=(9.0, 4.2), layout="constrained")
+    means = frame.groupby("method", sort=False)["Avg"].mean()
+    references = [m for m in means.index if m in REFERENCES]
+    rows = means.drop(references).sort_values(ascending=True, kind="stable")  # barh draws bottom up
+    seeds = sorted(frame["seed"].unique())
+    keyed = next((m for m in rows.index if m != target), target)  # the row whose markers the legend shows
+    fig = Figure(figsize=(7.5, 1.2 + 0.26 * len(rows)), layout="constrained")
     ax = fig.add_subplot()
-    others = [m for m in methods if m != target and m not in REFERENCES]
-    for m in methods:
-        run = frame[frame["method"] == m].sort_values("seed")
-        if m == target:
-            style = dict(color=OURS_COLOUR, linewidth=2.8, marker="o", markersize=6, zorder=5)
-        elif m in REFERENCES:
-            style = dict(color="black", linestyle="--", marker="s")
-        else:
-            i = others.index(m)
-            # 16 colours, then the markers tell the rest apart
-            style = dict(color=PALETTE[i % len(PALETTE)], marker="os^Dv"[i // len(PALETTE) % 5], linewidth=1.1)
-        ax.plot(run["seed"], run["Avg"], label=m, **style)
-    ax.set_xticks(sorted(frame["seed"].unique()))
-    ax.set_xlabel("Fine-tuning seed")
-    ax.set_ylabel("Average test accuracy (%)")
+    for y, (m, mean) in enumerate(rows.items()):
+        colour = OURS_COLOUR if m == target else "0.25"
+        ax.plot([mean, mean], [y - 0.32, y + 0.32], color=colour, linewidth=2.4, zorder=4)
+        for k, seed in enumerate(seeds):
+            value = frame[(frame["method"] == m) & (frame["seed"] == seed)]["Avg"]
+            ax.scatter(value, [y] * len(value), marker="os^Dv"[k % 5], s=18, facecolors="none",
+                       edgecolors=OURS_COLOUR if m == target else PALETTE[k % len(PALETTE)], zorder=5,
+                       label=f"seed {seed}" if m == keyed else None)
+    if target in rows.index:
+        ax.axvline(rows[target], color=OURS_COLOUR, linestyle=":", linewidth=1.0, zorder=1)
+    for m in references:
+        ax.axvline(means[m], color="black", linestyle="--", linewidth=1.0, zorder=1, label=f"{m} (mean)")
+    ax.set_yticks(range(len(rows)), list(rows.index))
+    for label in ax.get_yticklabels():
+        if label.get_text() == target:
+            label.set_color(OURS_COLOUR)
+            label.set_fontweight("bold")
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set_xlabel(f"Average test accuracy (%); bar: mean over {len(seeds)} fine-tuning seeds")
+    ax.grid(axis="y", visible=False)
     _legend_right(ax)
     return fig
 

@@ -135,8 +135,8 @@ rule table:
 # `snakemake --cores 2 seeds`: the main run and its replicates under the next fine-tuning seeds
 # (replicates.seeds in all; their results under results/seeds/seed<s>/), and the table over them:
 # mean ± s.d. per method and task, CALM's difference with each method with an interval from a
-# bootstrap over seeds and test examples, and the per-seed averages as a figure. With
-# replicates.ablations, the named sweeps per seed too, and their table over seeds.
+# bootstrap over seeds and test examples, and the per-seed averages as a figure (a row per
+# method). With replicates.ablations, the named sweeps per seed too, and their table over seeds.
 rule seeds:
     input:
         lambda w: seeds_inputs(),
