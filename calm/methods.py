@@ -51,8 +51,9 @@ class Method:
     option: str = ""
     option_grid: str = ""
     # The option chosen per task, as its paper does (the TALL masks' λ_t): "module:function" in
-    # calm.merging that takes fn's arguments and yields each task's vector in turn, which θ0 plus it
-    # is judged by on that task's val split; fn then takes one value per task. "": one value for all.
+    # calm.merging that takes the task vectors, the option's grid and fn's other options, and yields
+    # (value, task index, vector) in turn, θ0 plus the vector being judged on that task's val split;
+    # fn then takes one value per task. "": one value for all.
     option_by_task: str = ""
     # False: left out of baselines.methods when it is unset (its cost does not fit the embedded
     # default's 15 minutes); `methods: all` and the `baselines` target run it.

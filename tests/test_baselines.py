@@ -98,7 +98,8 @@ def test_each_task_may_have_its_own_tall_lambda():
     assert consensus_ta(vs, tall_lambda=[2.0, 0.5, 0.5], min_tasks=2, lam=0.3)["w"].tolist() == pytest.approx(
         [0, 0, 0.3, 0])
     # the vectors each task's λ_t is judged by: m_t ∘ Σ τ
-    assert [v["w"].tolist() for v in tall_vectors_ta(vs, tall_lambda=[2.0, 0.5, 0.5])] == [
+    by_value = {(value, t): v["w"].tolist() for value, t, v in tall_vectors_ta(vs, [2.0, 0.5])}
+    assert [by_value[(2.0, 0)], by_value[(0.5, 1)], by_value[(0.5, 2)]] == [
         [0, 0, 0, 0], [2, 1, 1, 0], [0, 0, 1, -2]]
     with pytest.raises(ValueError, match="2 TALL λ_t for 3 task vectors"):
         consensus_ta(vs, tall_lambda=[0.5, 0.5])

@@ -29,10 +29,14 @@ def _per_task(tall_lambda: TallLambda, n: int) -> list[float]:
     return [float(v) for v in tall_lambda]
 
 
+def tall_mask(tau: Mapping[str, torch.Tensor], merged: Mapping[str, torch.Tensor],
+              tall_lambda: float) -> dict[str, torch.Tensor]:
+    return {n: tau[n].abs() > tall_lambda * (merged[n] - tau[n]).abs() for n in merged}
+
+
 def tall_masks(vectors: Sequence[Mapping[str, torch.Tensor]], merged: Mapping[str, torch.Tensor],
                tall_lambda: TallLambda) -> list[dict[str, torch.Tensor]]:
-    return [{n: tau[n].abs() > lam * (merged[n] - tau[n]).abs() for n in merged}
-            for tau, lam in zip(vectors, _per_task(tall_lambda, len(vectors)))]
+    return [tall_mask(tau, merged, lam) for tau, lam in zip(vectors, _per_task(tall_lambda, len(vectors)))]
 
 
 def consensus_mask(masks: Sequence[Mapping[str, torch.Tensor]], min_tasks: int) -> dict[str, torch.Tensor]:
@@ -46,12 +50,13 @@ def apply_consensus(vectors: Sequence[Mapping[str, torch.Tensor]], merged: Mappi
 
 
 def tall_task_vectors(vectors: Sequence[Mapping[str, torch.Tensor]], merged: Mapping[str, torch.Tensor],
-                      tall_lambda: TallLambda) -> Iterator[StateDict]:
-    """Each task's TALL-masked multi-task vector m_t ∘ τ_MTL, one at a time (the authors rebuild
-    task t as θ0 + m_t ∘ τ_MTL, at scale 1)."""
-    for tau, lam in zip(vectors, _per_task(tall_lambda, len(vectors))):
-        yield {n: merged[n] * (tau[n].abs() > lam * (merged[n] - tau[n]).abs()).to(merged[n].dtype)
-               for n in merged}
+                      values: Sequence[float]) -> Iterator[tuple[float, int, StateDict]]:
+    """For each λ_t of `values` and each task t: (λ_t, t, m_t ∘ τ_MTL), one at a time (the
+    authors rebuild task t as θ0 + m_t ∘ τ_MTL, at scale 1). τ_MTL is given once for them all."""
+    for value in values:
+        for t, tau in enumerate(vectors):
+            mask = tall_mask(tau, merged, value)
+            yield value, t, {n: merged[n] * mask[n].to(merged[n].dtype) for n in merged}
 
 
 def consensus_ta(vectors: Sequence[Mapping[str, torch.Tensor]], tall_lambda: TallLambda = 0.4, min_tasks: int = 2,
@@ -64,14 +69,14 @@ def consensus_ties(vectors: Sequence[Mapping[str, torch.Tensor]], tall_lambda: T
     return apply_consensus(vectors, ties_vector(vectors, k, merge), tall_lambda, min_tasks, lam)
 
 
-# The per-task vectors by which each task's λ_t is chosen; they take their method's options
-# (min_tasks and lam do not enter a TALL mask).
-def tall_vectors_ta(vectors: Sequence[Mapping[str, torch.Tensor]], tall_lambda: TallLambda = 0.4,
-                    min_tasks: int = 2, lam: float = 0.3) -> Iterator[StateDict]:
-    return tall_task_vectors(vectors, weighted_sum(vectors, 1.0), tall_lambda)
+# The per-task vectors by which each task's λ_t is chosen, over a grid of λ_t; they take their
+# method's other options (min_tasks and lam do not enter a TALL mask).
+def tall_vectors_ta(vectors: Sequence[Mapping[str, torch.Tensor]], values: Sequence[float], min_tasks: int = 2,
+                    lam: float = 0.3) -> Iterator[tuple[float, int, StateDict]]:
+    return tall_task_vectors(vectors, weighted_sum(vectors, 1.0), values)
 
 
-def tall_vectors_ties(vectors: Sequence[Mapping[str, torch.Tensor]], tall_lambda: TallLambda = 0.4,
-                      min_tasks: int = 2, lam: float = 0.3, k: float = 0.2,
-                      merge: Literal["sum", "mean"] = "sum") -> Iterator[StateDict]:
-    return tall_task_vectors(vectors, ties_vector(vectors, k, merge), tall_lambda)
+def tall_vectors_ties(vectors: Sequence[Mapping[str, torch.Tensor]], values: Sequence[float], min_tasks: int = 2,
+                      lam: float = 0.3, k: float = 0.2,
+                      merge: Literal["sum", "mean"] = "sum") -> Iterator[tuple[float, int, StateDict]]:
+    return tall_task_vectors(vectors, ties_vector(vectors, k, merge), values)

@@ -145,12 +145,14 @@ def options_by_task(family: Family, theta0: Mapping[str, torch.Tensor], taus: li
         raise ValueError(f"evaluate-validated: {len(taus)} fine-tuned models for the val splits of {len(tasks)} "
                          f"tasks {tasks}")
     scores: dict[str, dict[float, float]] = {t: {} for t in tasks}
-    for value in values:
-        for task, vector in zip(tasks, spec.by_task_fn(taus, **(options | {spec.option: value}))):
-            params = {n: theta0[n] + v for n, v in vector.items()}
-            val = predictions(family, params, task, val_inputs[task], heads[task], batch_size,
-                              desc=f"val {spec.option}={value:g} {task}", split="val")
-            scores[task][value] = accuracy(val)[task]
+    # the multi-task vector the masks are cut from is built once for the whole grid
+    others = {k: v for k, v in options.items() if k != spec.option}
+    for value, t, vector in spec.by_task_fn(taus, values, **others):
+        task = tasks[t]
+        params = {n: theta0[n] + v for n, v in vector.items()}
+        val = predictions(family, params, task, val_inputs[task], heads[task], batch_size,
+                          desc=f"val {spec.option}={value:g} {task}", split="val")
+        scores[task][value] = accuracy(val)[task]
     chosen = {t: chosen_scale(scores[t]) for t in tasks}
     return chosen, [{"task": t, spec.option: v, "accuracy": 100 * a} for t in tasks for v, a in scores[t].items()]
 
