@@ -55,6 +55,10 @@ class Method:
     # (value, task index, vector) in turn, θ0 plus the vector being judged on that task's val split;
     # fn then takes one value per task. "": one value for all.
     option_by_task: str = ""
+    # The option's values drawn at random instead of listed, as its paper searches them (Fisher
+    # merging's per-model coefficients, from a flat Dirichlet): (settings, number of models, number
+    # of draws (the option_grid key's value)) -> the values, in the order they are tried.
+    option_draws: Callable[[BaselinesConfig, int, int], list] | None = None
     # False: left out of baselines.methods when it is unset (its cost does not fit the embedded
     # default's 15 minutes); `methods: all` and the `baselines` target run it.
     in_default: bool = True
@@ -105,7 +109,11 @@ METHODS: dict[str, Method] = {
                               ("inputs", "head"), bound={"granularity": "task"}, adapter="adamerging"),
     "adamerging_layer": Method("adamerging:adamerging", "AdaMerging (layer-wise)", ("adamerging",),
                                ("inputs", "head"), bound={"granularity": "layer"}, adapter="adamerging"),
-    "fisher": Method("fisher:fisher_merge", "Fisher", ("fisher",), ("inputs", "head", "scores"), adapter="fisher"),
+    # Fisher merging's paper searches its per-model coefficients on validation.
+    "fisher": Method("fisher:fisher_merge", "Fisher", ("fisher",), ("inputs", "head", "scores"), adapter="fisher",
+                     option="coefficients", option_grid="fisher_coefficient_draws",
+                     option_draws=lambda cfg, n, draws: _resolve("fisher:coefficient_draws", {})(n, draws,
+                                                                                                 cfg.fisher.seed)),
     "regmean": Method("regmean:regmean", "RegMean", ("regmean",), ("inputs",), adapter="regmean"),
     "tsv": Method("tsv:tsv_merge", "TSV-Merge", ("tsv",), options=_section("tsv"), **_ALPHA),
     "iso_c": Method("iso:iso_c", "Iso-C", ("iso_c",), options=_section("iso_c"), **_ALPHA),
@@ -140,3 +148,11 @@ def validated_methods() -> list[str]:
     vectors alone, linear in a scale (their own λ or α, or one put on their result) or affine in
     it (`origin`)."""
     return [name for name in single_model_bases() if METHODS[name].scale_grid]
+
+
+def validated_rows() -> list[str]:
+    """The methods with a row "(chosen on validation)": those whose scale is chosen
+    (validated_methods), and a data-driven one whose option its paper searches on validation
+    (`option_draws`: Fisher's coefficients)."""
+    scaled = validated_methods()
+    return [name for name, m in METHODS.items() if name in scaled or m.option_draws]

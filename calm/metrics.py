@@ -19,12 +19,19 @@ def average(per_task: dict[str, float]) -> float:
     return float(np.mean(list(per_task.values())))
 
 
+def tie_safe(score: float) -> float:
+    """A val score as choices compare it: rounded to 1e-9. Two averages of per-task accuracies
+    that count the same correct examples can differ in their last bit (445/6 as 74.16666666666666
+    or 74.16666666666667, by the order of the terms), and "the first on a tie" must see a tie."""
+    return round(score, 9)
+
+
 def chosen_scale(scores: dict[float, float]) -> float:
     """The scale with the highest score (validation accuracy); on a tie the first in grid order."""
     if not scores:
         raise ValueError("no scale to choose from: the grid is empty")
     order = list(scores)
-    return max(order, key=lambda k: (scores[k], -order.index(k)))
+    return max(order, key=lambda k: (tie_safe(scores[k]), -order.index(k)))
 
 
 def normalised(per_task: dict[str, float], individual: dict[str, float]) -> dict[str, float]:

@@ -134,10 +134,11 @@ def examples(cfg: Config, rule: str) -> float:
     if rule == "evaluate_task_arithmetic":
         return (len(b.lambda_grid) + 1) * test / 3
     if rule == "evaluate_validated":
-        # TIES rescales a merge per k; Consensus tries each λ_t on one task's val split at a time
+        # TIES rescales a merge per k; Consensus tries each λ_t on one task's val split at a time;
+        # Fisher computes its Fishers (a backward per pool example), then a val pass per coefficient draw
         grid = max(len(b.lambda_grid) * max(len(b.ties_k_grid), 1), len(b.lambda_grid) + len(b.tall_lambda_grid),
-                   len(b.alpha_grid), len(b.cart_lambda_grid))
-        return (grid * cfg.data.n_val * len(tasks) + test) / 3
+                   len(b.alpha_grid), len(b.cart_lambda_grid), b.fisher_coefficient_draws)
+        return (grid * cfg.data.n_val * len(tasks) + test) / 3 + b.fisher.n_examples * len(tasks)
     if rule == "merge_baseline":
         t = len(tasks)
         return max(b.adamerging.steps * t * b.adamerging.batches_per_task * b.adamerging.batch_size / 3,

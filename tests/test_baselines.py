@@ -11,7 +11,7 @@ from calm.config.files import json_schema
 from calm.methods import METHODS
 from calm.merging.adamerging import adamerging
 from calm.merging.consensus import consensus_mask, consensus_ta, consensus_ties, tall_masks, tall_vectors_ta
-from calm.merging.fisher import diagonal_fisher, fisher_merge
+from calm.merging.fisher import coefficient_draws, diagonal_fisher, fisher_merge
 from calm.merging.localize_stitch import localize, stitch
 from calm.merging.regmean import regmean
 from calm.merging.ties import elect_sign, ties, trim
@@ -206,6 +206,30 @@ def test_fisher_weighted_mean_with_known_fishers():
     out = fisher_merge(vs, fishers, epsilon=1e-6)
     # (1·1 + 1·3)/2; no information: the plain mean (2 + 0)/2; (3·3 + 1·(−3))/4
     assert out["w"].tolist() == pytest.approx([2.0, 1.0, 1.5], abs=1e-6)
+
+
+def test_fisher_coefficients_weight_each_model():
+    vs = [{"w": t(1, 2, 3)}, {"w": t(3, 0, -3)}]
+    fishers = [{"w": t(1, 0, 3)}, {"w": t(1, 0, 1)}]
+    out = fisher_merge(vs, fishers, epsilon=1e-6, coefficients=[0.75, 0.25])
+    # (3·1·1 + 1·1·3)/(3 + 1); no information: (3·2 + 1·0)/4; (3·3·3 + 1·1·(−3))/(9 + 1)
+    assert out["w"].tolist() == pytest.approx([1.5, 1.5, 2.4], abs=1e-5)
+    # equal coefficients cancel, exactly: the plain Fisher merge
+    assert torch.equal(fisher_merge(vs, fishers, 1e-6, [0.5, 0.5])["w"], fisher_merge(vs, fishers, 1e-6)["w"])
+    with pytest.raises(ValueError, match="a coefficient ≥ 0 per model"):
+        fisher_merge(vs, fishers, 1e-6, [1.0])
+
+
+def test_fisher_coefficient_draws_start_equal_then_sample_a_flat_dirichlet():
+    draws = coefficient_draws(2, 4001, seed=3)
+    assert len(draws) == 4001 and draws[0] == [0.5, 0.5]
+    assert all(min(c) >= 0 and sum(c) == pytest.approx(1.0) for c in draws)
+    # Dirichlet(1, 1): the first coefficient is uniform on [0, 1] (a normalised uniform pair is not:
+    # its quarter-quantile sits at 0.25 only by chance)
+    first = torch.tensor([c[0] for c in draws[1:]])
+    for q in (0.1, 0.25, 0.5, 0.9):
+        assert (first < q).double().mean().item() == pytest.approx(q, abs=0.025)
+    assert coefficient_draws(2, 5, seed=3) == draws[:5] and coefficient_draws(2, 5, seed=4) != draws[:5]
 
 
 # --- RegMean ----------------------------------------------------------------------------------

@@ -167,26 +167,32 @@ def test_a_val_split_adds_a_row_chosen_on_validation_per_scaled_baseline(pico_ru
     """Turning data.n_val on adds jobs and reruns none: the val splits are fetched and encoded
     on their own path, so the finished run's data, models and predictions stand. Run for real
     in a copy of the shared run: the table gains the rows, and its other rows stay as they were."""
-    from calm.methods import validated_methods
+    from calm.methods import validated_rows
     work = tmp_path / "run"
     shutil.copytree(pico_run, work, symlinks=True)
     config = yaml.safe_load((work / "config.yaml").read_text())
     config["data"]["n_val"] = 6
+    config["baselines"]["fisher_coefficient_draws"] = 4
     (work / "changed.yaml").write_text(yaml.safe_dump(config))
     out = snakemake(work, "-n", "-p", "--configfile", str(work / "changed.yaml"))
     jobs = planned_jobs(out.stdout + out.stderr)
-    # of the pico run's methods: task arithmetic, TIES, WUDI; CALM's twin whose task-arithmetic
-    # base takes the λ the val splits of S (colour, animal) choose: one chain beside the
-    # default's, evaluated; the table and the target again, as their inputs grew
-    assert jobs == {"fetch_val": 3, "prepare_val": 3, "evaluate_validated": 3, "calm_base": 1, "calm_step": 1,
+    # of the pico run's methods: task arithmetic, TIES, WUDI (their scales) and Fisher (its
+    # coefficients); CALM's twin whose task-arithmetic base takes the λ the val splits of S
+    # (colour, animal) choose: one chain beside the default's, evaluated; the table and the
+    # target again, as their inputs grew
+    assert jobs == {"fetch_val": 3, "prepare_val": 3, "evaluate_validated": 4, "calm_base": 1, "calm_step": 1,
                     "calm_model": 1, "evaluate": 1, "table": 1, "all": 1}
-    assert len(set(validated_methods()) & set(PICO_METHODS)) == 3
+    assert set(validated_rows()) & set(PICO_METHODS) == {"task_arithmetic", "ties", "fisher", "wudi"}
     text = out.stdout
     assert "--n-val 6" in text and "fetch-data" not in text
     # TIES' k is chosen too (baselines.ties_k_grid): a merge per k from the fine-tuned models
     assert re.search(r"--method ties --models (results/models/finetuned/\w+ ){3}--option-grid 0.1,0.2,0.3 "
                      r"--ties-k 0.2 --ties-lam 0.3 --ties-merge sum --scale 0.3 --grid 0.3,0.6 ", text)
     assert "--model results/merge/baselines/wudi/model --scale 1.0 --grid 0.6,0.8,1,1.2,1.4 " in text
+    # Fisher's coefficients: 4 draws, its Fishers from the pools' pseudo-labels, no scale
+    assert re.search(r"--method fisher --models (results/models/finetuned/\w+ ){3}--option-draws 4 "
+                     r"--scores colour=results/scores/colour.parquet \S+ \S+ --fisher-n-examples 4 "
+                     r"--fisher-epsilon 1e-06 --fisher-seed 0 --scale 1.0 --grid 1 ", text)
     assert "--val-inputs colour=results/inputs/val/colour.safetensors " in text
     assert shlex.quote("TIES (chosen on validation)=results/eval/validated/ties.parquet") in text
     assert ("--lam 0.3 --val colour=results/inputs/val/colour.safetensors,results/heads/colour.safetensors "
@@ -199,13 +205,17 @@ def test_a_val_split_adds_a_row_chosen_on_validation_per_scaled_baseline(pico_ru
     snakemake(work, "--configfile", str(work / "changed.yaml"))
     after = pd.read_csv(work / "results/tables/main.csv", index_col=0)
     added = ["Task arithmetic (chosen on validation)", "TIES (chosen on validation)",
-             "WUDI-Merging (chosen on validation)", "CALM (chosen on validation)"]
+             "Fisher (chosen on validation)", "WUDI-Merging (chosen on validation)", "CALM (chosen on validation)"]
     assert sorted(set(after.index) - set(before.index)) == sorted(added) and set(before.index) <= set(after.index)
     pd.testing.assert_frame_equal(after.drop(index=added), before)
     assert (work / "results/eval/calm.parquet").stat().st_mtime_ns == calm_preds
     curve = json.loads((work / "results/eval/validated/ties.json").read_text())
     assert curve["val_examples"] == {t: 6 for t in WORDS} and curve["chosen"] in (0.3, 0.6)
     assert curve["option"] == "k" and curve["chosen_option"] in (0.1, 0.2, 0.3) and len(curve["val_accuracy"]) == 6
+    fisher = json.loads((work / "results/eval/validated/fisher.json").read_text())
+    draws = [r["coefficients"] for r in fisher["val_accuracy"]]
+    assert len(draws) == 4 and draws[0] == [1 / 3] * 3 and fisher["examples"] == {t: 4 for t in WORDS}
+    assert list(fisher["chosen_option"]) == list(WORDS) and list(fisher["chosen_option"].values()) in draws
 
 
 def test_changing_one_baseline_setting_reruns_only_the_methods_that_read_it(pico_run):

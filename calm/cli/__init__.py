@@ -124,12 +124,17 @@ def cmd_select(a):
                  (chosen["target"] == chosen["label"]).mean())
 
 
+# The pools' pseudo-labels, which Fisher merging's Fishers are computed on (merge-baseline and
+# its coefficients' search in evaluate-validated).
+SCORES = ("--scores", {"nargs": "+", "help": "TASK=SCORES, the pool's pseudo-labels (fisher)"})
+
+
 @command("merge-baseline", "Merge fine-tuned models with a registry method (a baseline).",
          ("--method", {"required": True, "choices": list(typing.get_args(BaselineName))}),
          ("--models", {"required": True, "nargs": "+", "type": Path, "help": "fine-tuned checkpoint folders"}),
          ("--inputs", {"nargs": "+", "help": "TASK=INPUTS for each model, in --models order (data-driven methods)"}),
          ("--heads", {"nargs": "+", "help": "TASK=HEAD (data-driven methods)"}),
-         ("--scores", {"nargs": "+", "help": "TASK=SCORES, the pool's pseudo-labels (fisher)"}),
+         SCORES,
          (("--lam", "--task-arithmetic-lambda"), {"dest": "lam", "type": float, "default": 0.3,
                                                   "help": "λ of task arithmetic (default: 0.3)"}),
          out("output: the merged checkpoint folder", folder=True),
@@ -250,6 +255,10 @@ def cmd_evaluate_task_arithmetic(a):
          ("--option-grid", {"type": floats, "metavar": "A,B,...", "help": "the values of the method's option (TIES' "
                             "k, λ_t) to choose with the scale, each merged from --models at the method's settings; "
                             "Consensus' λ_t is chosen per task, --models in the order of --val-inputs"}),
+         ("--option-draws", {"type": int, "default": 0, "metavar": "N", "help": "instead of --option-grid: N values "
+                             "drawn as the method's paper draws them (Fisher's coefficients), --models in the order "
+                             "of --val-inputs"}),
+         SCORES,
          path("--origin", "for a method affine in its scale (CART): its merge at scale 0 (weight averaging's), "
               "which the rescaling starts from instead of θ0", required=False),
          model=True, sections=((cfgmod.EvaluateConfig, "", ("bootstrap", "seed")),) + BASELINE_SECTIONS)
@@ -258,7 +267,8 @@ def cmd_evaluate_validated(a):
     summary = evaluate_validated(_family(a), a.model, a.scale, a.grid, pairs(a.val_inputs, "--val-inputs"),
                                  pairs(a.inputs, "--inputs"), pairs(a.heads, "--heads"), a.batch_size, a.out, a.curve,
                                  method=a.method or "", model_dirs=a.models, cfg=baselines_config(a),
-                                 option_grid=a.option_grid, origin_dir=a.origin)
+                                 option_grid=a.option_grid, origin_dir=a.origin, option_draws=a.option_draws,
+                                 scores=pairs(a.scores, "--scores") if a.scores else None)
     logging.info("chosen on validation: %s", {k: v for k, v in summary.items() if k.startswith("chosen")})
 
 

@@ -160,6 +160,10 @@ class BaselinesConfig(Section):
         default_factory=lambda: [1.0, 1.5, 2.0, 2.5, 3.0],
         description="With data.n_val: the λ the validation split chooses for CART (the authors fix it per "
         "benchmark: 2.0 for 8 tasks). CART is affine in λ: rebuilt from its model and weight averaging's.")
+    fisher_coefficient_draws: int = Field(
+        51, ge=1, description="With data.n_val: how many per-model coefficient vectors the validation split "
+        "chooses Fisher merging's from, as its authors search them (51 in their code): equal coefficients (the "
+        "Fisher row), then seeded draws from a flat Dirichlet; each a merge of its own, from one set of Fishers.")
     methods: list[BaselineName] | Literal["all"] = Field(
         default_factory=default_methods,
         description="Baselines the main table runs (task_arithmetic: its λ row and the λ sweep); unset, every "

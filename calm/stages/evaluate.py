@@ -14,8 +14,9 @@ from calm.io import write_json, write_parquet
 from calm.config.baselines import BaselinesConfig
 from calm.merging.task_arithmetic import task_arithmetic
 from calm.methods import METHODS
-from calm.metrics import accuracy, chosen_scale
+from calm.metrics import accuracy, chosen_scale, tie_safe
 from calm.results_table import seeds_results, write_results, write_seeds
+from calm.stages.baselines import ADAPTERS
 from calm.stages.family import predictions, scale_on_validation, task_vectors
 
 
@@ -60,7 +61,8 @@ def evaluate_validated(family: Family, model_dir: str | Path | None, scale: floa
                        heads: Mapping[str, str | Path], batch_size: int, out: str | Path,
                        curve_out: str | Path, method: str = "", model_dirs: list[str | Path] | None = None,
                        cfg: BaselinesConfig | None = None, option_grid: list[float] | None = None,
-                       origin_dir: str | Path | None = None) -> dict:
+                       origin_dir: str | Path | None = None, option_draws: int = 0,
+                       scores: Mapping[str, str | Path] | None = None) -> dict:
     """A merge's scale chosen on the validation split, and its test predictions at that scale.
 
     `model_dir` is the merge at `scale` (θ0 + s·v for a method linear in its scale s, λ or α):
@@ -77,12 +79,17 @@ def evaluate_validated(family: Family, model_dir: str | Path | None, scale: floa
     whose option is chosen per task (calm.methods `option_by_task`: the TALL masks' λ_t) takes
     each task's value from that task's own val split instead (`options_by_task`), and its one
     merge at those values is rescaled over `grid`. `model_dirs` are in the order of the tasks.
+
+    `option_draws` instead of `option_grid`: that many values drawn as the method's paper draws
+    them (calm.methods `option_draws`: Fisher's per-model coefficients). A data-driven method
+    (Fisher) computes what it learns from its data (the Fishers, on the pool of `inputs` with the
+    pseudo-labels of `scores`) once, through its adapter, for every value.
     """
     if set(val_inputs) != set(inputs):
         raise ValueError(f"evaluate-validated: the val splits' tasks {sorted(val_inputs)} are not the test "
                          f"splits' {sorted(inputs)}")
     theta0 = origin = family.pretrained_state()
-    if option_grid:
+    if option_grid or option_draws:
         spec = METHODS[method]
         if not spec.option or not model_dirs or cfg is None:
             raise ValueError(f"evaluate-validated: an option grid needs a method with an option ('{method}' has "
@@ -90,6 +97,9 @@ def evaluate_validated(family: Family, model_dir: str | Path | None, scale: floa
         if spec.origin:  # its merges would rescale from θ0, not from its origin's
             raise ValueError(f"evaluate-validated: '{method}' is affine in its scale (from {spec.origin}); "
                              "an option grid rescales from θ0")
+        if option_draws and not spec.option_draws:
+            raise ValueError(f"evaluate-validated: '{method}' lists its {spec.option} values (--option-grid); "
+                             "it draws none")
         taus = list(task_vectors(family, theta0, model_dirs))
         family.train_mode(False)
         options = spec.options(cfg) | ({spec.scale: 1.0} if spec.scale else {})
@@ -100,18 +110,33 @@ def evaluate_validated(family: Family, model_dir: str | Path | None, scale: floa
             best, rec = scale_on_validation(family, theta0, direction, grid, val_inputs, heads, batch_size)
             record = {"option": spec.option, "chosen_option": chosen, "option_val_accuracy": per_task, **rec}
         else:
-            # only the leading value's merge is kept: a paper-scale model's merges are gigabytes each
-            top, curve = None, []
-            for value in option_grid:
-                merged = spec(taus, **(options | {spec.option: value}))
-                g, rec = scale_on_validation(family, theta0, merged, grid, val_inputs, heads, batch_size)
-                curve += [{spec.option: value, **r} for r in rec["val_accuracy"]]
-                score = max(r["accuracy"] for r in rec["val_accuracy"])
-                if top is None or score > top:  # strictly: the first value keeps a tie
-                    top, value_best, best, direction = score, value, g, merged
-                del merged
-            record = {"option": spec.option, "chosen_option": value_best, "val_accuracy": curve,
-                      "val_examples": rec["val_examples"]}
+            values = option_grid or spec.option_draws(cfg, len(taus), option_draws)
+            others = {k: v for k, v in options.items() if k != spec.option}
+
+            def search(*data):
+                """fn's merge at each value from fn's other arguments, each judged over `grid`."""
+                # only the leading value's merge is kept: a paper-scale model's merges are gigabytes each
+                top, curve = None, []
+                for value in values:
+                    merged = spec(*data, **(others | {spec.option: value}))
+                    g, rec = scale_on_validation(family, theta0, merged, grid, val_inputs, heads, batch_size)
+                    curve += [{spec.option: value, **r} for r in rec["val_accuracy"]]
+                    score = tie_safe(max(r["accuracy"] for r in rec["val_accuracy"]))
+                    if top is None or score > top:  # strictly: the first value keeps a tie
+                        top, value_best, g_best, direction = score, value, g, merged
+                    del merged
+                return direction, g_best, {"option": spec.option, "chosen_option": value_best, "val_accuracy": curve,
+                                           "val_examples": rec["val_examples"]}
+
+            if spec.adapter:  # a data-driven method: its adapter computes from the data once, then calls search
+                tasks = [{"task": t, "inputs": inputs[t], "head": heads[t], "scores": (scores or {}).get(t)}
+                         for t in val_inputs]
+                (direction, best, record), learned = ADAPTERS[spec.adapter](search, family, theta0, taus, tasks, cfg)
+                record |= learned
+            if option_draws:  # one value per model, the models in the order of the tasks
+                record["chosen_option"] = dict(zip(val_inputs, record["chosen_option"]))
+            else:
+                direction, best, record = search(taus)
         source = {"models": [str(d) for d in model_dirs], "method": method}
     else:
         if model_dir is None:

@@ -2,9 +2,6 @@
 # the fine-tuned models only; the data-driven ones also the per-task files their registry
 # entry names (preprocessed splits, heads, pool scores).
 
-include: "helpers/baselines.smk"
-
-
 rule merge_baseline:
     input:
         model=PRETRAINED,

@@ -17,7 +17,7 @@ from calm import resources, sweeps
 from calm.config import CALM_BASE_FIELDS, Config
 from calm.config.files import ConfigError, validate_sweep_table
 from calm.flags import interpreter_first_on_path, render_flags
-from calm.methods import METHODS, validated_methods
+from calm.methods import METHODS, validated_rows
 from calm.sampling import SAMPLERS
 
 # What two or more rule files use (tests/test_workflow.py checks it). A helper that one rule file
@@ -232,6 +232,31 @@ class Untracked:
         return self.text
 
 
+# The scores depend on the fine-tuned models (a replicate's own); inputs and heads are shared.
+BASELINE_FILES = {
+    "inputs": ("--inputs", "results/inputs/{task}.safetensors"),
+    "head": ("--heads", "results/heads/{task}.safetensors"),
+    "scores": ("--scores", "results{rep}/scores/{task}.parquet"),
+}
+
+
+def baseline_inputs(wildcards, skip=()):
+    """The per-task files the method's registry entry says it reads (merge_baseline's, and
+    evaluate_validated's for a data-driven method's search on validation); `skip`: the needs a
+    rule already reads and gives under flags of its own."""
+    return [BASELINE_FILES[need][1].format(rep=wildcards.rep, task=t)
+            for need in METHODS[wildcards.method].needs if need not in skip for t in TASKS]
+
+
+def baseline_data_flags(wildcards, skip=()):
+    """Those files as flags."""
+    return " ".join(
+        f"{BASELINE_FILES[need][0]} "
+        + " ".join(f"{t}={BASELINE_FILES[need][1].format(rep=wildcards.rep, task=t)}" for t in TASKS)
+        for need in METHODS[wildcards.method].needs if need not in skip
+    )
+
+
 def baseline_settings(wildcards):
     """Only the config sections the method reads, so that changing one method's settings
     reruns that method alone."""
@@ -255,8 +280,9 @@ def step_benchmark(variant, k, rep=""):
 
 
 # data.n_val (evaluate_validated): each baseline of the table whose merge is linear in a
-# scale gets a row at the scale the val splits choose; none without n_val (the default's table).
-VALIDATED = [m for m in validated_methods() if m in CFG.baselines.methods] if CFG.data.n_val else []
+# scale gets a row at the scale the val splits choose, and Fisher one at the coefficients they
+# choose; none without n_val (the default's table).
+VALIDATED = [m for m in validated_rows() if m in CFG.baselines.methods] if CFG.data.n_val else []
 ON_VALIDATION = " (chosen on validation)"
 
 
@@ -271,8 +297,10 @@ def val_inputs(task):
 
 
 def validated_grid(method):
-    """The scales a method's val splits choose from (its baselines grid), as --grid takes them."""
-    return ",".join(f"{g:g}" for g in getattr(CFG.baselines, METHODS[method].scale_grid))
+    """The scales a method's val splits choose from (its baselines grid), as --grid takes them;
+    1 alone for a method with neither a scale nor one put on its result (Fisher)."""
+    grid = METHODS[method].scale_grid
+    return ",".join(f"{g:g}" for g in getattr(CFG.baselines, grid)) if grid else "1"
 
 
 def sweep_rows(ablation):

@@ -67,7 +67,9 @@ rule evaluate_task_arithmetic:
 
 # With data.n_val: a baseline's scale (λ or α) chosen on every task's val split, from its merged
 # model (rescaled, not merged again), and its test predictions at that scale; a method whose
-# option is chosen too (TIES' k: baselines.ties_k_grid) is merged once per option value instead.
+# option is chosen too (TIES' k: baselines.ties_k_grid) is merged once per option value instead,
+# Fisher once per draw of its coefficients (baselines.fisher_coefficient_draws), from the Fishers
+# of its pools computed once.
 rule evaluate_validated:
     input:
         unpack(validated_sources),
@@ -78,10 +80,10 @@ rule evaluate_validated:
     output:
         **validated_eval("{method}", "{rep}"),
     wildcard_constraints:
-        method="|".join(validated_methods()),
+        method="|".join(validated_rows()),
     params:
         model=MODEL_FLAGS,
-        source=lambda w, input: validated_source_flags(w.method, input),
+        source=lambda w, input: validated_source_flags(w.method, w.rep, input),
         scale=lambda w: validated_scale(w.method),
         grid=lambda w: validated_grid(w.method),
         val_inputs=" ".join(f"{t}={val_inputs(t)}" for t in TASKS),

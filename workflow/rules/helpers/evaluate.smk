@@ -78,27 +78,39 @@ def validated_scale(method):
 
 
 def validated_option_grid(method):
-    """The values of the method's option its val splits choose too (calm.methods `option`), or []."""
+    """The values of the method's option its val splits choose too (calm.methods `option`), or [];
+    for one whose values are drawn (`option_draws`: Fisher's coefficients), how many."""
     spec = METHODS[method]
     return getattr(CFG.baselines, spec.option_grid) if spec.option_grid else []
 
 
+# The needs of a data-driven method that evaluate_validated reads anyway: the encoded splits (whose
+# pool Fisher's Fishers read) and the heads, under its own --inputs and --heads.
+RULE_GIVES = ("inputs", "head")
+
+
 def validated_sources(wildcards):
     """The baseline's merged model (and, for one affine in its scale, its origin's: CART's weight
-    averaging); with an option grid, the fine-tuned models it merges again."""
+    averaging); with an option grid, the fine-tuned models it merges again (and, for a data-driven
+    method, Fisher, the per-task files its merge reads)."""
     if validated_option_grid(wildcards.method):
-        return {"finetuned": [finetuned(t, wildcards.rep) for t in TASKS]}
+        return {"finetuned": [finetuned(t, wildcards.rep) for t in TASKS],
+                "data": baseline_inputs(wildcards, skip=RULE_GIVES)}
     origin = METHODS[wildcards.method].origin
     return {"merged": f"{baseline_dir(wildcards.method, wildcards.rep)}/model",
             **({"origin": f"{baseline_dir(origin, wildcards.rep)}/model"} if origin else {})}
 
 
-def validated_source_flags(method, input):
+def validated_source_flags(method, rep, input):
     grid = validated_option_grid(method)
     if not grid:
         return f"--model {input.merged}" + (f" --origin {input.origin}" if METHODS[method].origin else "")
-    return (f"--method {method} --models {' '.join(input.finetuned)} --option-grid {','.join(f'{v:g}' for v in grid)} "
-            f"{baseline_settings(SimpleNamespace(method=method))}")
+    wildcards = SimpleNamespace(method=method, rep=rep)
+    data = baseline_data_flags(wildcards, skip=RULE_GIVES)
+    values = (f"--option-draws {grid}" if METHODS[method].option_draws
+              else f"--option-grid {','.join(f'{v:g}' for v in grid)}")
+    return " ".join(p for p in (f"--method {method} --models {' '.join(input.finetuned)} {values}", data,
+                                baseline_settings(wildcards)) if p)
 
 
 def validated_lineage(method, rep=""):
