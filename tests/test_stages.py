@@ -316,6 +316,9 @@ def test_fisher_chosen_on_validation_searches_its_coefficients_over_one_set_of_f
     expected = pd.concat([predictions(family, model(draws[best]), t, inputs[t], heads[t], 16) for t in tasks],
                          ignore_index=True)
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "out.parquet"), expected)
+    with pytest.raises(ValueError, match="method 'fisher', task toy: no scores file given"):
+        evaluate_validated(family, None, 1.0, [1.0], val, inputs, heads, 16, tmp_path / "o.parquet",
+                           tmp_path / "c.json", method="fisher", model_dirs=dirs, cfg=cfg, option_draws=6)
     with pytest.raises(ValueError, match="'ties' lists its k values \\(--option-grid\\); it draws none"):
         evaluate_validated(family, None, 1.0, [1.0], val, inputs, heads, 16, tmp_path / "o.parquet",
                            tmp_path / "c.json", method="ties", model_dirs=dirs, cfg=cfg, option_draws=6)

@@ -37,14 +37,7 @@ def merge_baseline(family: Family, method: str, model_dirs: list[str | Path], ou
     if method not in METHODS:
         raise ValueError(f"unknown merging method '{method}'; known: {sorted(METHODS)}")
     spec = METHODS[method]
-    if spec.needs:
-        if tasks is None or len(tasks) != len(model_dirs):
-            raise ValueError(f"method '{method}' needs per-task {', '.join(spec.needs)} for each of the "
-                             f"{len(model_dirs)} models, got {0 if tasks is None else len(tasks)}")
-        for t in tasks:
-            missing = [k for k in spec.needs if not t.get(k)]
-            if missing:
-                raise ValueError(f"method '{method}', task {t.get('task')}: no {missing[0]} file given")
+    check_needs(method, tasks, len(model_dirs))
     theta0 = family.pretrained_state()
     taus = list(task_vectors(family, theta0, model_dirs))
     family.train_mode(False)
@@ -60,6 +53,20 @@ def merge_baseline(family: Family, method: str, model_dirs: list[str | Path], ou
     if summary_out is not None:
         write_json(summary, summary_out)
     return summary
+
+
+def check_needs(method: str, tasks: list[dict] | None, n_models: int) -> None:
+    """A data-driven method's per-task files (its registry `needs`), one dict per model, all given."""
+    needs = METHODS[method].needs
+    if not needs:
+        return
+    if tasks is None or len(tasks) != n_models:
+        raise ValueError(f"method '{method}' needs per-task {', '.join(needs)} for each of the "
+                         f"{n_models} models, got {0 if tasks is None else len(tasks)}")
+    for t in tasks:
+        missing = [k for k in needs if not t.get(k)]
+        if missing:
+            raise ValueError(f"method '{method}', task {t.get('task')}: no {missing[0]} file given")
 
 
 def _summary(spec, method: str, start: float, model_dirs: list[str | Path], cfg: BaselinesConfig) -> dict:

@@ -16,7 +16,7 @@ from calm.merging.task_arithmetic import task_arithmetic
 from calm.methods import METHODS
 from calm.metrics import accuracy, chosen_scale, tie_safe
 from calm.results_table import seeds_results, write_results, write_seeds
-from calm.stages.baselines import ADAPTERS
+from calm.stages.baselines import ADAPTERS, check_needs
 from calm.stages.family import predictions, scale_on_validation, task_vectors
 
 
@@ -131,12 +131,13 @@ def evaluate_validated(family: Family, model_dir: str | Path | None, scale: floa
             if spec.adapter:  # a data-driven method: its adapter computes from the data once, then calls search
                 tasks = [{"task": t, "inputs": inputs[t], "head": heads[t], "scores": (scores or {}).get(t)}
                          for t in val_inputs]
+                check_needs(method, tasks, len(taus))
                 (direction, best, record), learned = ADAPTERS[spec.adapter](search, family, theta0, taus, tasks, cfg)
                 record |= learned
-            if option_draws:  # one value per model, the models in the order of the tasks
-                record["chosen_option"] = dict(zip(val_inputs, record["chosen_option"]))
             else:
                 direction, best, record = search(taus)
+            if option_draws:  # one value per model, the models in the order of the tasks
+                record["chosen_option"] = dict(zip(val_inputs, record["chosen_option"]))
         source = {"models": [str(d) for d in model_dirs], "method": method}
     else:
         if model_dir is None:
