@@ -406,8 +406,9 @@ def test_default_config_dry_run_plans_the_whole_pipeline(tmp_path):
     assert jobs["evaluate"] == 19
     # data.n_val: 100: each task's val split fetched and encoded on its own path; a row chosen on
     # validation for each of the 9 scaled baselines (task arithmetic, TIES, Consensus TA/TIES,
-    # TSV-M, Iso-C, Iso-CTS, WUDI, CART); CALM's twin with the chain of mask steps of its own
-    assert jobs["fetch_val"] == jobs["prepare_val"] == 6 and jobs["evaluate_validated"] == 9
+    # TSV-M, Iso-C, Iso-CTS, WUDI, CART) and for Fisher's coefficients; CALM's twin with the chain
+    # of mask steps of its own
+    assert jobs["fetch_val"] == jobs["prepare_val"] == 6 and jobs["evaluate_validated"] == 10
     assert jobs["calm_base"] == 2 and jobs["calm_step"] == 4 and jobs["calm_model"] == 2
     # `baselines`: AdaRank too, and the table over every method
     proc = subprocess.run(SNAKEMAKE + ["baselines", "-n", "--directory", str(tmp_path), "-s", str(ROOT / "Snakefile"),
